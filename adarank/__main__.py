@@ -1,0 +1,5 @@
+import sys
+
+from adarank.cli import main
+
+sys.exit(main())

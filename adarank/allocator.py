@@ -1,0 +1,229 @@
+"""Scores + budget -> rank masks: the adaptive part of AdaLoRA (global top-b(t) over all triplets).
+
+``RankAllocator.step(step, optimizer)`` is called once per optimizer step, after
+``optimizer.step()`` and before ``zero_grad()``: it pairs the post-step weights with that step's
+(synchronized, accumulated, clipped) gradients, as the paper and PEFT do, updates the scores while
+the budget can still change, and masks on masking steps.
+
+Masking semantics:
+- default (the paper's): a masking step zeroes the pruned lambda; they may regrow until the next
+  masking step. The forward mask ``rank_mask`` stays 1 during the decay.
+- strict: the forward mask is written whenever b(t) falls below the live rank (every step of the
+  decay, mask_interval aside), so the live rank never exceeds b(t). Pruned triplets are dead for
+  good: they get no task gradient, and only live triplets compete, so masks only shrink.
+- both: at the start of the final phase the mask is written and fixed, so the trained model has
+  exactly b(T) live triplets and an export equals it. Whenever a triplet's forward mask turns 0
+  its lambda is zeroed and its optimizer state (P column, lambda, Q row) reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from adarank.config import BudgetConfig, ConfigError, ImportanceConfig, budget_problems
+from adarank.importance import ImportanceState, init_importance, triplet_scores, update_importance_
+from adarank.layers import SVDLinear
+from adarank.schedule import BudgetPlan, budget_at, is_masking_step, needs_scores, plan_budget
+
+
+def select_top(scores: torch.Tensor, budget: int, eligible: torch.Tensor) -> torch.Tensor:
+    """Boolean mask keeping exactly the ``budget`` highest eligible scores.
+
+    Ties break deterministically toward the lower index (adapter order, then triplet order).
+    """
+    assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
+    ranked = scores.where(eligible, torch.tensor(float("-inf"), device=scores.device))
+    order = torch.argsort(ranked, descending=True, stable=True)
+    keep = torch.zeros_like(eligible)
+    keep[order[:budget]] = True
+    return keep
+
+
+def reset_optimizer_state_(optimizer: Any, adapter: SVDLinear, pruned: torch.Tensor) -> None:
+    """Zero the optimizer state (e.g. Adam moments) of the ``pruned`` triplets of ``adapter``:
+    entries of lambda, columns of P and rows of Q (mutates ``optimizer.state``)."""
+    index = pruned.nonzero().squeeze(1)
+    for param, dim in ((adapter.singular_values, 0), (adapter.left_vectors, 1), (adapter.right_vectors, 0)):
+        for value in optimizer.state.get(param, {}).values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.index_fill_(dim, index, 0)
+
+
+class RankAllocator:
+    """Global rank allocator over a set of SVD adapters.
+
+    Args:
+        adapters: the adapters by module name (from ``inject_adapters`` or ``find_adapters``).
+        budget: the budget schedule; ranks are taken from the adapters, b(0) must match them.
+        importance: EMA coefficients of the scores.
+        total_steps: optimizer steps of the run; may be given later with ``set_total_steps``
+            (``AdaRankCallback`` takes it from the Trainer).
+
+    Raises:
+        ConfigError: if the adapters or the schedule are invalid (every problem listed).
+    """
+
+    def __init__(
+        self,
+        adapters: Mapping[str, SVDLinear],
+        budget: BudgetConfig,
+        importance: ImportanceConfig | None = None,
+        total_steps: int | None = None,
+    ):
+        self.adapters = dict(adapters)
+        self.budget = budget
+        self.importance = importance or ImportanceConfig()
+        problems = [p for p in budget_problems(budget, total_steps or 10**9) if "total_steps" not in p]
+        if not self.adapters:
+            problems.append("no adapters were given; inject them first (adarank.inject_adapters).")
+        wrong = [n for n, a in self.adapters.items() if a.rank != budget.init_rank]
+        if wrong:
+            problems.append(f"adapters {wrong[:3]} do not have rank budget.init_rank={budget.init_rank}.")
+        for name in ("beta_sensitivity", "beta_uncertainty"):
+            if not 0 <= getattr(self.importance, name) < 1:
+                problems.append(f"importance.{name} must be in [0, 1).")
+        if problems:
+            raise ConfigError(problems)
+        self.plan: BudgetPlan | None = None
+        self.scores: dict[str, ImportanceState] = {}
+        self.last_step = 0
+        self.finalized = False
+        self.last_event: dict[str, Any] | None = None
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> BudgetPlan:
+        """Resolve the schedule for a run of ``total_steps`` optimizer steps."""
+        plan = plan_budget(self.budget, total_steps, len(self.adapters))
+        if self.plan is not None and self.plan != plan:
+            raise ConfigError(
+                [
+                    f"the run now has {total_steps} steps but the allocator was planned for "
+                    f"{self.plan.total_steps}; keep train.max_steps when resuming."
+                ]
+            )
+        self.plan = plan
+        return plan
+
+    def _require_plan(self) -> BudgetPlan:
+        if self.plan is None:
+            raise RuntimeError(
+                "the allocator does not know the number of training steps: call "
+                "set_total_steps(T) first (AdaRankCallback does it at train begin)."
+            )
+        return self.plan
+
+    def step(self, step: int, optimizer: Any = None) -> dict[str, Any] | None:
+        """Account for optimizer step ``step`` (1-based): update scores, mask if it is a masking step.
+
+        Call after ``optimizer.step()`` and before ``optimizer.zero_grad()``. Pass the optimizer so
+        the state of pruned triplets can be reset.
+
+        Returns:
+            The masking event (step, budget, threshold, ranks) on a masking step, else None.
+        """
+        plan = self._require_plan()
+        if step <= self.last_step:
+            raise ValueError(f"step {step} was already accounted for (last step {self.last_step}).")
+        if needs_scores(step, plan):
+            if not self.scores:
+                self.scores = {n: init_importance(a) for n, a in self.adapters.items()}
+            imp = self.importance
+            for name, adapter in self.adapters.items():
+                update_importance_(self.scores[name], adapter, imp.beta_sensitivity, imp.beta_uncertainty)
+        event = None
+        due_final = plan.adapts and not self.finalized and step >= plan.final_start
+        if is_masking_step(step, plan) or due_final or self._strict_due(step, plan):
+            event = self._mask(step, optimizer)
+        self.last_step = step
+        return event
+
+    def _strict_due(self, step: int, plan: BudgetPlan) -> bool:
+        """Strict mode masks whenever b(t) falls below the live rank, so it never exceeds b(t)."""
+        if not (self.budget.strict and plan.adapts and not self.finalized):
+            return False
+        live = int(torch.stack([a.rank_mask.sum() for a in self.adapters.values()]).sum())
+        return budget_at(step, plan) < live
+
+    @torch.no_grad()
+    def _mask(self, step: int, optimizer: Any) -> dict[str, Any]:
+        plan = self._require_plan()
+        budget = budget_at(step, plan)
+        final = step >= plan.final_start
+        per_adapter = []
+        for name, state in self.scores.items():
+            scores = triplet_scores(state)
+            if not torch.isfinite(scores).all():
+                raise FloatingPointError(
+                    f"importance scores of {name} are not finite at step {step}: refusing to mask on "
+                    "them. Check the loss for NaN/inf or lower the learning rate."
+                )
+            per_adapter.append(scores)
+        scores = torch.cat(per_adapter)
+        masks = [a.rank_mask.bool() for a in self.adapters.values()]
+        eligible = torch.cat(masks) if self.budget.strict else torch.ones_like(scores, dtype=torch.bool)
+        keep = select_top(scores, budget, eligible).split([a.rank for a in self.adapters.values()])
+        for adapter, kept, mask in zip(self.adapters.values(), keep, masks, strict=True):
+            adapter.singular_values[~kept] = 0
+            if self.budget.strict or final:
+                turned_off = mask & ~kept
+                adapter.rank_mask.copy_(kept.to(adapter.rank_mask.dtype))
+                if optimizer is not None and turned_off.any():
+                    reset_optimizer_state_(optimizer, adapter, turned_off)
+        kept_scores = scores[torch.cat(keep)]
+        self.finalized = final
+        self.last_event = {
+            "step": step,
+            "budget": budget,
+            "threshold": float(kept_scores.min()) if kept_scores.numel() else float("inf"),
+            "final": final,
+            "ranks": {n: int(k.sum()) for n, k in zip(self.adapters, keep, strict=True)},
+        }
+        return self.last_event
+
+    def check_finished(self) -> None:
+        """Raise if training ended before the final masks were fixed (allocation never ran).
+
+        Raises:
+            RuntimeError: the schedule adapts but the final phase was never reached.
+        """
+        plan = self._require_plan()
+        if plan.adapts and not self.finalized:
+            raise RuntimeError(
+                f"rank allocation did not finish: {self.last_step} of {plan.total_steps} steps were "
+                f"accounted for and the final masks (from step {plan.final_start}) were never fixed. The "
+                "model is a partly pruned LoRA, not an AdaLoRA result. Call allocator.step() after every "
+                "optimizer step (in a Trainer, add AdaRankCallback) and train for all planned steps."
+            )
+
+    def ranks(self) -> dict[str, int]:
+        """Current forward-pass rank of every adapter (rank-mask entries equal to 1)."""
+        return {name: adapter.live_rank() for name, adapter in self.adapters.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Score EMAs and counters (masks live on the adapters, in ``model.state_dict()``)."""
+        return {
+            "last_step": self.last_step,
+            "finalized": self.finalized,
+            "plan": asdict(self.plan) if self.plan else None,
+            "scores": {n: {k: v.clone() for k, v in s.items()} for n, s in self.scores.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` output; the adapters must be the same modules by name."""
+        if set(state["scores"]) - set(self.adapters):
+            raise ValueError(
+                f"allocator state names adapters not in this model: "
+                f"{sorted(set(state['scores']) - set(self.adapters))[:3]}"
+            )
+        self.plan = BudgetPlan(**state["plan"]) if state["plan"] else None
+        self.last_step = int(state["last_step"])
+        self.finalized = bool(state["finalized"])
+        self.scores = {
+            name: {k: v.to(self.adapters[name].singular_values.device) for k, v in s.items()}
+            for name, s in state["scores"].items()
+        }

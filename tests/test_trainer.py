@@ -1,0 +1,148 @@
+"""Trainer integration: exact regularizer weighting under accumulation, allocation in a real run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert
+from transformers import LlamaConfig, LlamaForSequenceClassification, TrainerCallback, TrainingArguments
+
+from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, RankAllocator, inject_adapters
+from adarank.regularization import orthogonality_penalty
+
+
+def _dataset(n: int = 64, seq: int = 12, vocab: int = 100, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab, (seq,), generator=gen)
+        label = int(ids[:4].sum() % 2)
+        rows.append({"input_ids": ids, "attention_mask": torch.ones(seq, dtype=torch.long), "labels": label})
+    return rows
+
+
+def _tiny_llama() -> LlamaForSequenceClassification:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(config)
+
+
+def _args(tmp_path: Path, **kwargs) -> TrainingArguments:
+    base = dict(
+        output_dir=str(tmp_path),
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        max_grad_norm=0.0,
+    )
+    base.update(kwargs)
+    return TrainingArguments(**base)
+
+
+class _GradCapture(TrainerCallback):
+    def __init__(self, adapters) -> None:
+        self.adapters = adapters
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+        if not self.grads:
+            for name, adapter in self.adapters.items():
+                self.grads[name + ".P"] = adapter.left_vectors.grad.clone()
+                self.grads[name + ".Q"] = adapter.right_vectors.grad.clone()
+
+
+@pytest.mark.parametrize("make_model", [tiny_bert, _tiny_llama], ids=["bert", "llama"])
+@pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
+def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, batch, accum) -> None:
+    model = make_model()
+    adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=[])
+    with torch.no_grad():  # leave orthonormality so the penalty has a gradient
+        for adapter in adapters.values():
+            adapter.left_vectors.mul_(1.3)
+            adapter.right_vectors.add_(0.05)
+    expected_penalty = orthogonality_penalty(adapters.values())
+    expected = torch.autograd.grad(
+        expected_penalty, [p for a in adapters.values() for p in (a.left_vectors, a.right_vectors)]
+    )
+    capture = _GradCapture(adapters)
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accum),
+        train_dataset=_dataset(32),
+        callbacks=[capture],
+        orth_weight=0.25,
+    )
+    trainer.train()
+    # lambda = 0 at init, so the task loss gives P and Q no gradient: theirs is the penalty's alone.
+    for got, want in zip(capture.grads.values(), expected, strict=True):
+        torch.testing.assert_close(got, 0.25 * want, atol=1e-6, rtol=1e-5)
+
+
+def test_allocation_changes_ranks_in_trainer_run(tmp_path) -> None:
+    model = tiny_bert()
+    adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=["classifier"])
+    budget = BudgetConfig(init_rank=4, target_rank=2, t_init=4, t_final=8, mask_interval=2)
+    allocator = RankAllocator(adapters, budget)
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=24, per_device_train_batch_size=8, learning_rate=5e-3),
+        train_dataset=_dataset(64),
+        callbacks=[AdaRankCallback(allocator)],
+        singular_lr_multiplier=10,
+    )
+    trainer.train()
+    ranks = allocator.ranks()
+    assert allocator.plan.total_steps == 24  # taken from the Trainer
+    assert sum(ranks.values()) == 24 == allocator.plan.target_budget
+    assert len(set(ranks.values())) > 1, f"allocation left a uniform pattern: {ranks}"
+    assert allocator.last_event["final"] and allocator.last_event["step"] == 16
+
+
+def test_lora_mode_keeps_every_rank(tmp_path) -> None:
+    model = tiny_bert()
+    adapters = inject_adapters(model, ["query", "value"], rank=3, alpha=3, seed=0, modules_to_save=["classifier"])
+    allocator = RankAllocator(adapters, BudgetConfig(schedule="constant", init_rank=3, target_rank=3))
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=6, per_device_train_batch_size=8),
+        train_dataset=_dataset(48),
+        callbacks=[AdaRankCallback(allocator)],
+    )
+    trainer.train()
+    assert allocator.ranks() == dict.fromkeys(adapters, 3)
+    assert allocator.scores == {} and allocator.last_step == 6
+    assert all(torch.count_nonzero(a.singular_values) == 3 for a in adapters.values())
+
+
+def test_callback_refuses_adapters_of_another_model(tmp_path) -> None:
+    other = tiny_bert()
+    allocator = RankAllocator(
+        inject_adapters(other, ["query"], rank=2, alpha=2),
+        BudgetConfig(init_rank=2, target_rank=1, t_init=1, t_final=1),
+    )
+    model = tiny_bert()
+    inject_adapters(model, ["query"], rank=2, alpha=2)
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=4, per_device_train_batch_size=8),
+        train_dataset=_dataset(32),
+        callbacks=[AdaRankCallback(allocator)],
+    )
+    with pytest.raises(RuntimeError, match="adapters are not in the model this Trainer trains"):
+        trainer.train()
