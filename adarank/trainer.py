@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
 
+from adarank.callback import AdaRankCallback
 from adarank.inject import find_adapters
 from adarank.regularization import orthogonality_penalty
+from adarank.schedule import budget_at
 
 
 def param_groups(
@@ -64,6 +67,13 @@ class AdaRankTrainer(Trainer):
         if not self._adapters:
             raise ValueError("AdaRankTrainer got a model without adarank adapters; call inject_adapters first.")
         self._last_penalty: float | None = None
+        self._callback = next((c for c in self.callback_handler.callbacks if isinstance(c, AdaRankCallback)), None)
+        if self._callback is None:
+            warnings.warn(
+                "AdaRankTrainer has no AdaRankCallback: ranks will never be allocated and this trains a "
+                "fixed-rank SVD LoRA. Pass callbacks=[AdaRankCallback(allocator)].",
+                stacklevel=2,
+            )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -106,8 +116,11 @@ class AdaRankTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._last_penalty is not None and "loss" in logs:
-            logs["orth_penalty"] = self._last_penalty
         if "loss" in logs:
-            logs["live_rank"] = sum(a.live_rank() for a in self._adapters)
+            if self._last_penalty is not None:
+                logs["orth_penalty"] = self._last_penalty
+            plan = self._callback.allocator.plan if self._callback else None
+            if plan is not None:
+                logs["rank_budget"] = budget_at(self.state.global_step, plan)
+            logs["forward_rank"] = sum(a.live_rank() for a in self._adapters)
         super().log(logs, *args, **kwargs)

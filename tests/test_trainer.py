@@ -67,6 +67,7 @@ class _GradCapture(TrainerCallback):
                 self.grads[name + ".Q"] = adapter.right_vectors.grad.clone()
 
 
+@pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
 @pytest.mark.parametrize("make_model", [tiny_bert, _tiny_llama], ids=["bert", "llama"])
 @pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
 def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, batch, accum) -> None:
@@ -146,3 +147,10 @@ def test_callback_refuses_adapters_of_another_model(tmp_path) -> None:
     )
     with pytest.raises(RuntimeError, match="adapters are not in the model this Trainer trains"):
         trainer.train()
+
+
+def test_trainer_without_callback_warns(tmp_path) -> None:
+    model = tiny_bert()
+    inject_adapters(model, ["query"], rank=2, alpha=2)
+    with pytest.warns(UserWarning, match="has no AdaRankCallback: ranks will never be allocated"):
+        AdaRankTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_dataset(8))
