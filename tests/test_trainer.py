@@ -39,6 +39,17 @@ def _tiny_llama() -> LlamaForSequenceClassification:
     return LlamaForSequenceClassification(config)
 
 
+class _NoLossKwargs(torch.nn.Module):
+    """A classifier whose forward takes no **kwargs: the Trainer divides its loss by accumulation itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_bert()
+
+    def forward(self, input_ids, attention_mask, labels):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
 def _args(tmp_path: Path, **kwargs) -> TrainingArguments:
     base = dict(
         output_dir=str(tmp_path),
@@ -68,7 +79,7 @@ class _GradCapture(TrainerCallback):
 
 
 @pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
-@pytest.mark.parametrize("make_model", [tiny_bert, _tiny_llama], ids=["bert", "llama"])
+@pytest.mark.parametrize("make_model", [tiny_bert, _tiny_llama, _NoLossKwargs], ids=["bert", "llama", "no-kwargs"])
 @pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
 def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, batch, accum) -> None:
     model = make_model()
@@ -89,6 +100,7 @@ def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, bat
         callbacks=[capture],
         orth_weight=0.25,
     )
+    assert trainer.model_accepts_loss_kwargs == (make_model is not _NoLossKwargs)
     trainer.train()
     # lambda = 0 at init, so the task loss gives P and Q no gradient: theirs is the penalty's alone.
     for got, want in zip(capture.grads.values(), expected, strict=True):
