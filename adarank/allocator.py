@@ -30,16 +30,25 @@ from adarank.layers import SVDLinear
 from adarank.schedule import BudgetPlan, budget_at, is_masking_step, needs_scores, plan_budget
 
 
-def select_top(scores: torch.Tensor, budget: int, eligible: torch.Tensor) -> torch.Tensor:
-    """Boolean mask keeping exactly the ``budget`` highest eligible scores.
+def select_top(
+    scores: torch.Tensor, budget: int, eligible: torch.Tensor, costs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean mask keeping the highest eligible scores while their total cost fits in ``budget``.
 
-    Ties break deterministically toward the lower index (adapter order, then triplet order).
+    Without ``costs`` every triplet costs 1: exactly the ``budget`` best are kept. With costs the
+    best-first prefix whose cumulative cost is <= ``budget`` is kept. Ties break deterministically
+    toward the lower index (adapter order, then triplet order).
     """
-    assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
     ranked = scores.where(eligible, torch.tensor(float("-inf"), device=scores.device))
     order = torch.argsort(ranked, descending=True, stable=True)
     keep = torch.zeros_like(eligible)
-    keep[order[:budget]] = True
+    if costs is None:
+        assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
+        keep[order[:budget]] = True
+    else:
+        fits = torch.cumsum(costs[order], 0) <= budget
+        keep[order[fits]] = True
+        keep &= eligible
     return keep
 
 
@@ -62,6 +71,7 @@ class RankAllocator:
         importance: EMA coefficients of the scores.
         total_steps: optimizer steps of the run; may be given later with ``set_total_steps``
             (``AdaRankCallback`` takes it from the Trainer).
+        base_params: parameters of the base model, needed for a ``target_params`` given in %.
 
     Raises:
         ConfigError: if the adapters or the schedule are invalid (every problem listed).
@@ -73,8 +83,10 @@ class RankAllocator:
         budget: BudgetConfig,
         importance: ImportanceConfig | None = None,
         total_steps: int | None = None,
+        base_params: int | None = None,
     ):
         self.adapters = dict(adapters)
+        self.base_params = base_params
         self.budget = budget
         self.importance = importance or ImportanceConfig()
         problems = [p for p in budget_problems(budget, total_steps or 10**9) if "total_steps" not in p]
@@ -98,7 +110,8 @@ class RankAllocator:
 
     def set_total_steps(self, total_steps: int) -> BudgetPlan:
         """Resolve the schedule for a run of ``total_steps`` optimizer steps."""
-        plan = plan_budget(self.budget, total_steps, len(self.adapters))
+        costs = [a.triplet_cost for a in self.adapters.values()]
+        plan = plan_budget(self.budget, total_steps, costs, self.base_params)
         if self.plan is not None and self.plan != plan:
             raise ConfigError(
                 [
@@ -146,8 +159,12 @@ class RankAllocator:
         """Strict mode masks whenever b(t) falls below the live rank, so it never exceeds b(t)."""
         if not (self.budget.strict and plan.adapts and not self.finalized):
             return False
-        live = int(torch.stack([a.rank_mask.sum() for a in self.adapters.values()]).sum())
-        return budget_at(step, plan) < live
+        return budget_at(step, plan) < self.live_budget()
+
+    def live_budget(self) -> int:
+        """What the live triplets use of the budget: their number, or their parameters (unit `params`)."""
+        unit_params = self.plan is not None and self.plan.unit == "params"
+        return sum(a.live_rank() * (a.triplet_cost if unit_params else 1) for a in self.adapters.values())
 
     @torch.no_grad()
     def _mask(self, step: int, optimizer: Any) -> dict[str, Any]:
@@ -166,7 +183,10 @@ class RankAllocator:
         scores = torch.cat(per_adapter)
         masks = [a.rank_mask.bool() for a in self.adapters.values()]
         eligible = torch.cat(masks) if self.budget.strict else torch.ones_like(scores, dtype=torch.bool)
-        keep = select_top(scores, budget, eligible).split([a.rank for a in self.adapters.values()])
+        costs = None
+        if plan.unit == "params":
+            costs = torch.cat([torch.full((a.rank,), a.triplet_cost) for a in self.adapters.values()]).to(scores.device)
+        keep = select_top(scores, budget, eligible, costs).split([a.rank for a in self.adapters.values()])
         for adapter, kept, mask in zip(self.adapters.values(), keep, masks, strict=True):
             adapter.singular_values[~kept] = 0
             if self.budget.strict or final:
@@ -179,6 +199,7 @@ class RankAllocator:
         self.last_event = {
             "step": step,
             "budget": budget,
+            "unit": plan.unit,
             "threshold": float(kept_scores.min()) if kept_scores.numel() else float("inf"),
             "final": final,
             "ranks": {n: int(k.sum()) for n, k in zip(self.adapters, keep, strict=True)},

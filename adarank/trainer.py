@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import warnings
 from typing import Any
 
@@ -42,6 +44,17 @@ def param_groups(
     ]
 
 
+def _loss_counts_items(model: nn.Module) -> bool:
+    """Whether ``model.forward`` hands its keyword arguments (num_items_in_batch) to a transformers
+    loss function, which then normalizes by the item count (Llama's causal LM does); False for a batch
+    mean (BERT's classifiers, and transformers' generic sequence classifier, which drops the kwargs)."""
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return True  # unknown: keep the Trainer's own decision
+    return re.search(r"self\.loss_function\([^()]*\*\*kwargs", source) is not None
+
+
 class AdaRankTrainer(Trainer):
     """A ``Trainer`` that adds ``orth_weight * orthogonality_penalty`` to the training loss once per
     optimizer step's worth of data, and builds AdamW with ``param_groups``.
@@ -60,6 +73,12 @@ class AdaRankTrainer(Trainer):
 
     def __init__(self, *args: Any, orth_weight: float = 0.1, singular_lr_multiplier: float = 1.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.model_accepts_loss_kwargs and not _loss_counts_items(self.accelerator.unwrap_model(self.model)):
+            # transformers 5.x takes any forward(**kwargs) for one that normalizes its loss by the
+            # accumulated item count, then skips dividing by accumulation and multiplies by the number
+            # of processes. BERT's classifiers take **kwargs but return a plain batch mean, so their
+            # task gradient would be scaled by accumulation x world size: treat them as what they are.
+            self.model_accepts_loss_kwargs = False
         self.orth_weight = orth_weight
         self.singular_lr_multiplier = singular_lr_multiplier
         assert self.model is not None

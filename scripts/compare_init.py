@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from adarank.config import load_config
-from adarank.run import _load_model, accuracy, build_datasets, train, training_arguments
+from adarank.models import load_model
+from adarank.run import train, training_arguments
+from adarank.tasks import build_datasets, classification_accuracy, model_columns
 
 TARGETS = "[query,key,value,attention.output.dense]"
 VARIANTS: dict[str, list[str]] = {
@@ -31,7 +33,7 @@ def peft_lora(cfg, out: Path) -> dict[str, float]:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer
 
-    tokenizer, base, head = _load_model(cfg, num_labels=2)
+    tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=2)
     model = get_peft_model(
         base,
         LoraConfig(r=8, lora_alpha=16, target_modules=list(cfg.adapter.target_modules), modules_to_save=head),
@@ -40,16 +42,16 @@ def peft_lora(cfg, out: Path) -> dict[str, float]:
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out, []),
-        train_dataset=data["train"],
+        train_dataset=model_columns(data["train"]),
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=accuracy,
+        compute_metrics=classification_accuracy,
     )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     return {
-        "validation_accuracy": trainer.evaluate(data["validation"], metric_key_prefix="v")["v_accuracy"],
-        "eval_accuracy": trainer.evaluate(data["test"], metric_key_prefix="t")["t_accuracy"],
+        "validation_accuracy": trainer.evaluate(model_columns(data["validation"]), metric_key_prefix="v")["v_accuracy"],
+        "eval_accuracy": trainer.evaluate(model_columns(data["test"]), metric_key_prefix="t")["t_accuracy"],
         "train_seconds": seconds,
         "trainable_params_initial": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }

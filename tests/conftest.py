@@ -9,15 +9,28 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from adarank.data import default_model_path  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _isolated_wandb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in its own working directory (relative output_dirs such as runs/default never
+    meet a developer's runs), with wandb's files under the test's temporary folder."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     base = tmp_path_factory.getbasetemp() / "wandb"
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(base))
@@ -43,3 +56,34 @@ def tiny_bert(num_layers: int = 2, vocab_size: int = 100, seed: int = 0) -> Bert
 @pytest.fixture
 def bert() -> BertForSequenceClassification:
     return tiny_bert()
+
+
+def save_tiny_model(folder: Path, llama: bool) -> None:
+    """Save a 2-layer BERT classifier or Llama base LM (hidden 32) with MiniLM's tokenizer to ``folder``."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    if llama:
+        tokenizer.eos_token = "[SEP]"  # a causal LM needs one to end its answers
+    torch.manual_seed(0)
+    if llama:
+        config = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+        )
+        model = LlamaForCausalLM(config)  # a base checkpoint without a classification head
+    else:
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -163,3 +163,67 @@ def test_rank_mismatch_and_empty_adapters() -> None:
     assert "do not have rank budget.init_rank=4" in str(err.value)
     with pytest.raises(ConfigError, match="no adapters were given"):
         RankAllocator({}, BudgetConfig(**BUDGET))
+
+
+class Mixed(nn.Module):
+    """Adapters of different sizes: triplets cost 8+16+1 = 25, 16+16+1 = 33 and 25 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        dims = [(8, 16), (16, 16), (16, 8)]
+        self.layers = nn.ModuleList(SVDLinear(nn.Linear(i, o), 4, alpha=4, generator=gen) for i, o in dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+    def adapters(self) -> dict[str, SVDLinear]:
+        return {f"layers.{i}": m for i, m in enumerate(self.layers)}
+
+
+def test_select_top_with_costs_keeps_the_best_prefix_that_fits() -> None:
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3])
+    costs = torch.tensor([25, 25, 33, 33, 25])
+    everything = torch.ones(5, dtype=torch.bool)
+    # best first: 0 (25), 3 (58), 2 (91), 4 (116), 1 (141)
+    assert select_top(scores, 100, everything, costs).tolist() == [True, False, True, True, False]
+    assert select_top(scores, 57, everything, costs).tolist() == [True, False, False, False, False]
+    assert select_top(scores, 24, everything, costs).tolist() == [False] * 5
+    eligible = torch.tensor([True, True, True, False, True])
+    assert select_top(scores, 100, eligible, costs).tolist() == [True, False, True, False, True]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_parameter_budget_is_never_exceeded(strict: bool) -> None:
+    model = Mixed()
+    budget = BudgetConfig(init_rank=4, target_params="150", t_init=4, t_final=6, mask_interval=2, strict=strict)
+    allocator = RankAllocator(model.adapters(), budget, total_steps=20)
+    plan = allocator.plan
+    assert (plan.unit, plan.initial_budget, plan.target_budget) == ("params", 4 * (25 + 33 + 25), 150)
+    seen = []
+
+    def check(step, event, optimizer):
+        lam_cost = sum(int(torch.count_nonzero(a.singular_values)) * a.triplet_cost for a in model.layers)
+        if event is not None:
+            assert lam_cost <= event["budget"] == budget_at(step, plan)
+            assert event["unit"] == "params"
+            seen.append(step)
+        if strict:  # the forward pass never carries more than b(t)
+            assert allocator.live_budget() <= budget_at(step, plan)
+
+    _train(model, allocator, range(1, 21), on_step=check)
+    assert 14 in seen
+    final = sum(r * a.triplet_cost for r, a in zip(allocator.ranks().values(), model.layers, strict=True))
+    assert final == allocator.live_budget() <= 150
+    assert final > 150 - 33, "the budget is filled up to less than one triplet"
+
+
+def test_percentage_budget_needs_the_base_model_size() -> None:
+    model = Mixed()
+    with pytest.raises(ConfigError, match="is a percentage: it needs the base model's size"):
+        RankAllocator(model.adapters(), BudgetConfig(init_rank=4, target_params="1%"), total_steps=20)
+    allocator = RankAllocator(model.adapters(), BudgetConfig(init_rank=4, target_params="1%"), None, 20, 20_000)
+    assert allocator.plan.target_budget == 200

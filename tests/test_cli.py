@@ -9,18 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from conftest import save_tiny_model
 
 from adarank.cli import main
 from adarank.config import load_config
-from adarank.data import default_model_path
 
 ROOT = Path(__file__).parent.parent
 
@@ -76,39 +68,11 @@ def test_default_job_short_run(tmp_path) -> None:
     assert len(set(allocation.values())) > 1, "the final rank pattern must be non-uniform"
 
 
-def _save_tiny(folder: Path, llama: bool) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    if llama:
-        config = LlamaConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=128,
-        )
-        model = LlamaForCausalLM(config)  # a base checkpoint without a classification head
-    else:
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-        model = BertForSequenceClassification(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("llama", [False, True], ids=["bert-like", "llama-like"])
 def test_local_model_folder(tmp_path, llama) -> None:
     folder = tmp_path / "model"
-    _save_tiny(folder, llama)
+    save_tiny_model(folder, llama)
     out = tmp_path / "run"
     code = main(
         [
@@ -146,3 +110,57 @@ def test_plain_loop_script() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step 8: budget" in done.stdout and "final ranks:" in done.stdout
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+FEW_STEPS = [
+    "train.max_steps=6",
+    "train.batch_size=8",
+    "data.max_train_samples=48",
+    "data.max_eval_samples=16",
+    "budget.t_init=1",
+    "budget.t_final=2",
+    "budget.mask_interval=1",
+    "wandb.mode=disabled",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
+    """Each shipped config as is, shortened; SmolLM2's generation path runs on a tiny local Llama here
+    (the real model has its own test below)."""
+    overrides = [f"output_dir={tmp_path / 'run'}", *FEW_STEPS]
+    cfg = load_config(path)
+    if cfg.model.name_or_path == "smollm2":
+        save_tiny_model(tmp_path / "llama", llama=True)
+        overrides.append(f"model.name_or_path={tmp_path / 'llama'}")
+    assert main(["train", str(path), *overrides]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert metrics["steps"] == 6 and metrics["total_rank_final"] == sum(allocation.values())
+    if metrics["budget_unit"] == "params":
+        assert metrics["adapter_params_final"] <= metrics["target_params"]
+    else:
+        assert metrics["total_rank_final"] == metrics["target_total_rank"]
+    if cfg.data.format == "generation":
+        assert "eval_accuracy_before" in metrics
+    saved = load_config(tmp_path / "run" / "config.yaml", ["overwrite=true"])
+    assert saved.budget == load_config(path, [*overrides, "overwrite=true"]).budget  # repeatable from config.yaml
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_generation_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real SmolLM2-135M from its GGUF file: dequantized once into the cache, then loaded from it."""
+    monkeypatch.setenv("ADARANK_CACHE", str(tmp_path / "cache"))
+    config = ROOT / "configs" / "rt-smollm2-adalora.yaml"
+    short = [*FEW_STEPS[:2], "data.max_train_samples=16", "data.max_eval_samples=8", *FEW_STEPS[4:]]
+    for attempt in ("first", "cached"):
+        assert main(["train", str(config), f"output_dir={tmp_path / attempt}", *short]) == 0
+        metrics = json.loads((tmp_path / attempt / "metrics.json").read_text())
+        assert metrics["total_rank_final"] == metrics["target_total_rank"] == 4 * 120
+    cached = list((tmp_path / "cache" / "gguf").iterdir())
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    # identical runs from the fresh and the cached copy
+    first, second = (json.loads((tmp_path / a / "allocation.json").read_text()) for a in ("first", "cached"))
+    assert first == second

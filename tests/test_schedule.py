@@ -7,7 +7,7 @@ from adarank.schedule import budget_at, is_masking_step, needs_scores, plan_budg
 def _plan(schedule: str = "cubic", **overrides: float):
     params = dict(init_rank=12, target_rank=8, t_init=10, t_final=20, mask_interval=5)
     params.update(overrides)
-    return plan_budget(BudgetConfig(schedule=schedule, **params), total_steps=100, n_adapters=10)
+    return plan_budget(BudgetConfig(schedule=schedule, **params), total_steps=100, triplet_costs=[1] * 10)
 
 
 def test_cubic_budget_at_phase_boundaries() -> None:
@@ -31,7 +31,7 @@ def test_linear_budget() -> None:
 
 
 def test_constant_is_plain_lora() -> None:
-    plan = plan_budget(BudgetConfig(schedule="constant", init_rank=8, target_rank=8), 100, 10)
+    plan = plan_budget(BudgetConfig(schedule="constant", init_rank=8, target_rank=8), 100, [1] * 10)
     assert not plan.adapts
     assert {budget_at(t, plan) for t in range(101)} == {80}
     assert not any(is_masking_step(t, plan) or needs_scores(t, plan) for t in range(101))
@@ -45,15 +45,31 @@ def test_masking_steps_and_scoring_window() -> None:
 
 
 def test_fractions_resolve_to_steps() -> None:
-    plan = plan_budget(BudgetConfig(t_init=0.1, t_final=0.3), total_steps=400, n_adapters=2)
+    plan = plan_budget(BudgetConfig(t_init=0.1, t_final=0.3), total_steps=400, triplet_costs=[1, 1])
     assert (plan.t_init, plan.t_final, plan.final_start) == (40, 120, 280)
 
 
 def test_impossible_schedule_lists_every_problem() -> None:
     with pytest.raises(ConfigError) as err:
-        plan_budget(BudgetConfig(init_rank=4, target_rank=6, mask_interval=0), total_steps=100, n_adapters=1)
+        plan_budget(BudgetConfig(init_rank=4, target_rank=6, mask_interval=0), total_steps=100, triplet_costs=[1])
     text = str(err.value)
     assert "target_rank (6) must be <= budget.init_rank (4)" in text
     assert "mask_interval (0) must be >= 1" in text
     with pytest.raises(ConfigError, match=r"t_init \+ t_final \(60\+40\) must be < total_steps \(100\)"):
-        plan_budget(BudgetConfig(t_init=60, t_final=40), total_steps=100, n_adapters=1)
+        plan_budget(BudgetConfig(t_init=60, t_final=40), total_steps=100, triplet_costs=[1])
+
+
+def test_parameter_budget_plan_and_matching_lora_rank() -> None:
+    from adarank.schedule import constant_rank_budget, lora_rank_for
+
+    costs = [769] * 24  # MiniLM attention linears: 384 + 384 + 1
+    plan = plan_budget(BudgetConfig(init_rank=12, target_params="0.1M"), total_steps=400, triplet_costs=costs)
+    assert (plan.unit, plan.initial_budget, plan.target_budget) == ("params", 221_472, 100_000)
+    assert budget_at(40, plan) == 221_472 and budget_at(280, plan) == 100_000
+    lora = constant_rank_budget(BudgetConfig(schedule="constant", target_params="150k"), costs, None)
+    assert (lora.init_rank, lora.target_rank, lora.target_params) == (8, 8, None)  # 150000 // 18456 = 8
+    assert lora_rank_for(147_456, [(384, 384)] * 24) == 8.0
+    with pytest.raises(ConfigError, match="exceeds the initial adapter parameters"):
+        plan_budget(BudgetConfig(init_rank=2, target_params="1M"), total_steps=400, triplet_costs=costs)
+    with pytest.raises(ConfigError, match="below one rank on every adapter"):
+        constant_rank_budget(BudgetConfig(schedule="constant", target_params="10k"), costs, None)

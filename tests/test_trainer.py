@@ -7,18 +7,29 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_bert
-from transformers import LlamaConfig, LlamaForSequenceClassification, TrainerCallback, TrainingArguments
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, RankAllocator, inject_adapters
 from adarank.regularization import orthogonality_penalty
 
 
-def _dataset(n: int = 64, seq: int = 12, vocab: int = 100, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def _dataset(n: int = 64, seq: int = 12, vocab: int = 100, seed: int = 0, causal: bool = False) -> list[dict]:
+    """Random token rows labelled by a parity rule; ``causal``: next-token labels with a varying
+    number of answer tokens per row (so per-micro-batch means and the token-count mean differ)."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for _ in range(n):
+    for i in range(n):
         ids = torch.randint(3, vocab, (seq,), generator=gen)
-        label = int(ids[:4].sum() % 2)
+        label: object = int(ids[:4].sum() % 2)
+        if causal:
+            label = ids.clone()
+            label[: 2 + i % 7] = -100
         rows.append({"input_ids": ids, "attention_mask": torch.ones(seq, dtype=torch.long), "labels": label})
     return rows
 
@@ -37,6 +48,13 @@ def _tiny_llama() -> LlamaForSequenceClassification:
         pad_token_id=0,
     )
     return LlamaForSequenceClassification(config)
+
+
+def _tiny_causal_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    return LlamaForCausalLM(config)
 
 
 class _NoLossKwargs(torch.nn.Module):
@@ -100,7 +118,8 @@ def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, bat
         callbacks=[capture],
         orth_weight=0.25,
     )
-    assert trainer.model_accepts_loss_kwargs == (make_model is not _NoLossKwargs)
+    # neither classifier normalizes its loss by the item count (see AdaRankTrainer)
+    assert trainer.model_accepts_loss_kwargs == (make_model is _tiny_causal_llama)
     trainer.train()
     # lambda = 0 at init, so the task loss gives P and Q no gradient: theirs is the penalty's alone.
     for got, want in zip(capture.grads.values(), expected, strict=True):
@@ -166,3 +185,47 @@ def test_trainer_without_callback_warns(tmp_path) -> None:
     inject_adapters(model, ["query"], rank=2, alpha=2)
     with pytest.warns(UserWarning, match="has no AdaRankCallback: ranks will never be allocated"):
         AdaRankTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_dataset(8))
+
+
+class _AllGrads(TrainerCallback):
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:
+        if not self.grads:
+            self.grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
+@pytest.mark.parametrize(
+    "make_model", [tiny_bert, _tiny_llama, _tiny_causal_llama], ids=["bert", "llama", "llama-causal-lm"]
+)
+def test_whole_gradient_under_accumulation_equals_full_batch(tmp_path, make_model) -> None:
+    """Task loss + penalty: batch 8 x accumulation 4 gives the gradient of batch 32. BERT's classifier
+    takes **kwargs but returns a batch mean; without AdaRankTrainer's correction transformers 5.x
+    would sum the 4 micro-batch means (4x the task gradient)."""
+    grads = []
+    for batch, accum in ((32, 1), (8, 4)):
+        model = make_model()
+        head = {tiny_bert: ["classifier"], _tiny_llama: ["score"]}.get(make_model, [])
+        adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=head)
+        with torch.no_grad():
+            for adapter in adapters.values():
+                adapter.singular_values.fill_(0.5)  # so the task loss reaches P and Q too
+                adapter.left_vectors.mul_(1.3)
+        capture = _AllGrads()
+        trainer = AdaRankTrainer(
+            model=model,
+            args=_args(
+                tmp_path / f"{batch}", max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accum
+            ),
+            train_dataset=_dataset(32, causal=make_model is _tiny_causal_llama),
+            callbacks=[capture],
+            orth_weight=0.25,
+        )
+        assert trainer.model_accepts_loss_kwargs == (make_model is _tiny_causal_llama)
+        trainer.train()
+        grads.append(capture.grads)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) >= 36  # >= 12 adapters x (P, lambda, Q)
+    for name, full in grads[0].items():
+        torch.testing.assert_close(grads[1][name], full, atol=1e-6, rtol=1e-4, msg=name)
