@@ -194,12 +194,15 @@ class RankAllocator:
                 adapter.rank_mask.copy_(kept.to(adapter.rank_mask.dtype))
                 if optimizer is not None and turned_off.any():
                     reset_optimizer_state_(optimizer, adapter, turned_off)
-        kept_scores = scores[torch.cat(keep)]
+        kept_all = torch.cat(keep)
+        kept_scores = scores[kept_all]
+        live = int(kept_all.sum()) if costs is None else int(costs[kept_all].sum())
         self.finalized = final
         self.last_event = {
             "step": step,
             "budget": budget,
             "unit": plan.unit,
+            "live": live,
             "threshold": float(kept_scores.min()) if kept_scores.numel() else float("inf"),
             "final": final,
             "ranks": {n: int(k.sum()) for n, k in zip(self.adapters, keep, strict=True)},

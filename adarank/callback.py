@@ -21,10 +21,12 @@ class AdaRankCallback(TrainerCallback):
 
     The number of steps T comes from the Trainer (``state.max_steps``). At the end of training
     the callback raises if the final masks were never fixed, instead of silently leaving LoRA.
+    ``history`` holds every masking event (step, budget, live, threshold, per-module ranks).
     """
 
     def __init__(self, allocator: RankAllocator):
         self.allocator = allocator
+        self.history: list[dict[str, Any]] = []
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -43,7 +45,9 @@ class AdaRankCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         # global_step counts completed steps and is incremented after this hook.
-        self.allocator.step(state.global_step + 1, kwargs.get("optimizer"))
+        event = self.allocator.step(state.global_step + 1, kwargs.get("optimizer"))
+        if event is not None:
+            self.history.append(event)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

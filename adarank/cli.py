@@ -1,4 +1,4 @@
-"""Command line: `adarank train|plan [CONFIG] [key=value ...]`."""
+"""Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_config_args(plan)
     plan.add_argument("--png", type=Path, help="where to write the b(t) plot (default: OUTPUT_DIR/budget_plan.png)")
+    inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
+    inspect.add_argument("path", type=Path, help="a run directory, or an allocation.json")
     args = parser.parse_args(argv)
+    if args.command == "inspect":
+        return _inspect(args.path)
     try:
         cfg = load_config(*_split(args.items))
         if args.command == "plan":
@@ -70,6 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _inspect(path: Path) -> int:
+    import json
+
+    from adarank.report import rank_table
+
+    file = path / "allocation.json" if path.is_dir() else path
+    try:
+        ranks = json.loads(file.read_text())
+        if not isinstance(ranks, dict) or not all(isinstance(r, int) for r in ranks.values()):
+            raise ValueError("expected a JSON object of module name -> rank")
+    except (OSError, ValueError) as err:
+        print(f"adarank: cannot read ranks from `{file}` ({err}); give a run directory or its allocation.json.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(rank_table(ranks))
+    print(f"{len(ranks)} adapters, total rank {sum(ranks.values())}, {sum(r == 0 for r in ranks.values())} at rank 0")
     return 0
 
 

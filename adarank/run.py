@@ -1,7 +1,8 @@
 """The main job: fine-tune with adaptive-rank adapters and write a run directory.
 
-Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``, plus
-``budget_plan.png``. Under torchrun (DDP) every process trains; only process 0 writes.
+Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``,
+``allocation_history.json``, ``report.html`` with its PNGs, and ``budget_plan.png``. Under torchrun
+(DDP) every process trains; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from adarank.data import LABEL_NAMES
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
 from adarank.models import load_model, model_skeleton
 from adarank.plan import adapter_plan, plan_summary, plot_budget
+from adarank.report import write_report
 from adarank.schedule import constant_rank_budget
 from adarank.tasks import (
     GenerationCollator,
@@ -86,12 +88,21 @@ def prepare(cfg: RunConfig) -> tuple[Any, nn.Module, RankAllocator]:
     return tokenizer, model, allocator
 
 
+def _has_wandb_login() -> bool:
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+
+
 def _wandb_mode(cfg: RunConfig) -> str:
+    """The configured mode; unset = online with a login, else offline. Online without a login falls
+    back to offline with a message (wandb would otherwise stop the run asking for a key)."""
+    if cfg.wandb.mode == "online" and not _has_wandb_login():
+        print("adarank: wandb.mode=online but no wandb login (WANDB_API_KEY or `wandb login`): logging offline; "
+              "sync later with `wandb sync`.")  # fmt: skip
+        return "offline"
     if cfg.wandb.mode:
         return cfg.wandb.mode
-    netrc = Path.home() / ".netrc"
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    return "online" if has_key else "offline"
+    return "online" if _has_wandb_login() else "offline"
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
@@ -226,17 +237,23 @@ def _train(
         (out / "config.yaml").write_text(to_yaml(cfg))
         plot_budget(plan, out / "budget_plan.png")
         print(plan_summary(replace(cfg, budget=allocator.budget), shapes, base_params))
+    trainable_initial = count_trainable(model)
+    allocation = AdaRankCallback(allocator)
+    callbacks: list[Any] = [allocation]
+    if report_to_wandb(args):
+        from adarank.dashboards import WandbDashboard
+
+        callbacks.append(WandbDashboard(allocator, cfg.wandb.project, trainable_initial))
     trainer = AdaRankTrainer(
         model=model,
         args=args,
         train_dataset=model_columns(data["train"]),
         data_collator=GenerationCollator(tokenizer.pad_token_id) if generation else DataCollatorWithPadding(tokenizer),
         compute_metrics=None if generation else classification_accuracy,
-        callbacks=[AdaRankCallback(allocator)],
+        callbacks=callbacks,
         orth_weight=cfg.adapter.orth_weight,
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
     )
-    trainable_initial = count_trainable(model)
     before = {}
     if generation:
         before = {"eval_accuracy_before": _score(trainer, tokenizer, cfg, data["test"], "test")}
@@ -264,6 +281,9 @@ def _train(
     if not main_process:
         return metrics
     _write_json_atomic(out / "allocation.json", ranks)
+    history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in allocation.history}
+    _write_json_atomic(out / "allocation_history.json", history)
+    write_report(out, plan, allocation.history, ranks, metrics)
     _write_json_atomic(out / "metrics.json", metrics)
     if report_to_wandb(args):
         import wandb

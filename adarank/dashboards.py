@@ -1,0 +1,170 @@
+"""wandb panels for rank allocation; the only module that imports wandb (lazily, on process 0).
+
+``WandbDashboard`` is a Trainer callback placed after ``AdaRankCallback``. It logs into the run that
+transformers' own WandbCallback opened (one run, not two), or opens one itself in a plain loop.
+At each masking step: budget b(t), live budget, score threshold, orthogonality penalty, per-module
+rank ``rank/<module>``, a histogram of triplet scores and the rank heatmap (a Table drawn by the
+Vega-Lite spec in ``adarank/vega/rank_heatmap.json`` plus an Image that renders anywhere), all
+against ``train/global_step``. At the end: the heatmap, planned vs realized budget, a bar chart of
+final ranks, and summary fields. Any wandb failure is reported once and training goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from adarank.allocator import RankAllocator
+from adarank.importance import triplet_scores
+from adarank.regularization import orthogonality_penalty
+from adarank.report import plot_heatmap, rank_grid
+from adarank.schedule import budget_at
+
+HEATMAP_SPEC = Path(__file__).parent / "vega" / "rank_heatmap.json"
+HEATMAP_PRESET = "adarank/rank-heatmap"
+STEP_KEY = "train/global_step"
+
+
+def heatmap_rows(ranks: dict[str, int]) -> list[list[Any]]:
+    """Rows (layer, type, rank) of the heatmap table, one per adapter inside a numbered layer."""
+    grid = rank_grid(ranks)
+    return [
+        [layer, kind, cell]
+        for layer, cells in zip(grid.layers, grid.cells, strict=True)
+        for kind, cell in zip(grid.types, cells, strict=True)
+        if cell is not None
+    ]
+
+
+class WandbDashboard(TrainerCallback):
+    """Rank-allocation panels in wandb. Add it after ``AdaRankCallback``; it never changes training.
+
+    Args:
+        allocator: the allocator the AdaRankCallback drives.
+        project: wandb project, used only when no run is open yet.
+        trainable_initial: trainable parameters at the start, for the summary.
+    """
+
+    def __init__(self, allocator: RankAllocator, project: str = "adarank", trainable_initial: int | None = None):
+        self.allocator = allocator
+        self.project = project
+        self.trainable_initial = trainable_initial
+        self.history: list[dict[str, Any]] = []
+        self._wandb: Any = None
+        self._owns_run = False
+
+    def _start(self, args: TrainingArguments, state: TrainerState) -> None:
+        if not state.is_world_process_zero or self._wandb is not None:
+            return
+        if importlib.util.find_spec("wandb") is None:
+            print("adarank: wandb is not installed (pip install 'adarank[wandb]'): no dashboards; training goes on.")
+            self._wandb = False
+            return
+        import wandb
+
+        try:
+            if wandb.run is None:
+                wandb.init(project=self.project)
+                self._owns_run = True
+            wandb.define_metric(STEP_KEY)
+            wandb.define_metric("adarank/*", step_metric=STEP_KEY)
+            wandb.define_metric("rank/*", step_metric=STEP_KEY)
+            self._wandb = wandb
+        except Exception as err:  # no login, no network: say so once, train on
+            print(f"adarank: wandb could not start ({err}); no dashboards, training goes on.")
+            self._wandb = False
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._start(args, state)
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        event = self.allocator.last_event
+        if not self._wandb or event is None or event["step"] != state.global_step + 1:
+            return
+        self.history.append(event)
+        self._log_event(event)
+
+    def _log_event(self, event: dict[str, Any]) -> None:
+        wandb = self._wandb
+        with torch.no_grad():
+            penalty = float(orthogonality_penalty(self.allocator.adapters.values()))
+            scores = torch.cat([triplet_scores(s) for s in self.allocator.scores.values()]).cpu().numpy()
+        payload: dict[str, Any] = {
+            STEP_KEY: event["step"],
+            "adarank/budget": event["budget"],
+            "adarank/live": event["live"],
+            "adarank/live_rank": sum(event["ranks"].values()),
+            "adarank/threshold": event["threshold"],
+            "adarank/orth_penalty": penalty,
+            "adarank/triplet_scores": wandb.Histogram(scores),
+            **{f"rank/{name}": rank for name, rank in event["ranks"].items()},
+            **self._heatmap(event["ranks"], f"rank at step {event['step']}", "adarank/"),
+        }
+        wandb.log(payload)
+
+    def _heatmap(self, ranks: dict[str, int], title: str, prefix: str) -> dict[str, Any]:
+        wandb = self._wandb
+        table = wandb.Table(columns=["layer", "type", "rank"], data=heatmap_rows(ranks))
+        chart = wandb.plot_table(HEATMAP_PRESET, table, {"layer": "layer", "type": "type", "rank": "rank"})
+        from PIL import Image  # wandb's own dependency
+
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            Image.open(plot_heatmap(ranks, Path(folder) / "h.png", title)) as png,
+        ):
+            image = wandb.Image(png.convert("RGB"))  # in memory: wandb reads files lazily
+        return {
+            f"{prefix}rank_heatmap_table": table,
+            f"{prefix}rank_heatmap": chart,
+            f"{prefix}rank_heatmap_image": image,
+        }
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not self._wandb:
+            return
+        wandb = self._wandb
+        plan = self.allocator.plan
+        ranks = self.allocator.ranks()
+        steps = [e["step"] for e in self.history]
+        final_table = wandb.Table(columns=["module", "rank"], data=[[n, r] for n, r in ranks.items()])
+        payload: dict[str, Any] = {
+            STEP_KEY: state.global_step,
+            **self._heatmap(ranks, "final rank", "final/"),
+            "final/rank_table": final_table,
+            "final/rank_bar": wandb.plot.bar(final_table, "module", "rank", title="final rank per module"),
+        }
+        if plan is not None and steps:
+            payload["final/budget_curve"] = wandb.plot.line_series(
+                xs=steps,
+                ys=[[budget_at(t, plan) for t in steps], [e["live"] for e in self.history]],
+                keys=["planned b(t)", "realized"],
+                title=f"budget ({plan.unit})",
+                xname="step",
+            )
+        wandb.log(payload)
+        adapters = self.allocator.adapters
+        initial = sum(a.rank * a.triplet_cost for a in adapters.values())
+        final = sum(r * adapters[n].triplet_cost for n, r in ranks.items())
+        wandb.run.summary.update(
+            {
+                "adarank/final_ranks": json.dumps(ranks),
+                "adarank/compression_ratio": final / initial,
+                "adarank/adapter_params_initial": initial,
+                "adarank/adapter_params_final": final,
+                **({"adarank/trainable_params_initial": self.trainable_initial} if self.trainable_initial else {}),
+            }
+        )
+        if self._owns_run:
+            wandb.finish()

@@ -1,0 +1,148 @@
+"""Dashboards: what a real (tiny) run logged to offline wandb, read back from the run file; the
+report without wandb; `adarank inspect`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model
+from wandb_offline import history, run_file, summary
+
+from adarank.cli import main
+from adarank.dashboards import heatmap_rows
+from adarank.report import rank_grid, rank_table
+
+ROOT = Path(__file__).parent.parent
+RANKS = {
+    "bert.encoder.layer.0.attention.self.query": 3,
+    "bert.encoder.layer.0.output.dense": 0,
+    "bert.encoder.layer.1.attention.self.query": 5,
+    "bert.encoder.layer.1.output.dense": 2,
+    "classifier": 1,
+}
+
+
+def test_rank_grid_and_table() -> None:
+    grid = rank_grid(RANKS)
+    assert grid.layers == [0, 1] and grid.types == ["attention.self.query", "output.dense"]
+    assert grid.cells == [[3, 0], [5, 2]] and grid.other == {"classifier": 1}
+    assert rank_table(RANKS).splitlines() == [
+        "     layer  attention.self.query  output.dense  sum",
+        "         0                     3             0    3",
+        "         1                     5             2    7",
+        "       sum                     8             2   10",
+        "classifier                                        1",
+    ]
+    assert heatmap_rows(RANKS) == [[0, "attention.self.query", 3], [0, "output.dense", 0],
+                                   [1, "attention.self.query", 5], [1, "output.dense", 2]]  # fmt: skip
+
+
+def test_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "allocation.json").write_text(json.dumps(RANKS))
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith("5 adapters, total rank 11, 1 at rank 0\n")
+    (tmp_path / "allocation.json").write_text("[1, 2]")
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "expected a JSON object of module name -> rank" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short real run with wandb offline (the default without credentials), in its own process."""
+    base = tmp_path_factory.mktemp("dash")
+    save_tiny_model(base / "model", llama=False)
+    out = base / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "HOME": str(base)}
+    env.pop("WANDB_MODE", None)  # unset: adarank's default (offline without credentials) must apply
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        env[var] = str(base / "wandb-home")
+    done = subprocess.run(
+        [sys.executable, "-m", "adarank", "train", f"output_dir={out}", f"model.name_or_path={base / 'model'}",
+         "adapter.target_modules=[all-linear]", "train.max_steps=12", "train.batch_size=8",
+         "data.max_train_samples=96", "data.max_eval_samples=16", "budget.init_rank=3", "budget.target_rank=1",
+         "budget.t_init=2", "budget.t_final=4", "budget.mask_interval=2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_logged_ranks_equal_the_allocation(offline_run: Path) -> None:
+    wandb_file = run_file(offline_run)  # exactly one run: ours and transformers' share it
+    rows = history(wandb_file)
+    allocation = json.loads((offline_run / "allocation.json").read_text())
+    steps = json.loads((offline_run / "allocation_history.json").read_text())
+    assert sorted(steps, key=int) == ["4", "6", "8"]  # decay 2..8 every 2, final phase from 8
+    logged = {row["train/global_step"]: row for row in rows if any(k.startswith("rank/") for k in row)}
+    assert sorted(logged) == [4, 6, 8]
+    for step, row in logged.items():
+        ranks = {k.removeprefix("rank/"): v for k, v in row.items() if k.startswith("rank/")}
+        assert ranks == steps[str(step)]["ranks"]
+        assert sum(ranks.values()) == row["adarank/live_rank"] == row["adarank/budget"] == steps[str(step)]["live"]
+        assert row["adarank/threshold"] == pytest.approx(steps[str(step)]["threshold"])
+        assert row["adarank/triplet_scores"]["_type"] == "histogram"
+        assert sum(row["adarank/triplet_scores"]["values"]) == 12 * 3  # every triplet scored
+    assert logged[8]["adarank/budget"] == 12 == sum(allocation.values())  # 12 adapters x target rank 1
+    assert any("train/loss" in row for row in rows), "the Trainer's own logs go to the same run"
+    final = next(row for row in rows if "final/rank_heatmap_table" in row)
+    table_file = wandb_file.parent / "files" / final["final/rank_heatmap_table"]["path"]
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["layer", "type", "rank"]
+    assert table["data"] == heatmap_rows(allocation)
+    cells = {f"bert.encoder.layer.{layer}.{kind}": rank for layer, kind, rank in table["data"]}
+    assert cells == allocation
+    assert final["final/rank_heatmap_image"]["_type"] == "image-file"
+    info = summary(wandb_file)
+    assert json.loads(info["adarank/final_ranks"]) == allocation
+    # tiny BERT triplets cost 32 + 32 + 1 = 65 in attention, 64 + 32 + 1 = 97 in the FFN
+    cost = {name: 97 if "intermediate" in name or name.endswith("layer.0.output.dense") or
+            name.endswith("layer.1.output.dense") else 65 for name in allocation}  # fmt: skip
+    assert info["adarank/adapter_params_initial"] == 3 * sum(cost.values()) == 3 * 2 * (4 * 65 + 2 * 97)
+    final_params = sum(rank * cost[name] for name, rank in allocation.items())
+    assert info["adarank/adapter_params_final"] == final_params
+    assert info["adarank/compression_ratio"] == pytest.approx(final_params / (3 * 908))
+
+
+@pytest.mark.slow
+def test_report_files(offline_run: Path) -> None:
+    page = (offline_run / "report.html").read_text()
+    for png in ("rank_heatmap.png", "budget_curve.png", "rank_over_time.png"):
+        assert f'src="{png}"' in page and (offline_run / png).stat().st_size > 5_000
+    assert "http" not in page.replace("http-equiv", ""), "the report must not need the network"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(offline_run: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_report.py"), str(offline_run)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("3 images")
+
+
+def test_wandb_online_without_login_falls_back_to_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from adarank.config import load_config
+    from adarank.run import _wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert _wandb_mode(load_config(None, ["wandb.mode=online"])) == "offline"
+    assert "no wandb login" in capsys.readouterr().out
+    assert _wandb_mode(load_config(None, [])) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert _wandb_mode(load_config(None, [])) == "online"
+    assert _wandb_mode(load_config(None, ["wandb.mode=disabled"])) == "disabled"
+
+
+def test_importing_adarank_never_imports_wandb() -> None:
+    code = "import sys, adarank, adarank.run, adarank.dashboards; print('wandb' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-1000:]
