@@ -1,4 +1,5 @@
-"""Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`."""
+"""Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`,
+`adarank export RUN_DIR --format native|peft|merged --out DIR`."""
 
 from __future__ import annotations
 
@@ -54,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--png", type=Path, help="where to write the b(t) plot (default: OUTPUT_DIR/budget_plan.png)")
     inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
     inspect.add_argument("path", type=Path, help="a run directory, or an allocation.json")
+    export = sub.add_parser("export", help="export a run's adapter: native, PEFT LoRA or merged weights")
+    export.add_argument("source", type=Path, help="a run directory (its adapter/) or a native adapter folder")
+    export.add_argument("--format", choices=("native", "peft", "merged"), required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder to create")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
     args = parser.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.path)
+    if args.command == "export":
+        return _export(args.source, args.format, args.out, args.overwrite)
     try:
         cfg = load_config(*_split(args.items))
         if args.command == "plan":
@@ -74,6 +82,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
+    from adarank.export import ExportError, export_merged, export_native, export_peft, load_adapter, read_native
+    from adarank.run import load_base
+
+    folder = source / "adapter" if (source / "adapter").is_dir() else source
+    try:
+        if out.exists() and not overwrite:  # before loading anything
+            raise ExportError(f"`{out}` already exists; choose another --out or pass --overwrite.")
+        meta, _ = read_native(folder)
+        tokenizer, model, base_folder = load_base(meta.get("base_model") or {})
+        load_adapter(model, folder)
+        if fmt == "native":
+            export_native(model, out, meta["base_model"], overwrite)
+        elif fmt == "peft":
+            export_peft(model, out, str(base_folder), overwrite)
+        else:
+            export_merged(model, out, tokenizer, overwrite)
+    except (ExportError, ConfigError) as err:
+        print(f"adarank: {err}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{fmt} export written to {out} ({size:,} bytes)")
     return 0
 
 

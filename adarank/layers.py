@@ -51,6 +51,7 @@ class SVDLinear(nn.Module):
     """
 
     rank_mask: torch.Tensor
+    merged: bool
 
     def __init__(
         self,
@@ -78,6 +79,7 @@ class SVDLinear(nn.Module):
         self.register_buffer("rank_mask", torch.ones(rank, device=device))  # m
         self.scaling = alpha / rank
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
 
     @property
     def rank(self) -> int:
@@ -95,6 +97,8 @@ class SVDLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
+        if self.merged:  # the update already lives in the base weight
+            return out
         h = self.dropout(x).to(self.right_vectors.dtype) @ self.right_vectors.T
         h = h * (self.singular_values * self.rank_mask * self.scaling)
         return out + (h @ self.left_vectors.T).to(out.dtype)
@@ -103,6 +107,29 @@ class SVDLinear(nn.Module):
         """The dense update s P diag(lambda * m) Q, shaped like a Linear weight (d_out x d_in)."""
         scaled = self.left_vectors * (self.singular_values * self.rank_mask * self.scaling)
         return scaled @ self.right_vectors
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight in place (idempotent); forward then skips the adapter.
+        Merging rounds the base weight to its dtype, so unmerge restores it only up to that rounding."""
+        if not self.merged:
+            self._add_to_base(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the update back out of the base weight (idempotent)."""
+        if self.merged:
+            self._add_to_base(-1.0)
+            self.merged = False
+
+    def _add_to_base(self, sign: float) -> None:
+        weight = self.base.weight
+        assert isinstance(weight, torch.Tensor)
+        delta = self.delta_weight()
+        if not isinstance(self.base, nn.Linear):  # Conv1D stores the weight transposed (d_in x d_out)
+            delta = delta.T
+        weight.add_(sign * delta.to(weight.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, scaling={self.scaling:g}"

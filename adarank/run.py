@@ -1,7 +1,8 @@
 """The main job: fine-tune with adaptive-rank adapters and write a run directory.
 
 Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``,
-``allocation_history.json``, ``report.html`` with its PNGs, and ``budget_plan.png``. Under torchrun
+``allocation_history.json``, ``report.html`` with its PNGs, ``budget_plan.png`` and the native
+adapter export in ``adapter/``. Under torchrun
 (DDP) every process trains; only process 0 writes.
 """
 
@@ -19,10 +20,11 @@ from torch import nn
 
 from adarank.allocator import RankAllocator
 from adarank.callback import AdaRankCallback
-from adarank.config import ConfigError, RunConfig, to_yaml
+from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
 from adarank.data import LABEL_NAMES
+from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
-from adarank.models import load_model, model_skeleton
+from adarank.models import hf_folder, load_model, model_skeleton
 from adarank.plan import adapter_plan, plan_summary, plot_budget
 from adarank.report import write_report
 from adarank.schedule import constant_rank_budget
@@ -284,6 +286,7 @@ def _train(
     history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in allocation.history}
     _write_json_atomic(out / "allocation_history.json", history)
     write_report(out, plan, allocation.history, ranks, metrics)
+    export_native(trainer.accelerator.unwrap_model(model), out / "adapter", base_description(cfg), overwrite=True)
     _write_json_atomic(out / "metrics.json", metrics)
     if report_to_wandb(args):
         import wandb
@@ -305,6 +308,28 @@ def _train(
     print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
     print(f"run directory: {out}")
     return metrics
+
+
+def base_description(cfg: RunConfig) -> dict[str, Any]:
+    """What an export records about its base model, enough to rebuild it (see ``load_base``)."""
+    return {
+        "name_or_path": cfg.model.name_or_path or "minilm",
+        "gguf_file": cfg.model.gguf_file,
+        "format": cfg.data.format,
+        "num_labels": len(LABEL_NAMES[cfg.data.dataset]),
+    }
+
+
+def load_base(description: dict[str, Any]) -> tuple[Any, nn.Module, Path]:
+    """Tokenizer, a fresh base model as ``base_description`` describes it, and its local folder.
+
+    Raises:
+        ConfigError: the base model cannot be found or loaded.
+    """
+    model_cfg = ModelConfig(str(description.get("name_or_path", "")), str(description.get("gguf_file", "")))
+    generation = description.get("format") == "generation"
+    tokenizer, model, _ = load_model(model_cfg, generation, int(description.get("num_labels", 2)))
+    return tokenizer, model, hf_folder(model_cfg)
 
 
 def report_to_wandb(args: Any) -> bool:

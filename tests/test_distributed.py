@@ -96,11 +96,10 @@ def test_adarank_train_under_torchrun_writes_once(tmp_path) -> None:
     assert metrics["total_rank_final"] == metrics["target_total_rank"] == 16  # rank 2 x 8 adapters
     assert done.stdout.count("run directory:") == 1, "only process 0 reports and writes"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "allocation.json",
-        "budget_plan.png",
-        "config.yaml",
-        "metrics.json",
-    ]
+        "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
+        "metrics.json", "rank_heatmap.png", "rank_over_time.png", "report.html",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter.safetensors", "adarank_adapter.json"]
 
 
 def test_launch_whose_processes_would_train_alone_is_refused() -> None:
