@@ -10,6 +10,7 @@ from adarank.config import (
     RunConfig,
     load_config,
 )
+from adarank.export import ExportError, export_merged, export_native, export_peft, load_adapter, swap_adapter
 from adarank.inject import count_live_parameters, count_trainable, find_adapters, inject_adapters
 from adarank.layers import SVDLinear
 from adarank.regularization import orthogonality_penalty
@@ -25,6 +26,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetPlan",
     "ConfigError",
+    "ExportError",
     "ImportanceConfig",
     "RankAllocator",
     "RunConfig",
@@ -32,10 +34,15 @@ __all__ = [
     "budget_at",
     "count_live_parameters",
     "count_trainable",
+    "export_merged",
+    "export_native",
+    "export_peft",
     "find_adapters",
     "inject_adapters",
+    "load_adapter",
     "load_config",
     "orthogonality_penalty",
     "param_groups",
     "plan_budget",
+    "swap_adapter",
 ]

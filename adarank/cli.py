@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(plan)
     plan.add_argument("--png", type=Path, help="where to write the b(t) plot (default: OUTPUT_DIR/budget_plan.png)")
     inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
-    inspect.add_argument("path", type=Path, help="a run directory, or an allocation.json")
+    inspect.add_argument("path", type=Path, help="a run directory, its allocation.json, or a native adapter folder")
     export = sub.add_parser("export", help="export a run's adapter: native, PEFT LoRA or merged weights")
     export.add_argument("source", type=Path, help="a run directory (its adapter/) or a native adapter folder")
     export.add_argument("--format", choices=("native", "peft", "merged"), required=True)
@@ -116,13 +116,17 @@ def _inspect(path: Path) -> int:
     from adarank.report import rank_table
 
     file = path / "allocation.json" if path.is_dir() else path
+    if (path / "adarank_adapter.json").is_file():  # a native adapter export
+        file = path / "adarank_adapter.json"
     try:
         ranks = json.loads(file.read_text())
+        if file.name == "adarank_adapter.json" and isinstance(ranks, dict):
+            ranks = ranks.get("ranks")
         if not isinstance(ranks, dict) or not all(isinstance(r, int) for r in ranks.values()):
             raise ValueError("expected a JSON object of module name -> rank")
     except (OSError, ValueError) as err:
-        print(f"adarank: cannot read ranks from `{file}` ({err}); give a run directory or its allocation.json.",
-              file=sys.stderr)  # fmt: skip
+        hint = "give a run directory, its allocation.json or an adapter folder"
+        print(f"adarank: cannot read ranks from `{file}` ({err}); {hint}.", file=sys.stderr)
         return 2
     print(rank_table(ranks))
     print(f"{len(ranks)} adapters, total rank {sum(ranks.values())}, {sum(r == 0 for r in ranks.values())} at rank 0")

@@ -72,6 +72,7 @@ def _write_atomically(out: Path, overwrite: bool, fill: Callable[[Path], None]) 
         raise ExportError(f"`{out}` already exists; choose another --out or pass --overwrite.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary folder
     try:
         fill(tmp)
         if out.exists():
