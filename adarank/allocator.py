@@ -103,6 +103,7 @@ class RankAllocator:
         self.plan: BudgetPlan | None = None
         self.scores: dict[str, ImportanceState] = {}
         self.last_step = 0
+        self.skipped_steps = 0
         self.finalized = False
         self.last_event: dict[str, Any] | None = None
         if total_steps is not None:
@@ -133,8 +134,11 @@ class RankAllocator:
     def step(self, step: int, optimizer: Any = None) -> dict[str, Any] | None:
         """Account for optimizer step ``step`` (1-based): update scores, mask if it is a masking step.
 
-        Call after ``optimizer.step()`` and before ``optimizer.zero_grad()``. Pass the optimizer so
-        the state of pruned triplets can be reset.
+        Call after ``optimizer.step()`` and before ``optimizer.zero_grad()``, on unscaled gradients
+        (with a loss scaler: after ``scaler.unscale_(optimizer)``). Pass the optimizer so the state of
+        pruned triplets can be reset. A step whose adapter gradients hold inf or NaN (an fp16
+        overflow: the scaler skipped the optimizer step) leaves the scores untouched and is counted
+        in ``skipped_steps``; masking still happens on schedule, on the scores so far.
 
         Returns:
             The masking event (step, budget, threshold, ranks) on a masking step, else None.
@@ -145,15 +149,24 @@ class RankAllocator:
         if needs_scores(step, plan):
             if not self.scores:
                 self.scores = {n: init_importance(a) for n, a in self.adapters.items()}
-            imp = self.importance
-            for name, adapter in self.adapters.items():
-                update_importance_(self.scores[name], adapter, imp.beta_sensitivity, imp.beta_uncertainty)
+            if self._gradients_finite():
+                imp = self.importance
+                for name, adapter in self.adapters.items():
+                    update_importance_(self.scores[name], adapter, imp.beta_sensitivity, imp.beta_uncertainty)
+            else:
+                self.skipped_steps += 1
         event = None
         due_final = plan.adapts and not self.finalized and step >= plan.final_start
         if is_masking_step(step, plan) or due_final or self._strict_due(step, plan):
             event = self._mask(step, optimizer)
         self.last_step = step
         return event
+
+    def _gradients_finite(self) -> bool:
+        grads = [
+            p.grad for a in self.adapters.values() for p in a.parameters() if p.requires_grad and p.grad is not None
+        ]
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
     def _strict_due(self, step: int, plan: BudgetPlan) -> bool:
         """Strict mode masks whenever b(t) falls below the live rank, so it never exceeds b(t)."""
@@ -172,8 +185,8 @@ class RankAllocator:
         budget = budget_at(step, plan)
         final = step >= plan.final_start
         per_adapter = []
-        for name, state in self.scores.items():
-            scores = triplet_scores(state)
+        for name in self.adapters:  # adapter order: the split below assumes it (a loaded state may differ)
+            scores = triplet_scores(self.scores[name])
             if not torch.isfinite(scores).all():
                 raise FloatingPointError(
                     f"importance scores of {name} are not finite at step {step}: refusing to mask on "
@@ -232,6 +245,7 @@ class RankAllocator:
         """Score EMAs and counters (masks live on the adapters, in ``model.state_dict()``)."""
         return {
             "last_step": self.last_step,
+            "skipped_steps": self.skipped_steps,
             "finalized": self.finalized,
             "plan": asdict(self.plan) if self.plan else None,
             "scores": {n: {k: v.clone() for k, v in s.items()} for n, s in self.scores.items()},
@@ -239,15 +253,17 @@ class RankAllocator:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output; the adapters must be the same modules by name."""
-        if set(state["scores"]) - set(self.adapters):
+        if state["scores"] and set(state["scores"]) != set(self.adapters):
             raise ValueError(
-                f"allocator state names adapters not in this model: "
-                f"{sorted(set(state['scores']) - set(self.adapters))[:3]}"
+                "allocator state is for other adapters than this model's: differs in "
+                f"{sorted(set(state['scores']) ^ set(self.adapters))[:3]}"
             )
         self.plan = BudgetPlan(**state["plan"]) if state["plan"] else None
         self.last_step = int(state["last_step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.finalized = bool(state["finalized"])
-        self.scores = {
-            name: {k: v.to(self.adapters[name].singular_values.device) for k, v in s.items()}
-            for name, s in state["scores"].items()
+        self.scores = {  # in adapter order, whatever order the saved state used
+            name: {k: v.to(self.adapters[name].singular_values.device) for k, v in state["scores"][name].items()}
+            for name in self.adapters
+            if name in state["scores"]
         }

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from adarank.allocator import RankAllocator
+from adarank.config import RESUME_MARKER
 from adarank.inject import find_adapters
+
+ALLOCATOR_STATE = RESUME_MARKER  # written last: its presence marks a complete checkpoint
+ALLOCATOR_SCORES = "adarank_scores.safetensors"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The highest-step ``checkpoint-N`` under ``folder`` that holds the allocator state (written after
+    everything else), so a checkpoint half-written by a killed process is never picked."""
+    root = Path(folder)
+    done = [
+        (int(m.group(1)), p)
+        for p in (root.iterdir() if root.is_dir() else [])
+        if (m := _CHECKPOINT.match(p.name)) and (p / ALLOCATOR_STATE).is_file()
+    ]
+    return max(done)[1] if done else None
+
+
+def check_unsharded(args: Any) -> None:
+    """Refuse FSDP and DeepSpeed ZeRO: each process would hold only a shard of the gradients, and
+    scores from partial gradients differ by rank (AdaLoRA's masks must be identical everywhere).
+
+    Raises:
+        RuntimeError: FSDP or DeepSpeed is configured.
+    """
+    if getattr(args, "fsdp", None):
+        raise RuntimeError(
+            "adarank does not support FSDP: gradients are sharded, so importance scores would differ by "
+            "process. Use DDP (torchrun) instead; the adapters are small enough to replicate."
+        )
+    if getattr(args, "deepspeed", None):
+        raise RuntimeError(
+            "adarank does not support DeepSpeed ZeRO: gradients are partitioned, so importance scores "
+            "would differ by process. Use DDP (torchrun) instead."
+        )
 
 
 class AdaRankCallback(TrainerCallback):
@@ -31,6 +72,7 @@ class AdaRankCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        check_unsharded(args)
         model = kwargs.get("model")
         if model is not None:
             in_model = {id(a) for a in find_adapters(model).values()}
@@ -48,6 +90,46 @@ class AdaRankCallback(TrainerCallback):
         event = self.allocator.step(state.global_step + 1, kwargs.get("optimizer"))
         if event is not None:
             self.history.append(event)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.save_checkpoint(Path(args.output_dir or ".") / f"checkpoint-{state.global_step}")
+
+    def save_checkpoint(self, folder: Path) -> None:
+        """Write the allocator state (score EMAs as safetensors; counters, plan and history as JSON,
+        last, atomically) into a Trainer checkpoint folder. Masks live in the model's weights."""
+        from safetensors.torch import save_file
+
+        state = self.allocator.state_dict()
+        scores = {
+            f"{name}/{key}": t.contiguous() for name, parts in state.pop("scores").items() for key, t in parts.items()
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(scores, str(folder / ALLOCATOR_SCORES))
+        tmp = folder / (ALLOCATOR_STATE + ".tmp")
+        tmp.write_text(json.dumps({**state, "history": self.history}))
+        os.replace(tmp, folder / ALLOCATOR_STATE)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Restore what ``save_checkpoint`` wrote (reads safetensors and JSON only).
+
+        Raises:
+            FileNotFoundError: the folder holds no complete allocator state.
+        """
+        from safetensors.torch import load_file
+
+        if not (folder / ALLOCATOR_STATE).is_file():
+            raise FileNotFoundError(
+                f"`{folder}` holds no adarank allocator state ({ALLOCATOR_STATE}): it was not written by "
+                "AdaRankCallback, or the process died while writing it; resume from an earlier checkpoint."
+            )
+        state = json.loads((folder / ALLOCATOR_STATE).read_text())
+        scores: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in load_file(str(folder / ALLOCATOR_SCORES)).items():
+            name, part = key.rsplit("/", 1)
+            scores.setdefault(name, {})[part] = tensor
+        self.history = state.pop("history")
+        self.allocator.load_state_dict({**state, "scores": scores})
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -31,6 +31,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _resume_items(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`resume=RUN_DIR` without a config file continues that run: its config.yaml, its directory."""
+    resume = next((o.partition("=")[2] for o in overrides if o.startswith("resume=")), None)
+    if not resume or config is not None:
+        return config, overrides
+    saved = Path(resume) / "config.yaml"
+    return (str(saved) if saved.is_file() else None), [*overrides, f"output_dir={resume}"]
+
+
 def _split(items: list[str]) -> tuple[str | None, list[str]]:
     config = items[0] if items and "=" not in items[0] else None
     return config, items[1:] if config else items
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return _export(args.source, args.format, args.out, args.overwrite)
     try:
-        cfg = load_config(*_split(args.items))
+        cfg = load_config(*_resume_items(*_split(args.items)))
         if args.command == "plan":
             from adarank.plan import plot_budget
             from adarank.run import describe

@@ -24,6 +24,7 @@ DATASETS = ("rotten_tomatoes", "bbc_news")
 FORMATS = ("classification", "generation")
 INCLUDE_KEY = "include"
 EMBEDDED_MODELS = ("minilm", "smollm2")
+RESUME_MARKER = "adarank_allocator.json"  # = adarank.callback.ALLOCATOR_STATE
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -121,6 +122,8 @@ class TrainConfig:
     """AdamW weight decay."""
     eval_batch_size: int = 128
     """Examples per evaluation batch."""
+    save_steps: int | None = None
+    """Save a checkpoint (model, optimizer, scheduler, allocator state) every N steps; None = none."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class RunConfig:
     """Allow writing into an output_dir that already holds a finished run."""
     seed: int = 0
     """Seed for adapter init, data order and dropout (the data split is fixed)."""
+    resume: str | None = None
+    """A run directory to continue from its latest complete checkpoint (see train.save_steps)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -208,7 +213,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         bad = _unknown_key_problems([key.strip()], "command line")
         problems += bad
         if not bad:
-            merged = _merge_or_report(merged, OmegaConf.from_dotlist([item]), f"`{item}`", problems)
+            try:
+                parsed = OmegaConf.from_dotlist([item])
+            except Exception as err:  # yaml scanner/reader errors on hostile text
+                problems.append(f"`{item}`: the value is not valid YAML ({str(err).splitlines()[0]}).")
+                continue
+            merged = _merge_or_report(merged, parsed, f"`{item}`", problems)
     if problems:
         raise ConfigError(problems)
     cfg = OmegaConf.to_object(merged)
@@ -255,7 +265,7 @@ def _read_layers(file: Path, chain: tuple[Path, ...], problems: list[str]) -> li
 def _merge_or_report(base: Any, update: Any, source: str, problems: list[str]) -> Any:
     try:
         return OmegaConf.merge(base, update)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, ValueError) as err:  # TypeError: a list where a mapping goes
         msg = str(err).split("\n")[0]
         problems.append(f"{source}: {msg}. Give a value of the type the key expects.")
         return base
@@ -340,8 +350,26 @@ def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
     return problems
 
 
+def _number_problems(node: Any, prefix: str = "") -> list[str]:
+    """Non-finite floats and integers too large to mean anything (steps, ranks, batch sizes)."""
+    problems = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = prefix + f.name
+        if is_dataclass(value):
+            problems += _number_problems(value, key + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} ({value}) must be a finite number.")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**31 - 1:
+            problems.append(f"{key} ({value}) is too large; use a value below 2**31.")
+    return problems
+
+
 def validate(cfg: RunConfig) -> list[str]:
     """Every problem with a merged run config that can be seen without loading the model."""
+    numbers = _number_problems(cfg)
+    if numbers:  # the other checks assume sane numbers
+        return numbers
     problems = budget_problems(cfg.budget, cfg.train.max_steps)
     imp = cfg.importance
     for name in ("beta_sensitivity", "beta_uncertainty"):
@@ -389,6 +417,15 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(f"model.gguf_file `{cfg.model.gguf_file}` is not a file in `{name}`; check the name.")
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
+    if tr.save_steps is not None and tr.save_steps < 1:
+        problems.append(f"train.save_steps ({tr.save_steps}) must be >= 1, or null for no checkpoints.")
+    if cfg.resume is not None:
+        checkpoints = [p for p in (Path(cfg.resume) / "trainer").glob("checkpoint-*") if (p / RESUME_MARKER).is_file()]
+        if not checkpoints:
+            problems.append(
+                f"resume=`{cfg.resume}` holds no complete checkpoint (trainer/checkpoint-N with {RESUME_MARKER}); "
+                "train with train.save_steps=N to write them."
+            )
     out = Path(cfg.output_dir)
     if (out / "metrics.json").exists() and not cfg.overwrite:
         problems.append(

@@ -144,6 +144,10 @@ def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     required = ("format_version", "ranks", "scaling", "shapes", "trained_parameters")
     if not isinstance(meta, dict) or any(k not in meta for k in required):
         raise ExportError(f"{meta_file} lacks {', '.join(required)}; export the adapter again.")
+    if not all(isinstance(meta[k], dict) for k in ("ranks", "scaling", "shapes")) or not isinstance(
+        meta["trained_parameters"], list
+    ):
+        raise ExportError(f"{meta_file}: ranks, scaling and shapes must be objects, trained_parameters a list.")
     if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
         raise ExportError(
             f"{meta_file} has format version {meta['format_version']!r}; this adarank ({_version()}) reads up to "
@@ -156,7 +160,12 @@ def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for name, rank in meta["ranks"].items():
         if not isinstance(rank, int) or rank < 0:
             raise ExportError(f"{meta_file}: rank of `{name}` must be a whole number >= 0, got {rank!r}.")
-        d_out, d_in = meta["shapes"][name]
+        shape = meta["shapes"].get(name)
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise ExportError(f"{meta_file}: shape of `{name}` must be [d_out, d_in], got {shape!r}.")
+        if rank > min(shape) or not isinstance(meta["scaling"].get(name), (int, float)):
+            raise ExportError(f"{meta_file}: `{name}` has rank {rank} > min{tuple(shape)} or no numeric scaling.")
+        d_out, d_in = shape
         expected = {"left_vectors": (d_out, rank), "singular_values": (rank,), "right_vectors": (rank, d_in)}
         for part, shape in expected.items():
             tensor = tensors.get(f"{name}.{part}")

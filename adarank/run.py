@@ -129,7 +129,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         warmup_steps=int(tr.warmup_ratio * tr.max_steps),
         lr_scheduler_type="linear",
         logging_steps=max(1, tr.max_steps // 20),
-        save_strategy="no",
+        save_strategy="steps" if tr.save_steps else "no",
+        save_steps=tr.save_steps or 500,
+        save_total_limit=2,  # the newest may be half-written when a process dies; the one before is complete
         report_to=report_to,
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
@@ -236,7 +238,7 @@ def _train(
     shapes = {n: (a.out_features, a.in_features) for n, a in allocator.adapters.items()}
     base_params = allocator.base_params or 0
     if main_process:
-        (out / "config.yaml").write_text(to_yaml(cfg))
+        (out / "config.yaml").write_text(to_yaml(replace(cfg, resume=None)))  # repeats the run from scratch
         plot_budget(plan, out / "budget_plan.png")
         print(plan_summary(replace(cfg, budget=allocator.budget), shapes, base_params))
     trainable_initial = count_trainable(model)
@@ -260,7 +262,7 @@ def _train(
     if generation:
         before = {"eval_accuracy_before": _score(trainer, tokenizer, cfg, data["test"], "test")}
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     train_seconds = time.perf_counter() - start
     ranks = allocator.ranks()
     metrics = {

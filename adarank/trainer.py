@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
 
-from adarank.callback import AdaRankCallback
+from adarank.callback import AdaRankCallback, latest_complete_checkpoint
 from adarank.inject import find_adapters
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
@@ -93,6 +94,28 @@ class AdaRankTrainer(Trainer):
                 "fixed-rank SVD LoRA. Pass callbacks=[AdaRankCallback(allocator)].",
                 stacklevel=2,
             )
+
+    def train(  # type: ignore[override]
+        self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
+    ) -> Any:
+        """``Trainer.train``; when resuming, also restores the allocator's state from the checkpoint.
+        ``resume_from_checkpoint=True`` picks the latest checkpoint whose allocator state is complete.
+
+        Raises:
+            FileNotFoundError: no complete checkpoint to resume from.
+        """
+        if resume_from_checkpoint:
+            folder = (
+                latest_complete_checkpoint(self.args.output_dir or ".")
+                if resume_from_checkpoint is True
+                else Path(str(resume_from_checkpoint))
+            )
+            if folder is None:
+                raise FileNotFoundError(f"no complete checkpoint under `{self.args.output_dir}` to resume from.")
+            if self._callback is not None:
+                self._callback.load_checkpoint(folder)
+            resume_from_checkpoint = str(folder)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:

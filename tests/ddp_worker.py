@@ -7,6 +7,7 @@ masks after every allocation step. Not a test itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -107,12 +108,17 @@ def main() -> None:
     )
     trainer.train()
     out_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()  # every trained tensor: P, lambda, Q, masks, head
+    for name, tensor in sorted(model.state_dict().items()):
+        if "vectors" in name or "singular_values" in name or "rank_mask" in name or "classifier" in name:
+            digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
     record = {
         "world_size": args.world_size,
         "rank": args.process_index,
         "seen": collator.seen,
         "events": recorder.events,
         "final_ranks": allocator.ranks(),
+        "adapter_sha256": digest.hexdigest(),
     }
     (out_dir / f"rank{args.process_index}.json").write_text(json.dumps(record))
 

@@ -52,6 +52,7 @@ def test_two_processes_hold_identical_masks_equal_to_one_process(tmp_path) -> No
     steps = [e["step"] for e in single["events"]]
     assert steps == [10, 12, 14, 16, 18] and [e["step"] for e in rank0["events"]] == steps
     assert rank0["events"] == rank1["events"], "every process must hold the same scores and masks"
+    assert rank0["adapter_sha256"] == rank1["adapter_sha256"], "identical final adapters on every process"
 
     def masks(run: dict) -> list:
         return [(e["step"], e["kept"], e["rank_mask"]) for e in run["events"]]

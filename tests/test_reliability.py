@@ -1,0 +1,222 @@
+"""Faults: accumulation gives the same masks, an fp16 overflow never reaches the scores, a bf16 base
+trains with fp32 adapters, sharded-gradient setups are refused, and malformed configs and adapters
+(fuzzed) give clear errors without tracebacks from deep inside torch or touching the files."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_bert
+from test_export import BASE, train_tiny
+from test_resume import BUDGET, Masks
+from test_trainer import _args, _dataset
+
+from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, ConfigError, RankAllocator, inject_adapters
+from adarank.callback import check_unsharded
+from adarank.config import load_config, schema_keys
+from adarank.export import ExportError, export_native, load_adapter
+from adarank.importance import triplet_scores
+
+
+def _masks_for(batch: int, accum: int, tmp_path: Path) -> dict:
+    model = tiny_bert()
+    adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=["classifier"])
+    allocator = RankAllocator(adapters, BUDGET)
+    masks = Masks(allocator)
+    AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path / f"{batch}x{accum}", max_steps=24, per_device_train_batch_size=batch,
+                   gradient_accumulation_steps=accum, learning_rate=5e-3, max_grad_norm=1.0),
+        train_dataset=_dataset(32 * 24),
+        callbacks=[AdaRankCallback(allocator), masks],
+        singular_lr_multiplier=10,
+    ).train()  # fmt: skip
+    return masks.events
+
+
+def test_accumulation_gives_the_same_masks_at_every_allocation_step(tmp_path: Path) -> None:
+    full, accumulated = _masks_for(32, 1, tmp_path), _masks_for(8, 4, tmp_path)
+    assert sorted(full) == [6, 8, 10, 12, 14, 16, 18]
+    assert accumulated == full
+
+
+def test_fp16_overflow_step_never_reaches_the_scores() -> None:
+    model = tiny_bert()
+    adapters = inject_adapters(model, ["query", "value"], rank=3, alpha=6, seed=0, modules_to_save=["classifier"])
+    allocator = RankAllocator(adapters, BudgetConfig(init_rank=3, target_rank=2, t_init=2, t_final=2,
+                                                     mask_interval=1), total_steps=10)  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    ids = torch.randint(3, 100, (8, 12), generator=torch.Generator().manual_seed(0))
+    before = None
+    for step in range(1, 11):
+        loss = model(input_ids=ids, labels=(ids[:, 0] > 50).long()).loss
+        scaler.scale(loss).backward()
+        if step == 5:  # an overflow in one adapter's gradient
+            next(iter(adapters.values())).singular_values.grad[0] = float("inf")
+            before = {n: {k: v.clone() for k, v in s.items()} for n, s in allocator.scores.items()}
+        scaler.unscale_(optimizer)  # scores must see unscaled gradients
+        scaler.step(optimizer)  # skipped at step 5
+        scaler.update()
+        allocator.step(step, optimizer)
+        if step == 5:
+            after = allocator.scores
+            assert all(torch.equal(after[n][k], v) for n, s in before.items() for k, v in s.items())
+        optimizer.zero_grad()
+    assert allocator.skipped_steps == 1 and scaler.get_scale() == 2.0**9  # the scaler backed off once
+    assert all(torch.isfinite(triplet_scores(s)).all() for s in allocator.scores.values())
+    allocator.check_finished()
+
+
+def test_bf16_base_with_fp32_adapters_trains_and_scores() -> None:
+    model = tiny_bert().to(torch.bfloat16)
+    adapters = inject_adapters(model, ["all-linear"], rank=3, alpha=6, seed=0, modules_to_save=["classifier"])
+    assert all(p.dtype == torch.float32 for a in adapters.values() for p in a.parameters() if p.requires_grad)
+    allocator = RankAllocator(adapters, BudgetConfig(init_rank=3, target_rank=2, t_init=1, t_final=1,
+                                                     mask_interval=1), total_steps=4)  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(3, 100, (8, 12), generator=torch.Generator().manual_seed(0))
+    for step in range(1, 5):
+        out = model(input_ids=ids, labels=(ids[:, 0] > 50).long())
+        assert out.logits.dtype == torch.bfloat16
+        out.loss.backward()
+        optimizer.step()
+        allocator.step(step, optimizer)
+        optimizer.zero_grad()
+    allocator.check_finished()
+    assert all(v.dtype == torch.float32 for s in allocator.scores.values() for v in s.values())
+    assert sum(allocator.ranks().values()) == 2 * len(adapters)
+
+
+def test_nan_scores_fail_naming_the_module() -> None:
+    model = tiny_bert()
+    adapters = inject_adapters(model, ["query"], rank=2, alpha=2, seed=0)
+    allocator = RankAllocator(adapters, BudgetConfig(init_rank=2, target_rank=1, t_init=1, t_final=1,
+                                                     mask_interval=1), total_steps=4)  # fmt: skip
+    model(input_ids=torch.ones(2, 4, dtype=torch.long), labels=torch.zeros(2, dtype=torch.long)).loss.backward()
+    allocator.step(1)
+    name = next(iter(adapters))
+    allocator.scores[name]["singular_values.sensitivity"][0] = float("nan")
+    with pytest.raises(FloatingPointError, match=f"importance scores of {name.replace('.', '[.]')} are not finite"):
+        allocator.step(2)
+
+
+@pytest.mark.parametrize("setting", [{"fsdp": "full_shard"}, {"deepspeed": "ds_config.json"}])
+def test_sharded_gradients_are_refused(setting: dict) -> None:
+    with pytest.raises(RuntimeError, match="does not support (FSDP|DeepSpeed)"):
+        check_unsharded(SimpleNamespace(**{"fsdp": "", "deepspeed": None, **setting}))
+    check_unsharded(SimpleNamespace(fsdp=[], deepspeed=None))
+
+
+# ---- fuzzing -----------------------------------------------------------------------------------
+
+VALUES = ["", "x", "-1", "0", "1e400", "nan", "inf", "-inf", "[1,2]", "{a: 1}", "null", "true", "9" * 30,
+          "0.5", "[]", "'", "{", "]]", "\x00", "é", "1.0e-30"]  # fmt: skip
+
+
+def _fuzz_configs(count: int) -> list[tuple[str, list[str]]]:
+    rng = random.Random(1234)
+    keys = schema_keys()
+    cases = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:  # overrides with hostile values
+            cases.append(("", [f"{rng.choice(keys)}={rng.choice(VALUES)}" for _ in range(rng.randint(1, 4))]))
+        elif kind == 1:  # random bytes as a YAML file
+            cases.append((bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))).decode("latin-1"), []))
+        else:  # structurally wrong YAML
+            key = rng.choice(keys).split(".")
+            value = rng.choice(["[1, 2]", "{deep: {er: 1}}", "- a\n- b", "1e999", ".nan", "!!binary aGk=", "~"])
+            cases.append(("\n".join(f"{'  ' * d}{k}:" for d, k in enumerate(key)) + f" {value}\n", []))
+    return cases
+
+
+def test_fuzzed_configs_are_rejected_with_a_message(tmp_path: Path) -> None:
+    rejected = accepted = 0
+    for index, (text, overrides) in enumerate(_fuzz_configs(300)):
+        path = None
+        if text:
+            path = tmp_path / f"c{index}.yaml"
+            path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+        try:
+            cfg = load_config(path, [*overrides, f"output_dir={tmp_path / 'out'}"])
+        except ConfigError as err:
+            assert err.problems and all(isinstance(p, str) and p for p in err.problems)
+            rejected += 1
+        else:  # a harmless combination: it must then be a sane config
+            assert math.isfinite(cfg.train.learning_rate) and cfg.train.max_steps >= 1
+            accepted += 1
+    assert rejected + accepted == 300 and rejected > 250
+    assert not (tmp_path / "out").exists(), "validation writes nothing"
+
+
+def _corruptions(good: Path, rng: random.Random) -> list[tuple[str, dict[str, bytes]]]:
+    meta = json.loads((good / "adarank_adapter.json").read_text())
+    tensors = (good / "adapter.safetensors").read_bytes()
+    name = next(n for n, r in meta["ranks"].items() if r)
+    from safetensors.torch import load_file, save_file
+
+    def tensors_with(change) -> bytes:
+        data = load_file(str(good / "adapter.safetensors"))
+        change(data)
+        out = good.parent / "tmp.safetensors"
+        save_file(data, str(out))
+        return out.read_bytes()
+
+    meta_text = json.dumps(meta).encode()
+    nan, ones = math.nan, torch.ones(3)
+
+    def meta_with(**changes) -> dict[str, bytes]:
+        return {"adarank_adapter.json": json.dumps({**meta, **changes}).encode()}
+
+    def rank_of(value) -> dict[str, bytes]:
+        return meta_with(ranks={**meta["ranks"], name: value})
+
+    cases = [
+        ("random bytes as tensors", {"adapter.safetensors": bytes(rng.getrandbits(8) for _ in range(500))}),
+        ("truncated tensors", {"adapter.safetensors": tensors[: len(tensors) // 2]}),
+        ("random bytes as JSON", {"adarank_adapter.json": bytes(rng.getrandbits(8) for _ in range(100))}),
+        ("JSON list", {"adarank_adapter.json": b"[1, 2, 3]"}),
+        ("rank as text", rank_of("two")),
+        ("negative rank", rank_of(-1)),
+        ("huge rank", rank_of(10**12)),
+        ("newer format", meta_with(format_version=2)),
+        ("format as text", meta_with(format_version="1")),
+        ("missing keys", {"adarank_adapter.json": b'{"format_version": 1}'}),
+        ("NaN in a tensor", {"adapter.safetensors": tensors_with(lambda d: d[f"{name}.singular_values"].fill_(nan))}),
+        ("wrong shape", {"adapter.safetensors": tensors_with(lambda d: d.update({f"{name}.left_vectors": ones}))}),
+        ("missing tensor", {"adapter.safetensors": tensors_with(lambda d: d.pop(f"{name}.right_vectors"))}),
+        ("shape list wrong", meta_with(shapes={**meta["shapes"], name: [1]})),
+        ("scaling as text", meta_with(scaling={**meta["scaling"], name: "big"})),
+        ("valid JSON, empty tensors", {"adapter.safetensors": b"", "adarank_adapter.json": meta_text}),
+    ]  # fmt: skip
+    return cases
+
+
+def test_fuzzed_adapters_are_rejected_without_touching_files(tmp_path: Path) -> None:
+    model, _ = train_tiny(tiny_bert)
+    good = export_native(model, tmp_path / "good", BASE)
+    rng = random.Random(7)
+    rejected = 0
+    cases = _corruptions(good, rng)
+    for index, (label, files) in enumerate(cases):
+        folder = tmp_path / f"bad{index}"
+        folder.mkdir()
+        for file in ("adarank_adapter.json", "adapter.safetensors"):
+            (folder / file).write_bytes(files.get(file, (good / file).read_bytes()))
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        fresh = tiny_bert()
+        weights = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(ExportError) as err:
+            load_adapter(fresh, folder)
+        assert str(err.value), label
+        rejected += 1
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, label
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in weights.items()), f"{label}: model changed"
+    assert rejected == len(cases) == 16
