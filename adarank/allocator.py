@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from adarank.config import BudgetConfig, ConfigError, ImportanceConfig, budget_problems
+from adarank.config import SCORES, BudgetConfig, ConfigError, ImportanceConfig, budget_problems
 from adarank.importance import ImportanceState, init_importance, triplet_scores, update_importance_
 from adarank.layers import SVDLinear
 from adarank.schedule import BudgetPlan, budget_at, is_masking_step, needs_scores, plan_budget
@@ -98,6 +98,8 @@ class RankAllocator:
         for name in ("beta_sensitivity", "beta_uncertainty"):
             if not 0 <= getattr(self.importance, name) < 1:
                 problems.append(f"importance.{name} must be in [0, 1).")
+        if self.importance.score not in SCORES:
+            problems.append(f"importance.score `{self.importance.score}` is not one of {', '.join(SCORES)}.")
         if problems:
             raise ConfigError(problems)
         self.plan: BudgetPlan | None = None
@@ -186,7 +188,7 @@ class RankAllocator:
         final = step >= plan.final_start
         per_adapter = []
         for name in self.adapters:  # adapter order: the split below assumes it (a loaded state may differ)
-            scores = triplet_scores(self.scores[name])
+            scores = triplet_scores(self.scores[name], self.importance.score)
             if not torch.isfinite(scores).all():
                 raise FloatingPointError(
                     f"importance scores of {name} are not finite at step {step}: refusing to mask on "

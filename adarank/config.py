@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from adarank.data import missing_data_package, missing_model_packages
 
 SCHEDULES = ("cubic", "linear", "constant")
+SCORES = ("sensitivity_uncertainty", "sensitivity")
 DATASETS = ("rotten_tomatoes", "bbc_news")
 FORMATS = ("classification", "generation")
 INCLUDE_KEY = "include"
@@ -102,6 +103,9 @@ class ImportanceConfig:
     """EMA coefficient of the sensitivity |theta * grad| (the paper's beta_1)."""
     beta_uncertainty: float = 0.85
     """EMA coefficient of the uncertainty |I - I_bar| (the paper's beta_2)."""
+    score: str = "sensitivity_uncertainty"
+    """Triplet score: sensitivity_uncertainty (the paper's I_bar * U_bar) | sensitivity (I_bar alone,
+    the paper's ablation)."""
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,8 @@ def validate(cfg: RunConfig) -> list[str]:
         value = getattr(imp, name)
         if not 0 <= value < 1:
             problems.append(f"importance.{name} ({value}) must be in [0, 1), e.g. 0.85.")
+    if imp.score not in SCORES:
+        problems.append(f"importance.score `{imp.score}` is not one of {', '.join(SCORES)}.")
     ad = cfg.adapter
     if not ad.target_modules:
         problems.append("adapter.target_modules is empty; name modules to adapt, or `all-linear`.")

@@ -98,7 +98,8 @@ class WandbDashboard(TrainerCallback):
         wandb = self._wandb
         with torch.no_grad():
             penalty = float(orthogonality_penalty(self.allocator.adapters.values()))
-            scores = torch.cat([triplet_scores(s) for s in self.allocator.scores.values()]).cpu().numpy()
+            kind = self.allocator.importance.score
+            scores = torch.cat([triplet_scores(s, kind) for s in self.allocator.scores.values()]).cpu().numpy()
         payload: dict[str, Any] = {
             STEP_KEY: event["step"],
             "adarank/budget": event["budget"],

@@ -7,7 +7,8 @@ For every entry theta of P, lambda and Q, once per optimizer step:
     U_bar <- beta_u U_bar + (1 - beta_u) |I - I_bar|   uncertainty (with the new I_bar)
     s     = I_bar * U_bar
 
-and the score of triplet i is S_i = s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij).
+and the score of triplet i is S_i = s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij). The ablation
+`score="sensitivity"` uses s = I_bar alone.
 Buffers are fp32 whatever the model dtype.
 """
 
@@ -54,10 +55,16 @@ def update_importance_(
         uncertainty.mul_(beta_uncertainty).add_((current - sensitivity).abs_(), alpha=1 - beta_uncertainty)
 
 
-def triplet_scores(state: ImportanceState) -> torch.Tensor:
-    """Score of each triplet (shape r): s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij)."""
+def triplet_scores(state: ImportanceState, score: str = "sensitivity_uncertainty") -> torch.Tensor:
+    """Score of each triplet (shape r): s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij), with
+    s = I_bar * U_bar (``score="sensitivity_uncertainty"``) or s = I_bar (``score="sensitivity"``)."""
+    if score not in ("sensitivity_uncertainty", "sensitivity"):
+        raise ValueError(f"score `{score}` is not sensitivity_uncertainty or sensitivity.")
 
-    def score(part: str) -> torch.Tensor:
+    def entry_scores(part: str) -> torch.Tensor:
+        if score == "sensitivity":
+            return state[f"{part}.sensitivity"]
         return state[f"{part}.sensitivity"] * state[f"{part}.uncertainty"]
 
-    return score("singular_values") + score("left_vectors").mean(dim=0) + score("right_vectors").mean(dim=1)
+    singular, left, right = (entry_scores(part) for part in ("singular_values", "left_vectors", "right_vectors"))
+    return singular + left.mean(dim=0) + right.mean(dim=1)

@@ -28,8 +28,8 @@ class RankGrid:
 
     layers: list[int]
     types: list[str]
-    cells: list[list[int | None]]
-    other: dict[str, int]
+    cells: list[list[float | None]]
+    other: dict[str, float]
 
 
 def split_name(name: str) -> tuple[int, str] | None:
@@ -39,9 +39,10 @@ def split_name(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), name[match.end() :]) if match else None
 
 
-def rank_grid(ranks: Mapping[str, int]) -> RankGrid:
-    """Arrange per-module ranks as layers x weight types (types in first-seen, i.e. model, order)."""
-    layers: dict[int, dict[str, int]] = {}
+def rank_grid(ranks: Mapping[str, float]) -> RankGrid:
+    """Arrange per-module ranks (or mean ranks over seeds) as layers x weight types (types in
+    first-seen, i.e. model, order)."""
+    layers: dict[int, dict[str, float]] = {}
     types: list[str] = []
     other = {}
     for name, rank in ranks.items():
@@ -62,12 +63,12 @@ def rank_table(ranks: Mapping[str, int]) -> str:
     grid = rank_grid(ranks)
     header = ["layer", *grid.types, "sum"]
     rows = [
-        [str(layer), *("-" if c is None else str(c) for c in cells), str(sum(c or 0 for c in cells))]
+        [str(layer), *("-" if c is None else rank_label(c) for c in cells), rank_label(sum(c or 0 for c in cells))]
         for layer, cells in zip(grid.layers, grid.cells, strict=True)
     ]
     sums = [sum(row[j] or 0 for row in grid.cells) for j in range(len(grid.types))]
-    rows.append(["sum", *map(str, sums), str(sum(sums))])
-    rows += [[name, *[""] * len(grid.types), str(rank)] for name, rank in grid.other.items()]
+    rows.append(["sum", *map(rank_label, sums), rank_label(sum(sums))])
+    rows += [[name, *[""] * len(grid.types), rank_label(rank)] for name, rank in grid.other.items()]
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
     return "\n".join(lines)
@@ -82,8 +83,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_heatmap(ranks: Mapping[str, int], path: Path, title: str = "final rank per layer and weight type") -> Path:
-    """PNG heatmap of the rank grid, every cell labelled with its rank."""
+def rank_label(value: float) -> str:
+    """A rank as a cell label: `8` for whole ranks, `7.7` for a mean over seeds."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def plot_heatmap(ranks: Mapping[str, float], path: Path, title: str = "final rank per layer and weight type") -> Path:
+    """PNG heatmap of the rank grid, every cell labelled with its rank (one decimal for means)."""
     plt = _pyplot()
     grid = rank_grid(ranks)
     values = [[float("nan") if c is None else c for c in row] for row in grid.cells]
@@ -92,7 +98,7 @@ def plot_heatmap(ranks: Mapping[str, int], path: Path, title: str = "final rank 
     for i, row in enumerate(grid.cells):
         for j, cell in enumerate(row):
             if cell is not None:
-                ax.text(j, i, str(cell), ha="center", va="center", color="white", fontsize=8)
+                ax.text(j, i, rank_label(cell), ha="center", va="center", color="white", fontsize=8)
     ax.set_xticks(range(len(grid.types)), [t.replace(".", ".\n") for t in grid.types], fontsize=7)
     ax.set_yticks(range(len(grid.layers)), [str(i) for i in grid.layers], fontsize=7)
     ax.set_ylabel("layer")

@@ -47,6 +47,7 @@ def test_value_problems_all_listed() -> None:
             None,
             [
                 "importance.beta_sensitivity=1.5",
+                "importance.score=magnitude",
                 "budget.mask_interval=0",
                 "budget.target_rank=20",
                 "model.name_or_path=/no/such/model",
@@ -57,12 +58,13 @@ def test_value_problems_all_listed() -> None:
     text = str(err.value)
     for fragment in (
         "beta_sensitivity (1.5) must be in [0, 1)",
+        "importance.score `magnitude` is not one of sensitivity_uncertainty, sensitivity",
         "mask_interval (0) must be >= 1",
         "target_rank (20) must be <= budget.init_rank (12)",
         "`/no/such/model` is not a local folder",
     ):
         assert fragment in text
-    assert len(err.value.problems) == 4  # t_init+t_final is checked once the ranks are valid
+    assert len(err.value.problems) == 5  # t_init+t_final is checked once the ranks are valid
 
 
 def test_schedule_longer_than_training() -> None:

@@ -48,3 +48,11 @@ def test_missing_gradient_is_explained() -> None:
         assert "has no gradient" in str(err) and "AdaRankCallback" in str(err)
     else:
         raise AssertionError("expected RuntimeError")
+
+
+def test_sensitivity_only_score_is_the_smoothed_sensitivity() -> None:
+    layer = _layer_with_grads()
+    state = init_importance(layer)
+    update_importance_(state, layer, beta_sensitivity=0.5, beta_uncertainty=0.5)
+    # I_bar = I/2. S_0 = 0.5 + mean(.05, .45) + mean(.5, 0, 1); S_1 = 0.5 + mean(.2, .8) + mean(0, .25, .25)
+    torch.testing.assert_close(triplet_scores(state, "sensitivity"), torch.tensor([1.25, 0.5 + 0.5 + 0.5 / 3]))

@@ -43,3 +43,45 @@ def test_sweep_runs_grid_resumes_and_tabulates(tmp_path: Path) -> None:
     assert [int(r["adapter_params_final"]) for r in rows] == [1950, 1560]
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "| rt-minilm-adalora | budget.target_params=2000 | 1 |" in table
+
+
+@pytest.mark.slow
+def test_peft_runners_in_parallel_and_tables_cover_earlier_grids(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    save_tiny_model(model, llama=False)
+    config = str(ROOT / "configs" / "rt-minilm-adalora.yaml")
+    common = ["--seeds", "0", "--out", str(tmp_path / "sweep"), "--set", f"model.name_or_path={model}",
+              "train.max_steps=6", "train.batch_size=8", "data.max_train_samples=48", "data.max_eval_samples=16",
+              "budget.t_init=1", "budget.t_final=1", "budget.mask_interval=1", "wandb.mode=disabled"]  # fmt: skip
+    budget = "budget.target_params=1560 budget.init_rank=4"
+    out = _sweep(
+        "--methods", f"peft-lora:{config}", f"peft-adalora:{config}", "--budgets", budget, "--jobs", "2", *common
+    )
+    assert out.count(": done") == 2 and "scripts/peft_run.py lora" in out and "scripts/peft_run.py adalora" in out
+    _sweep("--methods", config, "--budgets", budget, *common)  # a second grid into the same folder
+    with open(tmp_path / "sweep" / "results.csv") as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"peft-adalora_rt-minilm-adalora", "peft-lora_rt-minilm-adalora", "rt-minilm-adalora"}
+    assert all(r["status"] == "done" for r in rows.values())
+    # PEFT LoRA: the rank adarank's constant schedule gets, 3 on 8 modules of 64 -> 1,536 parameters
+    assert (
+        rows["peft-lora_rt-minilm-adalora"]["total_rank_final"],
+        rows["peft-lora_rt-minilm-adalora"]["adapter_params_final"],
+    ) == ("24", "1536")
+    # PEFT AdaLoRA 4 -> 3 per module: it allocated (32 -> 24 live triplets), so update_and_allocate ran
+    peft_ada = rows["peft-adalora_rt-minilm-adalora"]
+    assert (peft_ada["trainable_params_initial"], peft_ada["total_rank_final"], peft_ada["adapter_params_final"]) == (
+        "2080", "24", "1560")  # fmt: skip
+
+
+def test_peft_adalora_refuses_a_budget_that_is_not_whole_ranks(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    save_tiny_model(model, llama=False)
+    script, config = ROOT / "scripts" / "peft_run.py", ROOT / "configs" / "rt-minilm-adalora.yaml"
+    command = [sys.executable, str(script), "adalora", str(config), f"model.name_or_path={model}",
+               "budget.target_params=2000", "budget.init_rank=4", f"output_dir={tmp_path / 'o'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    assert "PEFT's AdaLoRA budget is in ranks: 2,000 parameters is not a whole rank per module" in done.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
