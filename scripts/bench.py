@@ -190,6 +190,14 @@ def main() -> None:
     ours, peft = med["adarank-adalora"]["step_s"], med["peft-adalora"]["step_s"]
     print(f"\nadarank AdaLoRA / adarank LoRA step time: {ours / base:.3f} (target <= 1.05)")
     print(f"adarank AdaLoRA / PEFT AdaLoRA step time: {ours / peft:.3f} (target < 1)")
+    print("paired per repeat (each ratio within one interleaved round, so slow drifts of the machine cancel):")
+    for other, target in (("adarank-lora", "<= 1.05"), ("peft-adalora", "< 1"), ("peft-lora", "")):
+        ratios = [a["step_s"] / b["step_s"] for a, b in zip(results["adarank-adalora"], results[other], strict=True)]
+        goal = f" (target {target})" if target else ""
+        print(
+            f"  adarank-adalora / {other}: median {statistics.median(ratios):.3f}, "
+            f"min-max {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} rounds{goal}"
+        )
     latency = _spawn(["--worker", "inference"])
     print("\n| model (batch 32 x 64, eval) | forward latency (ms, median of 30) | vs base |\n|---|---|---|")
     for name, seconds in latency.items():
