@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
+from peft_run import train_peft  # scripts/peft_run.py: PEFT on the same config
+
 from adarank.config import load_config
-from adarank.models import load_model
-from adarank.run import train, training_arguments
-from adarank.tasks import build_datasets, classification_accuracy, model_columns
+from adarank.run import train
 
 TARGETS = "[query,key,value,attention.output.dense]"
 VARIANTS: dict[str, list[str]] = {
@@ -27,34 +26,6 @@ VARIANTS: dict[str, list[str]] = {
     "adarank 12->8, all-linear": ["adapter.target_modules=[all-linear]"],
     "peft LoRA r=8, alpha 16": [],
 }
-
-
-def peft_lora(cfg, out: Path) -> dict[str, float]:
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorWithPadding, Trainer
-
-    tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=2)
-    model = get_peft_model(
-        base,
-        LoraConfig(r=8, lora_alpha=16, target_modules=list(cfg.adapter.target_modules), modules_to_save=head),
-    )
-    data = build_datasets(tokenizer, cfg)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, out, []),
-        train_dataset=model_columns(data["train"]),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_accuracy,
-    )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    return {
-        "validation_accuracy": trainer.evaluate(model_columns(data["validation"]), metric_key_prefix="v")["v_accuracy"],
-        "eval_accuracy": trainer.evaluate(model_columns(data["test"]), metric_key_prefix="t")["t_accuracy"],
-        "train_seconds": seconds,
-        "trainable_params_initial": sum(p.numel() for p in model.parameters() if p.requires_grad),
-    }
 
 
 def main() -> None:
@@ -76,7 +47,7 @@ def main() -> None:
             f"adapter.target_modules={TARGETS}",
         ]
         cfg = load_config(None, common + overrides)
-        metrics = peft_lora(cfg, out) if name.startswith("peft") else train(cfg)
+        metrics = train_peft("lora", cfg) if name.startswith("peft") else train(cfg)
         row = {
             "variant": name,
             **{

@@ -104,27 +104,19 @@ def live_adapter(model: torch.nn.Module) -> tuple[int, int]:
     return rank, params
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("method", choices=("lora", "adalora"))
-    parser.add_argument("config", type=Path)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
+    """Train PEFT's ``method`` (lora | adalora) as an adarank run of ``cfg`` would train; returns the metrics.
+
+    Raises:
+        ConfigError: the budget cannot be expressed for PEFT (before any training).
+    """
     from peft import get_peft_model
 
-    cfg = load_config(args.config, args.overrides)
-    if cfg.data.format != "classification":
-        parser.error("peft_run.py runs classification configs only.")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # same head initialisation as adarank's run of this seed
     tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=len(LABEL_NAMES[cfg.data.dataset]))
     shapes = module_shapes(base, cfg.adapter.target_modules)
-    base_params = sum(p.numel() for p in base.parameters())
-    try:
-        config = peft_config(args.method, cfg, shapes, base_params)
-    except ConfigError as err:
-        parser.exit(2, f"{err}\n")
+    config = peft_config(method, cfg, shapes, sum(p.numel() for p in base.parameters()))
     config.modules_to_save = head
     model = get_peft_model(base, config)
     trainable_initial = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -138,17 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=model_columns(data["train"]),
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_accuracy,
-        callbacks=[AllocateEachStep()] if args.method == "adalora" else [],
+        callbacks=[AllocateEachStep()] if method == "adalora" else [],
     )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
     rank, params = live_adapter(model)
-    metrics = {
-        "eval_accuracy": trainer.evaluate(model_columns(data["test"]), metric_key_prefix="test")["test_accuracy"],
-        "validation_accuracy": trainer.evaluate(model_columns(data["validation"]), metric_key_prefix="val")[
-            "val_accuracy"
-        ],
+
+    def accuracy(split: str) -> float:
+        return float(trainer.evaluate(model_columns(data[split]), metric_key_prefix="m")["m_accuracy"])
+
+    return {
+        "eval_accuracy": accuracy("test"),
+        "validation_accuracy": accuracy("validation"),
         "trainable_params_initial": trainable_initial,
         "trainable_params_final": params + head_params,
         "adapter_params_final": params,
@@ -156,9 +150,26 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(seconds, 2),
         "steps": result.global_step,
         "train_loss": result.training_loss,
-        "method": f"peft-{args.method}",
+        "method": f"peft-{method}",
         "peft_config": {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, list))},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("method", choices=("lora", "adalora"))
+    parser.add_argument("config", type=Path)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.format != "classification":
+        parser.error("peft_run.py runs classification configs only.")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = train_peft(args.method, cfg)
+    except ConfigError as err:
+        parser.exit(2, f"{err}\n")
     (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.json.tmp").replace(out / "metrics.json")
     print(json.dumps({k: metrics[k] for k in list(metrics)[:8]}, indent=2))
