@@ -36,20 +36,19 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
         monkeypatch.setenv(var, str(base))
 
 
+def tiny_config(llama: bool, **fields: object) -> BertConfig | LlamaConfig:
+    """A BERT or Llama config with hidden size 32, 2 layers, 2 heads and FFN 64; ``fields`` set or
+    override the rest (vocab_size, max_position_embeddings, ...)."""
+    shape: dict[str, object] = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 2}  # fmt: skip
+    return (LlamaConfig if llama else BertConfig)(**{**shape, **fields})
+
+
 def tiny_bert(num_layers: int = 2, vocab_size: int = 100, seed: int = 0) -> BertForSequenceClassification:
     """A 2-layer BERT classifier with hidden size 32 (dropout off for exact comparisons)."""
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = tiny_config(False, vocab_size=vocab_size, num_hidden_layers=num_layers, max_position_embeddings=64,
+                         num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
     return BertForSequenceClassification(config).eval()
 
 
@@ -64,26 +63,9 @@ def save_tiny_model(folder: Path, llama: bool) -> None:
     if llama:
         tokenizer.eos_token = "[SEP]"  # a causal LM needs one to end its answers
     torch.manual_seed(0)
-    if llama:
-        config = LlamaConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=128,
-        )
-        model = LlamaForCausalLM(config)  # a base checkpoint without a classification head
-    else:
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-        model = BertForSequenceClassification(config)
+    kv_heads = {"num_key_value_heads": 1} if llama else {}
+    config = tiny_config(llama, vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **kv_heads)
+    # the Llama checkpoint is a base LM, without a classification head
+    model = LlamaForCausalLM(config) if llama else BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

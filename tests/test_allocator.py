@@ -11,11 +11,11 @@ from adarank.schedule import budget_at
 
 
 class Toy(nn.Module):
-    def __init__(self, rank: int = 4) -> None:
+    def __init__(self, rank: int = 4, dims: tuple[tuple[int, int], ...] = ((8, 8),) * 3) -> None:
         super().__init__()
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(0)
-        self.layers = nn.ModuleList(SVDLinear(nn.Linear(8, 8), rank, alpha=rank, generator=gen) for _ in range(3))
+        self.layers = nn.ModuleList(SVDLinear(nn.Linear(i, o), rank, alpha=rank, generator=gen) for i, o in dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -165,23 +165,9 @@ def test_rank_mismatch_and_empty_adapters() -> None:
         RankAllocator({}, BudgetConfig(**BUDGET))
 
 
-class Mixed(nn.Module):
-    """Adapters of different sizes: triplets cost 8+16+1 = 25, 16+16+1 = 33 and 25 parameters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        torch.manual_seed(0)
-        dims = [(8, 16), (16, 16), (16, 8)]
-        self.layers = nn.ModuleList(SVDLinear(nn.Linear(i, o), 4, alpha=4, generator=gen) for i, o in dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = torch.tanh(layer(x))
-        return x
-
-    def adapters(self) -> dict[str, SVDLinear]:
-        return {f"layers.{i}": m for i, m in enumerate(self.layers)}
+def mixed() -> Toy:
+    """Three adapters of different shapes, so their triplets cost different numbers of parameters."""
+    return Toy(dims=((8, 16), (16, 16), (16, 8)))
 
 
 def test_select_top_with_costs_keeps_the_best_prefix_that_fits() -> None:
@@ -198,7 +184,7 @@ def test_select_top_with_costs_keeps_the_best_prefix_that_fits() -> None:
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_parameter_budget_is_never_exceeded(strict: bool) -> None:
-    model = Mixed()
+    model = mixed()
     budget = BudgetConfig(init_rank=4, target_params="150", t_init=4, t_final=6, mask_interval=2, strict=strict)
     allocator = RankAllocator(model.adapters(), budget, total_steps=20)
     plan = allocator.plan
@@ -222,7 +208,7 @@ def test_parameter_budget_is_never_exceeded(strict: bool) -> None:
 
 
 def test_percentage_budget_needs_the_base_model_size() -> None:
-    model = Mixed()
+    model = mixed()
     with pytest.raises(ConfigError, match="is a percentage: it needs the base model's size"):
         RankAllocator(model.adapters(), BudgetConfig(init_rank=4, target_params="1%"), total_steps=20)
     allocator = RankAllocator(model.adapters(), BudgetConfig(init_rank=4, target_params="1%"), None, 20, 20_000)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert
+from conftest import tiny_bert, tiny_config
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     TrainerCallback,
@@ -36,25 +35,14 @@ def _dataset(n: int = 64, seq: int = 12, vocab: int = 100, seed: int = 0, causal
 
 def _tiny_llama() -> LlamaForSequenceClassification:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        num_labels=2,
-        pad_token_id=0,
-    )
+    config = tiny_config(True, vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, num_labels=2,
+                         pad_token_id=0)  # fmt: skip
     return LlamaForSequenceClassification(config)
 
 
 def _tiny_causal_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_config(True, vocab_size=100, num_key_value_heads=2, max_position_embeddings=64))
 
 
 class _NoLossKwargs(torch.nn.Module):
