@@ -145,16 +145,16 @@ def plot_accuracy(table: dict[str, dict[str, list[Run]]], path: Path) -> None:
                 continue
             x = i + (j - (len(methods) - 1) / 2) * width
             std = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            ax.bar(x, statistics.mean(acc), width, yerr=std, capsize=3, color=f"C{j}", label=method_name(method))
-            ax.scatter([x] * len(acc), acc, color="black", s=6, zorder=3)
+            ax.errorbar(x, statistics.mean(acc), yerr=std, fmt="o", markersize=7, capsize=4, color=f"C{j}",
+                        label=method_name(method))  # fmt: skip
+            ax.scatter([x + width / 4] * len(acc), acc, color=f"C{j}", s=10, marker="x", zorder=3)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     ax.set_xticks(range(len(budgets)), [f"{budget_params(b):,} adapter params" for b in budgets], fontsize=8)
-    low = min((a for b in budgets for rs in table[b].values() for a in accuracies(rs)), default=50)
-    ax.set_ylim(max(0, low - 3), None)
+    ax.grid(axis="y", alpha=0.3)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Rotten Tomatoes, MiniLM: mean ± std over seeds (dots: runs)", fontsize=9)
+    ax.set_title("Rotten Tomatoes, MiniLM: mean ± std over seeds (x: single runs)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -171,7 +171,7 @@ def heatmap_section(runs: list[Run], budget: str, stem: str, out_dir: Path) -> l
         return []
     png = out_dir / f"{stem}.png"
     seeds = len([r for r in runs if r.ranks])
-    plot_heatmap(ranks, png, f"adarank AdaLoRA, {budget_params(budget):,} params: mean final rank over {seeds} seeds")
+    plot_heatmap(ranks, png, f"adarank AdaLoRA, {budget_params(budget):,} params: mean final rank over {seeds} seed(s)")
     grid = rank_grid(ranks)
     half = len(grid.layers) // 2
     lower = sum(sum(c or 0 for c in row) for row in grid.cells[:half])
@@ -181,7 +181,7 @@ def heatmap_section(runs: list[Run], budget: str, stem: str, out_dir: Path) -> l
     return [
         f"![mean final rank]({png.name})",
         "",
-        f"Mean over {seeds} seeds, {budget}. Rank per layer: "
+        f"Mean over {seeds} seed(s), {budget}. Rank per layer: "
         + ", ".join(f"{layer}: {rank_label(round(v, 1))}" for layer, v in layers.items())
         + f". Lower half (layers {grid.layers[0]}-{grid.layers[half - 1]}): {rank_label(round(lower, 1))}; "
         f"upper half: {rank_label(round(upper, 1))}. Per weight type: "

@@ -8,9 +8,13 @@
 # 2. 3 seeds x 2 budgets x 4 methods at each method's chosen lr
 # 3. ablations of adarank AdaLoRA at the larger budget, 3 seeds
 # then python scripts/study_report.py writes reports/quality_rt.md.
+# Each finished run's sweep.json, metrics.json and allocation.json are archived in reports/study_rt/
+# (committed: the report is rebuilt from them, and a new checkout restores them into $OUT, so the
+# study resumes across machines and sessions without redoing finished runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study}
+ARCHIVE=reports/study_rt
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=configs/rt-minilm-adalora.yaml
 LORA=configs/rt-minilm-lora.yaml
@@ -18,7 +22,20 @@ B8="budget.target_params=147648 budget.init_rank=12" # = LoRA r=8 on the 24 atte
 B2="budget.target_params=36912 budget.init_rank=3"   # = LoRA r=2
 python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }
 failed=0
-sweep() { python scripts/sweep.py --set wandb.mode=disabled --out "$OUT" "$@" || failed=1; }
+archive() {
+    local run
+    for run in "$OUT"/*/*/seed*/metrics.json; do
+        [ -f "$run" ] || continue
+        run=${run%/metrics.json}
+        mkdir -p "$ARCHIVE/${run#"$OUT"/}"
+        cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
+    done
+}
+mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/ # restore: finished runs are skipped
+sweep() {
+    python scripts/sweep.py --set wandb.mode=disabled --out "$OUT" "$@" || failed=1
+    archive
+}
 best() { python scripts/study_report.py "$OUT" --best-lr "$1"; }
 
 for lr in 1e-3 3e-4 3e-3; do
@@ -45,5 +62,5 @@ for seed in 0 1 2; do
     done
 done
 
-python scripts/study_report.py "$OUT" --out reports/quality_rt.md
+python scripts/study_report.py "$ARCHIVE" --out reports/quality_rt.md
 exit $failed
