@@ -226,9 +226,9 @@ def report(out: Path, target: Path) -> str:
                 f"{100 * run.metrics['eval_accuracy']:.2f}% | {chosen} |"
             )
     lines += ["", "The learning rate chosen at the largest budget is used at every budget.", ""]
-    lines += ["## Test accuracy at equal final budget", "",
-              "| budget | method | lr | seeds | test accuracy % (mean ± std) | trainable at start | "
-              "adapter params final | vs adarank AdaLoRA (points) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = ("| budget | method | lr | seeds | test accuracy % (mean ± std) | trainable at start | trainable at end | "
+              "adapter params at end | vs adarank AdaLoRA (points) |")  # fmt: skip
+    lines += ["## Test accuracy at equal final budget", "", header, "|---|---|---|---|---|---|---|---|---|"]
     for budget in budgets:
         ours = accuracies(table[budget].get("rt-minilm-adalora", []))
         for method, group in sorted(table[budget].items()):
@@ -237,6 +237,7 @@ def report(out: Path, target: Path) -> str:
             lines.append(
                 f"| {budget_params(budget):,} | {method_name(method)} | {lrs[method]:g} | {len(group)} | "
                 f"{mean_std(acc)} | {statistics.mean(r.metrics['trainable_params_initial'] for r in group):,.0f} | "
+                f"{statistics.mean(r.metrics['trainable_params_final'] for r in group):,.0f} | "
                 f"{statistics.mean(r.metrics['adapter_params_final'] for r in group):,.0f} | {compare} |"
             )
     if table:

@@ -32,7 +32,7 @@ def _run(root: Path, method: str, overrides: str, seed: int, validation: float, 
     folder.mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps({"method": method, "budget": overrides, "seed": seed}))
     metrics = {"validation_accuracy": validation, "eval_accuracy": test, "trainable_params_initial": 10,
-               "adapter_params_final": 8, "train_seconds": 1.0}  # fmt: skip
+               "trainable_params_final": 9, "adapter_params_final": 8, "train_seconds": 1.0}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
