@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from adarank.config import SCORES
 from adarank.layers import SVDLinear
 
 PARTS = ("left_vectors", "singular_values", "right_vectors")
@@ -58,8 +59,8 @@ def update_importance_(
 def triplet_scores(state: ImportanceState, score: str = "sensitivity_uncertainty") -> torch.Tensor:
     """Score of each triplet (shape r): s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij), with
     s = I_bar * U_bar (``score="sensitivity_uncertainty"``) or s = I_bar (``score="sensitivity"``)."""
-    if score not in ("sensitivity_uncertainty", "sensitivity"):
-        raise ValueError(f"score `{score}` is not sensitivity_uncertainty or sensitivity.")
+    if score not in SCORES:
+        raise ValueError(f"score `{score}` is not one of {', '.join(SCORES)}.")
 
     def entry_scores(part: str) -> torch.Tensor:
         if score == "sensitivity":
