@@ -113,6 +113,7 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     from peft import get_peft_model
 
     out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # same head initialisation as adarank's run of this seed
     tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=len(LABEL_NAMES[cfg.data.dataset]))
     shapes = module_shapes(base, cfg.adapter.target_modules)
@@ -161,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if cfg.data.format != "classification":
-        parser.error("peft_run.py runs classification configs only.")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.data.format != "classification":
+            parser.error("peft_run.py runs classification configs only.")
         metrics = train_peft(args.method, cfg)
     except ConfigError as err:
         parser.exit(2, f"{err}\n")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.json.tmp").replace(out / "metrics.json")
     print(json.dumps({k: metrics[k] for k in list(metrics)[:8]}, indent=2))
