@@ -34,6 +34,7 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.045, 2.042)  # fmt: skip
 BUDGET_KEYS = ("budget.target_params", "budget.init_rank")
 LR_KEY = "train.learning_rate"
+ALL_LINEAR = "rt-minilm-adalora-all"  # step 4 of scripts/study_rt.sh: adapters on the FFN too, own budget
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ class Run:
 
 
 def method_name(folder_name: str) -> str:
-    """`rt-minilm-adalora` -> `adarank AdaLoRA`, `peft-lora_rt-minilm-lora` -> `PEFT LoRA`."""
+    """`rt-minilm-adalora` -> `adarank AdaLoRA`, `peft-lora_rt-minilm-lora` -> `PEFT LoRA`,
+    `rt-minilm-adalora-all` -> `adarank AdaLoRA (all linears)`."""
     runner, _, config = folder_name.rpartition("_")
-    kind = "AdaLoRA" if config.endswith("adalora") else "LoRA"
-    return f"PEFT {kind}" if runner.startswith("peft") else f"adarank {kind}"
+    kind = "AdaLoRA" if "adalora" in config else "LoRA"
+    where = " (all linears)" if config.endswith("-all") else ""
+    return (f"PEFT {kind}" if runner.startswith("peft") else f"adarank {kind}") + where
 
 
 def load_runs(out: Path) -> list[Run]:
@@ -74,7 +77,8 @@ def load_runs(out: Path) -> list[Run]:
 
 
 def budget_params(budget: str) -> int:
-    return int(dict(item.split("=") for item in budget.split()).get("target_params", 0))
+    """The final parameter budget in a budget label (`target_params=... init_rank=...`); 0 when none."""
+    return int(dict(item.split("=", 1) for item in budget.split() if "=" in item).get("target_params", 0))
 
 
 def best_lrs(runs: list[Run]) -> dict[str, float]:
@@ -171,7 +175,8 @@ def heatmap_section(runs: list[Run], budget: str, stem: str, out_dir: Path) -> l
         return []
     png = out_dir / f"{stem}.png"
     seeds = len([r for r in runs if r.ranks])
-    plot_heatmap(ranks, png, f"adarank AdaLoRA, {budget_params(budget):,} params: mean final rank over {seeds} seed(s)")
+    what = f"{budget_params(budget):,} params" if budget_params(budget) else budget
+    plot_heatmap(ranks, png, f"{method_name(runs[0].method)}, {what}: mean final rank over {seeds} seed(s)")
     grid = rank_grid(ranks)
     half = len(grid.layers) // 2
     lower = sum(sum(c or 0 for c in row) for row in grid.cells[:half])
@@ -191,8 +196,37 @@ def heatmap_section(runs: list[Run], budget: str, stem: str, out_dir: Path) -> l
     ]
 
 
+def all_linear_section(runs: list[Run], out_dir: Path) -> list[str]:
+    """Accuracy and mean final ranks of the all-linear runs, with the FFN's share of the rank."""
+    if not runs:
+        return []
+    final = statistics.mean(r.metrics["total_rank_final"] for r in runs)
+    lines = [
+        "## All linears: does the FFN get more rank?",
+        "",
+        f"adarank AdaLoRA (configs/{ALL_LINEAR}.yaml) with adapters on all 36 linears: the 4 attention linears and "
+        "the 2 FFN linears (intermediate.dense 384 -> 1536, output.dense 1536 -> 384) of each layer. The budget is "
+        f"in triplets, as in the paper: rank 12 -> 8 per module on average ({final:.0f} triplets at the end), "
+        f"lr {runs[0].lr:g}. Test accuracy {mean_std(accuracies(runs))}% over {len(runs)} seed(s); trainable "
+        f"parameters {statistics.mean(r.metrics['trainable_params_initial'] for r in runs):,.0f} at start, "
+        f"{statistics.mean(r.metrics['trainable_params_final'] for r in runs):,.0f} at the end.",
+        "",
+    ]
+    ranks = mean_ranks(runs)
+    if ranks:
+        grid = rank_grid(ranks)
+        ffn = sum(row[j] or 0 for row in grid.cells for j, t in enumerate(grid.types) if not t.startswith("attention."))
+        lines += [
+            f"FFN adapters keep {rank_label(round(ffn, 1))} of the {rank_label(round(sum(ranks.values()), 1))} "
+            f"triplets ({100 * ffn / sum(ranks.values()):.0f}%; they are 12 of the 36 modules, 33%).",
+            "",
+        ]
+    return lines + heatmap_section(runs, "all linears", "quality_rt_heatmap_all", out_dir)
+
+
 def report(out: Path, target: Path) -> str:
-    runs = load_runs(out)
+    everything = load_runs(out)
+    runs = [r for r in everything if r.method != ALL_LINEAR]
     lrs = best_lrs(runs)
     table = main_rows(runs, lrs)
     budgets = sorted(table, key=budget_params)
@@ -260,9 +294,10 @@ def report(out: Path, target: Path) -> str:
     for budget in budgets:
         group = table[budget].get("rt-minilm-adalora", [])
         lines += heatmap_section(group, budget, f"quality_rt_heatmap_{budget_params(budget)}", target.parent)
+    lines += all_linear_section([r for r in everything if r.method == ALL_LINEAR], target.parent)
     lines += ["## Every run", "", "| method | budget | lr | variant | seed | validation | test | train s |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for run in sorted(runs, key=lambda r: (r.method, budget_params(r.budget), r.lr, r.variant, r.seed)):
+    for run in sorted(everything, key=lambda r: (r.method, budget_params(r.budget), r.lr, r.variant, r.seed)):
         m = run.metrics
         lines.append(
             f"| {method_name(run.method)} | {run.budget} | {run.lr:g} | {run.variant} | {run.seed} | "

@@ -2,11 +2,12 @@
 # The equal-budget study behind reports/quality_rt.md, in priority order. Resumable: finished runs
 # (a metrics.json in their folder) are skipped, so run it again to go on where it stopped.
 #
-#   OMP_NUM_THREADS=2 scripts/study_rt.sh            # about 4.5 min per run on 2 cores, 41 runs
+#   OMP_NUM_THREADS=2 scripts/study_rt.sh            # about 5 min per run on 2 cores, 46 runs
 #
 # 1. learning-rate grid per method at the larger budget, seed 0 (validation accuracy picks the lr)
 # 2. 3 seeds x 2 budgets x 4 methods at each method's chosen lr
 # 3. ablations of adarank AdaLoRA at the larger budget, 3 seeds
+# 4. adarank AdaLoRA on all 36 linears (FFN too), rank 12 -> 8 on average, 3 seeds: where the rank goes
 # then python scripts/study_report.py writes reports/quality_rt.md.
 # Each finished run's sweep.json, metrics.json and allocation.json are archived in reports/study_rt/
 # (committed: the report is rebuilt from them, and a new checkout restores them into $OUT, so the
@@ -62,6 +63,10 @@ for seed in 0 1 2; do
     for variant in budget.strict=true adapter.orth_weight=0 importance.score=sensitivity; do
         sweep --methods "$ADA" --budgets "$B8 train.learning_rate=${LRS[0]} $variant" --seeds "$seed"
     done
+done
+
+for seed in 0 1 2; do # the paper's pattern (more rank to FFN) needs FFN adapters; budget in triplets
+    sweep --methods configs/rt-minilm-adalora-all.yaml --budgets "train.learning_rate=${LRS[0]}" --seeds "$seed"
 done
 
 python scripts/study_report.py "$ARCHIVE" --out reports/quality_rt.md

@@ -47,3 +47,32 @@ def test_learning_rate_is_chosen_on_validation_at_the_largest_budget(tmp_path: P
     assert len(runs) == 5
     assert study.best_lrs(runs) == {"m": 3e-3}
     assert {r.variant for r in runs} == {"default", "budget.strict=true"}
+
+
+def test_all_linear_runs_get_their_own_section_with_the_ffn_share(tmp_path: Path) -> None:
+    lr = "train.learning_rate=1e-2"
+    _run(tmp_path / "runs", "rt-minilm-adalora", f"budget.target_params=800 {lr}", 0, validation=0.8, test=0.7)
+    stem = "bert.encoder.layer.{}."
+    for seed, ffn_rank in ((0, 3), (1, 5)):
+        _run(tmp_path / "runs", study.ALL_LINEAR, lr, seed, validation=0.9, test=0.80 + seed / 100)
+        folder = tmp_path / "runs" / study.ALL_LINEAR / lr / f"seed{seed}"
+        ranks = {}
+        for layer in (0, 1):
+            ranks[stem.format(layer) + "attention.self.query"] = 4
+            ranks[stem.format(layer) + "attention.output.dense"] = 2
+            ranks[stem.format(layer) + "intermediate.dense"] = ffn_rank
+            ranks[stem.format(layer) + "output.dense"] = 1
+        (folder / "allocation.json").write_text(json.dumps(ranks))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "total_rank_final": sum(ranks.values())}))
+    runs = study.load_runs(tmp_path / "runs")
+    assert study.best_lrs(runs) == {"rt-minilm-adalora": 1e-2}  # the all-linear runs have no param budget
+    assert study.method_name(study.ALL_LINEAR) == "adarank AdaLoRA (all linears)"
+    text = study.report(tmp_path / "runs", tmp_path / "quality.md")
+    section = text.split("## All linears: does the FFN get more rank?", 1)[1].split("## Every run")[0]
+    # mean FFN rank per layer: intermediate (3 + 5) / 2 = 4, output 1 -> 2 layers x 5 = 10 of 2 x 11 = 22
+    assert "FFN adapters keep 10 of the 22 triplets (45%" in section
+    assert "Test accuracy 80.50 ± 0.71% over 2 seed(s)" in section
+    assert (tmp_path / "quality_rt_heatmap_all.png").is_file()
+    main_table = text.split("## Test accuracy at equal final budget", 1)[1].split("## Where the rank goes")[0]
+    assert "all linears" not in main_table
