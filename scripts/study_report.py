@@ -175,8 +175,8 @@ def heatmap_section(runs: list[Run], budget: str, stem: str, out_dir: Path) -> l
         return []
     png = out_dir / f"{stem}.png"
     seeds = len([r for r in runs if r.ranks])
-    what = f"{budget_params(budget):,} params" if budget_params(budget) else budget
-    plot_heatmap(ranks, png, f"{method_name(runs[0].method)}, {what}: mean final rank over {seeds} seed(s)")
+    what = f", {budget_params(budget):,} params" if budget_params(budget) else ""  # else the name says it
+    plot_heatmap(ranks, png, f"{method_name(runs[0].method)}{what}: mean final rank over {seeds} seed(s)")
     grid = rank_grid(ranks)
     half = len(grid.layers) // 2
     lower = sum(sum(c or 0 for c in row) for row in grid.cells[:half])
