@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = train_peft(args.method, cfg)
     except ConfigError as err:
         parser.exit(2, f"{err}\n")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.output_dir)  # train_peft made it
     (out / "metrics.json.tmp").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.json.tmp").replace(out / "metrics.json")
     print(json.dumps({k: metrics[k] for k in list(metrics)[:8]}, indent=2))

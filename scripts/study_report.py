@@ -215,10 +215,12 @@ def all_linear_section(runs: list[Run], out_dir: Path) -> list[str]:
     ranks = mean_ranks(runs)
     if ranks:
         grid = rank_grid(ranks)
-        ffn = sum(row[j] or 0 for row in grid.cells for j, t in enumerate(grid.types) if not t.startswith("attention."))
+        ffn_cells = [row[j] for row in grid.cells for j, t in enumerate(grid.types) if not t.startswith("attention.")]
+        ffn, total = sum(c or 0 for c in ffn_cells), sum(ranks.values())
         lines += [
-            f"FFN adapters keep {rank_label(round(ffn, 1))} of the {rank_label(round(sum(ranks.values()), 1))} "
-            f"triplets ({100 * ffn / sum(ranks.values()):.0f}%; they are 12 of the 36 modules, 33%).",
+            f"FFN adapters keep {rank_label(round(ffn, 1))} of the {rank_label(round(total, 1))} triplets "
+            f"({100 * ffn / total:.0f}%; they are {len(ffn_cells)} of the {len(ranks)} modules, "
+            f"{100 * len(ffn_cells) / len(ranks):.0f}%).",
             "",
         ]
     return lines + heatmap_section(runs, "all linears", "quality_rt_heatmap_all", out_dir)
