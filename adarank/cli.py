@@ -95,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
-    from adarank.export import ExportError, export_merged, export_native, export_peft, load_adapter, read_native
+    from adarank.export import (
+        ExportError,
+        check_destination,
+        export_merged,
+        export_native,
+        export_peft,
+        load_adapter,
+        read_native,
+    )
     from adarank.run import load_base
 
     folder = source / "adapter" if (source / "adapter").is_dir() else source
     try:
-        if out.exists() and not overwrite:  # before loading anything
-            raise ExportError(f"`{out}` already exists; choose another --out or pass --overwrite.")
+        check_destination(out, overwrite)  # before loading anything
         meta, _ = read_native(folder)
         tokenizer, model, base_folder = load_base(meta.get("base_model") or {})
         load_adapter(model, folder)
@@ -110,7 +117,7 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         elif fmt == "peft":
             export_peft(model, out, str(base_folder), overwrite)
         else:
-            export_merged(model, out, tokenizer, overwrite)
+            export_merged(model, out, tokenizer, overwrite, base_model=meta["base_model"])
     except (ExportError, ConfigError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2

@@ -1,17 +1,20 @@
 """Export pruned adapters and load them back: native, standard PEFT LoRA, merged weights.
 
 - native: ``adapter.safetensors`` (each module's P, lambda, Q cut to its live rank; modules at rank 0
-  left out; extra trained modules such as the head in full) + ``adarank_adapter.json`` (format
-  version, base model, per-module ranks and scalings, target modules, extra modules, adarank
+  left out; the parameters trained in full, such as a new head) + ``adarank_adapter.json`` (format
+  version, base model, per-module ranks and scalings, target modules, trained parameters, adarank
   version). ``load_adapter`` rebuilds the adapters at those ranks on a fresh base model.
 - peft: a PEFT LoRA folder with per-module ranks (``rank_pattern``/``alpha_pattern`` keyed by the
   full, regex-escaped module name, so `attention.output.dense` and `output.dense` never collide):
-  lora_A = Q, lora_B = s P diag(lambda) and lora_alpha = r (PEFT's scaling alpha / r is then 1).
+  lora_A = Q, lora_B = s P diag(lambda) and lora_alpha = r (PEFT's scaling alpha / r is then 1);
+  the trained head in ``modules_to_save``, ``task_type`` set, and a model card with the ranks.
 - merged: the base model with W0 + s P diag(lambda m) Q folded in, saved with ``save_pretrained``.
 
-Every export is written into a temporary folder next to ``out`` and renamed into place, so an
-interrupted export leaves nothing half-written; an existing export is replaced only with
-``overwrite``. Loading reads only safetensors and JSON (never pickle).
+What an export carries beside the adapters comes from the model's ``TrainedRecord`` (set where the
+adapters were built or loaded), never from ``requires_grad`` flags. Every export is written into a
+temporary folder next to ``out`` and renamed into place, so an interrupted export leaves nothing
+half-written, and holds a marker file (``adarank_export.json``): ``overwrite`` replaces only a
+folder with that marker, never anything else. Loading reads only safetensors and JSON (never pickle).
 """
 
 from __future__ import annotations
@@ -28,12 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from adarank.inject import _set_module, find_adapters, inject_adapters
+from adarank.inject import (
+    RECORD_ATTR,
+    TrainedRecord,
+    _set_module,
+    build_adapters,
+    find_adapters,
+    trained_record,
+)
 from adarank.layers import SVDLinear
 
 FORMAT_VERSION = 1
 NATIVE_TENSORS = "adapter.safetensors"
 NATIVE_META = "adarank_adapter.json"
+EXPORT_MARKER = "adarank_export.json"
+BaseModel = Mapping[str, Any] | str | Path | None
 
 
 class ExportError(ValueError):
@@ -56,25 +68,79 @@ def live_parts(adapter: SVDLinear) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     )
 
 
-def _trained_modules(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters outside the adapters (e.g. a new head), by full parameter name."""
-    inside = {id(p) for a in find_adapters(model).values() for p in a.parameters()}
+def _trained_tensors(model: nn.Module, record: TrainedRecord) -> dict[str, torch.Tensor]:
+    """The recorded trained parameters' values, by full parameter name."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for n in record.trained_parameters if n not in params]
+    if missing:
+        raise ExportError(f"trained parameter `{missing[0]}` is not in this model; export the model it was trained on.")
+    return {n: params[n].detach().float().contiguous() for n in record.trained_parameters}
+
+
+def describe_base(model: nn.Module, base_model: BaseModel = None) -> dict[str, Any]:
+    """What an export records about its base model, enough to rebuild it (``adarank.run.load_base``):
+    ``base_model`` itself when it is such a mapping, else built from ``base_model`` (a folder or hub id;
+    default: the path the model was loaded from) and the model's kind and label count."""
+    if isinstance(base_model, Mapping):
+        return dict(base_model)
+    generation = bool(getattr(model, "can_generate", lambda: False)())
+    config = getattr(model, "config", None)
     return {
-        n: p.detach().float().contiguous()
-        for n, p in model.named_parameters()
-        if p.requires_grad and id(p) not in inside
+        "name_or_path": str(base_model) if base_model is not None else str(getattr(model, "name_or_path", "") or ""),
+        "gguf_file": "",
+        "format": "generation" if generation else "classification",
+        "num_labels": int(getattr(config, "num_labels", 2)),
     }
 
 
-def _write_atomically(out: Path, overwrite: bool, fill: Callable[[Path], None]) -> Path:
-    """Run ``fill`` on a fresh temporary folder beside ``out``, then move it to ``out``."""
-    if out.exists() and not overwrite:
+def _base_path(model: nn.Module, base_model: BaseModel) -> str:
+    """The folder or hub id the base was loaded from, as PEFT records it (base_model_name_or_path)."""
+    if base_model is not None and not isinstance(base_model, Mapping):
+        return str(base_model)
+    loaded_from = str(getattr(model, "name_or_path", "") or "")
+    return loaded_from or str(describe_base(model, base_model).get("name_or_path", ""))
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds an adarank export (its marker, or a native export made before markers)."""
+    return (folder / EXPORT_MARKER).is_file() or (folder / NATIVE_META).is_file()
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse to write an export to ``out`` unless it is new, an empty folder, or (with ``overwrite``)
+    an earlier export. Nothing of the user's is ever replaced.
+
+    Raises:
+        ExportError: ``out`` is a file, a non-empty folder that is not an export, or an export without
+            ``overwrite``.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"`{out}` is a file, not a folder; choose another --out.")
+    if not any(out.iterdir()):
+        return
+    if not is_export(out):
+        raise ExportError(
+            f"`{out}` is a non-empty folder that is not an adarank export (no {EXPORT_MARKER}); --overwrite "
+            "replaces only an earlier export, never other files: choose another --out."
+        )
+    if not overwrite:
         raise ExportError(f"`{out}` already exists; choose another --out or pass --overwrite.")
+
+
+def _write_atomically(out: str | Path, overwrite: bool, fmt: str, base: Any, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill`` on a fresh temporary folder beside ``out``, add the export marker, then move it to
+    ``out`` (replacing an earlier export only; see ``check_destination``)."""
+    out = Path(out)
+    check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary folder
     try:
         fill(tmp)
+        marker = {"format": fmt, "adarank_version": _version(), "base_model": base}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -88,16 +154,29 @@ def _write_atomically(out: Path, overwrite: bool, fill: Callable[[Path], None]) 
     return out
 
 
-def export_native(model: nn.Module, out: Path, base_model: Mapping[str, Any], overwrite: bool = False) -> Path:
-    """Write the pruned adapter of ``model`` (see module docstring) to the folder ``out``; ``base_model``
-    describes the base (e.g. name_or_path, gguf_file, format, num_labels) so the export can be rebuilt."""
+def export_native(model: nn.Module, out: str | Path, base_model: BaseModel = None, overwrite: bool = False) -> Path:
+    """Write the pruned adapter of ``model`` (see module docstring) to the folder ``out``.
+
+    Args:
+        model: a model with adarank adapters (fresh from training, or loaded).
+        out: the folder to create.
+        base_model: a description of the base (name_or_path, gguf_file, format, num_labels), or the
+            folder / hub id it was loaded from (default: the model's ``name_or_path``).
+        overwrite: replace an earlier export at ``out``.
+
+    Raises:
+        ExportError: the model has no adapters, or ``out`` cannot be written (see ``check_destination``).
+    """
     from safetensors.torch import save_file
 
     adapters = find_adapters(model)
-    if not adapters:
+    if not adapters and not hasattr(model, RECORD_ATTR):  # loaded with every module at rank 0 is fine
         raise ExportError("the model has no adarank adapters to export; train or load_adapter first.")
+    record = trained_record(model)
     tensors: dict[str, torch.Tensor] = {}
     ranks, scalings, shapes = {}, {}, {}
+    for name, (d_out, d_in, scaling) in record.pruned_modules.items():
+        ranks[name], scalings[name], shapes[name] = 0, scaling, [d_out, d_in]
     for name, adapter in adapters.items():
         ranks[name] = adapter.live_rank()
         scalings[name] = adapter.scaling
@@ -105,12 +184,13 @@ def export_native(model: nn.Module, out: Path, base_model: Mapping[str, Any], ov
         if ranks[name]:
             left, values, right = live_parts(adapter)
             tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
-    trained = _trained_modules(model)
+    trained = _trained_tensors(model, record)
     tensors |= {f"trained.{n}": t for n, t in trained.items()}
+    base = describe_base(model, base_model)
     meta = {
         "format_version": FORMAT_VERSION,
         "adarank_version": _version(),
-        "base_model": dict(base_model),
+        "base_model": base,
         "ranks": ranks,
         "scaling": scalings,
         "shapes": shapes,
@@ -122,7 +202,14 @@ def export_native(model: nn.Module, out: Path, base_model: Mapping[str, Any], ov
         save_file(tensors, str(folder / NATIVE_TENSORS), metadata={"format": "adarank", "version": str(FORMAT_VERSION)})
         (folder / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
 
-    return _write_atomically(out, overwrite, fill)
+    return _write_atomically(out, overwrite, "native", base, fill)
+
+
+def save_adapter(model: nn.Module, folder: str | Path, base_model: BaseModel = None, overwrite: bool = True) -> Path:
+    """Save the adapters and the parameters trained in full (the native export) after training, as
+    PEFT's ``save_pretrained`` does; ``load_adapter`` reads it back. Replaces an earlier export at
+    ``folder`` (never a folder of other files). See ``export_native`` for the arguments."""
+    return export_native(model, folder, base_model, overwrite)
 
 
 def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -135,6 +222,8 @@ def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     meta_file, tensor_file = folder / NATIVE_META, folder / NATIVE_TENSORS
+    if not folder.exists():
+        raise ExportError(f"`{folder}` does not exist; give a run directory or an adapter folder.")
     if not meta_file.is_file() or not tensor_file.is_file():
         raise ExportError(f"`{folder}` is not an adarank adapter: it needs {NATIVE_META} and {NATIVE_TENSORS}.")
     try:
@@ -177,18 +266,12 @@ def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> dict[str, SVDLinear]:
-    """Rebuild a native export's adapters, at their exported ranks, on ``model`` (a fresh base model,
-    modified in place) and load the extra trained parameters. Modules exported at rank 0 stay plain.
-
-    Raises:
-        ExportError: the export is unreadable, or does not fit this model (names or shapes differ).
-    """
-    meta, tensors = read_native(Path(folder))
-    if find_adapters(model):
-        raise ExportError("the model already has adapters; use swap_adapter to replace them.")
-    modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+def _fit_problems(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why a native export does not fit ``model`` (names, shapes, trained parameters); adapted
+    modules are judged by the base layer they wrap, so a model with adapters can be checked too."""
+    modules = {n: (m.base if isinstance(m, SVDLinear) else m) for n, m in model.named_modules()}
+    inside = {id(p) for a in find_adapters(model).values() for p in a.parameters()}
+    params = {n: p for n, p in model.named_parameters(remove_duplicate=False) if id(p) not in inside}
     problems = [f"`{n}` is not a module of this model" for n in meta["ranks"] if n not in modules]
     for name, (d_out, d_in) in meta["shapes"].items():
         weight = getattr(modules.get(name), "weight", None)
@@ -198,26 +281,53 @@ def load_adapter(model: nn.Module, folder: str | Path) -> dict[str, SVDLinear]:
         tensor = tensors.get(f"trained.{pname}")
         if pname not in params or tensor is None or params[pname].shape != tensor.shape:
             problems.append(f"trained parameter `{pname}` does not match this model")
+    return problems
+
+
+def _install(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[str, SVDLinear]:
+    """Build the export's adapters with ``build_adapters`` (shapes and ranks), then load every tensor
+    with ``load_state_dict``: the same path a fresh adapter takes."""
+    ranks: dict[str, int] = meta["ranks"]
+    live = {n: r for n, r in ranks.items() if r > 0}
+    pruned = {n: (*meta["shapes"][n], float(meta["scaling"][n])) for n, r in ranks.items() if r == 0}
+    adapters = build_adapters(
+        model,
+        live,
+        alpha=1.0,
+        dropout=0.0,
+        trained_parameters=meta["trained_parameters"],
+        scalings={n: float(meta["scaling"][n]) for n in live},
+        pruned_modules=pruned,
+    )
+    values = {n: tensors[f"trained.{n}"] for n in meta["trained_parameters"]}
+    for name, adapter in adapters.items():
+        for part in ("left_vectors", "singular_values", "right_vectors"):
+            values[f"{name}.{part}"] = tensors[f"{name}.{part}"]
+        values[f"{name}.rank_mask"] = torch.ones(adapter.rank)
+    result = model.load_state_dict(values, strict=False)
+    assert not result.unexpected_keys, f"checked by _fit_problems: {result.unexpected_keys[:3]}"
+    return adapters
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> dict[str, SVDLinear]:
+    """Rebuild a native export's adapters, at their exported ranks, on ``model`` (a fresh base model,
+    modified in place) and load the parameters it trained in full. Modules exported at rank 0 stay
+    plain. Afterwards the model is as ``inject_adapters`` leaves one: adapters and trained parameters
+    trainable, the rest frozen, the record of trained parameters set.
+
+    Raises:
+        ExportError: the export is unreadable, or does not fit this model (names or shapes differ).
+    """
+    meta, tensors = read_native(Path(folder))
+    if find_adapters(model):
+        raise ExportError("the model already has adapters; use swap_adapter to replace them.")
+    problems = _fit_problems(model, meta, tensors)
     if problems:
         raise ExportError(
             f"the adapter in `{folder}` was made for another base model ({meta.get('base_model')}): "
             + "; ".join(problems[:5])
         )
-    live = [n for n, r in meta["ranks"].items() if r > 0]
-    adapters: dict[str, SVDLinear] = {}
-    if live:
-        escaped = [f"re:{re.escape(n)}" for n in live]
-        for name, adapter in inject_adapters(model, escaped, rank=1, alpha=1.0).items():
-            device = adapter.left_vectors.device
-            for part in ("left_vectors", "singular_values", "right_vectors"):
-                setattr(adapter, part, nn.Parameter(tensors[f"{name}.{part}"].to(device)))
-            adapter.rank_mask = torch.ones(meta["ranks"][name], device=device)
-            adapter.scaling = float(meta["scaling"][name])
-            adapters[name] = adapter
-    with torch.no_grad():
-        for pname in meta["trained_parameters"]:
-            params[pname].copy_(tensors[f"trained.{pname}"])
-    return adapters
+    return _install(model, meta, tensors)
 
 
 def remove_adapters(model: nn.Module, keep_merged: bool = False) -> None:
@@ -230,13 +340,44 @@ def remove_adapters(model: nn.Module, keep_merged: bool = False) -> None:
 
 
 def swap_adapter(model: nn.Module, folder: str | Path) -> dict[str, SVDLinear]:
-    """Replace the adapters on ``model`` with a native export's (checked before anything is removed).
+    """Replace the adapters on ``model`` with a native export's, atomically: the export is read and
+    checked against the model (names, shapes, trained parameters) before anything is removed, and on
+    any error the model is left as it was. The trained parameters (e.g. the head) take the new
+    export's values.
 
-    The extra trained parameters (e.g. the head) are overwritten with the new export's.
+    Raises:
+        ExportError: the export is unreadable or does not fit; or the current adapter trained a
+            parameter the new export lacks (its values would silently stay).
     """
-    read_native(Path(folder))
-    remove_adapters(model)
-    return load_adapter(model, folder)
+    meta, tensors = read_native(Path(folder))
+    problems = _fit_problems(model, meta, tensors)
+    current = trained_record(model)
+    lacking = sorted(set(current.trained_parameters) - set(meta["trained_parameters"]))
+    if lacking:
+        problems.append(
+            f"the current adapter trained `{lacking[0]}`, which the new export does not carry; load the new "
+            "export on a fresh base model instead"
+        )
+    if problems:
+        raise ExportError(f"cannot swap in `{folder}`: " + "; ".join(problems[:5]) + ". The model is unchanged.")
+    old_adapters = find_adapters(model)
+    old_trained = {n: t.clone() for n, t in _trained_tensors(model, current).items()}
+    old_flags = {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+    try:
+        remove_adapters(model)
+        return _install(model, meta, tensors)
+    except Exception:
+        remove_adapters(model)
+        for name, adapter in old_adapters.items():
+            _set_module(model, name, adapter)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            for name, value in old_trained.items():
+                params[name].copy_(value)
+        for name, flag in old_flags.items():
+            params[name].requires_grad_(flag)
+        setattr(model, RECORD_ATTR, current)
+        raise
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
@@ -245,11 +386,16 @@ def merged_copy(model: nn.Module) -> nn.Module:
     for adapter in find_adapters(plain).values():
         adapter.merge()
     remove_adapters(plain, keep_merged=True)
+    if hasattr(plain, RECORD_ATTR):
+        delattr(plain, RECORD_ATTR)
     return plain
 
 
-def export_merged(model: nn.Module, out: Path, tokenizer: Any = None, overwrite: bool = False) -> Path:
-    """Save the merged model (no adapter code needed to run it) with ``save_pretrained``."""
+def export_merged(
+    model: nn.Module, out: str | Path, tokenizer: Any = None, overwrite: bool = False, base_model: BaseModel = None
+) -> Path:
+    """Save the merged model (no adapter code needed to run it) with ``save_pretrained``, plus the
+    tokenizer if given; ``base_model`` is recorded in the export marker (see ``export_native``)."""
     plain = merged_copy(model)
     for param in plain.parameters():
         param.requires_grad_(False)
@@ -259,12 +405,19 @@ def export_merged(model: nn.Module, out: Path, tokenizer: Any = None, overwrite:
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 
-    return _write_atomically(out, overwrite, fill)
+    return _write_atomically(out, overwrite, "merged", describe_base(model, base_model), fill)
 
 
-def export_peft(model: nn.Module, out: Path, base_model: str, overwrite: bool = False) -> Path:
-    """Save a standard PEFT LoRA adapter with per-module ranks (see module docstring); ``base_model`` is
-    recorded as its base_model_name_or_path.
+def export_peft(model: nn.Module, out: str | Path, base_model: BaseModel = None, overwrite: bool = False) -> Path:
+    """Save a standard PEFT LoRA adapter with per-module ranks (see module docstring).
+
+    Args:
+        model: a model with adarank adapters.
+        out: the folder to create.
+        base_model: the folder or hub id the base was loaded from, recorded as PEFT's
+            ``base_model_name_or_path`` (default: the model's ``name_or_path``), or a description
+            as for ``export_native``.
+        overwrite: replace an earlier export at ``out``.
 
     Raises:
         ExportError: peft is not installed, or no adapter has a live triplet.
@@ -273,12 +426,20 @@ def export_peft(model: nn.Module, out: Path, base_model: str, overwrite: bool = 
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ExportError("the peft format needs the peft package: pip install 'adarank[peft]'.") from None
+    from transformers.pytorch_utils import Conv1D
+
+    check_destination(Path(out), overwrite)
     adapters = find_adapters(model)
     live = {n: a for n, a in adapters.items() if a.live_rank() > 0}
     if not live:
-        raise ExportError("no adapter has a live triplet: there is no LoRA to export.")
-    trained = _trained_modules(model)
-    head_modules = sorted({n.rsplit(".", 1)[0] for n in trained})
+        raise ExportError(
+            "no adapter has a live triplet, and a PEFT LoRA needs at least one module: use --format native "
+            "(it carries the trained head alone) or --format merged."
+        )
+    record = trained_record(model)
+    head_modules = sorted({n.rsplit(".", 1)[0] for n in record.trained_parameters})
+    description = describe_base(model, base_model)
+    base_path = _base_path(model, base_model)
     base = copy.deepcopy(model)
     remove_adapters(base)
     ranks = {n: a.live_rank() for n, a in live.items()}
@@ -291,10 +452,12 @@ def export_peft(model: nn.Module, out: Path, base_model: str, overwrite: bool = 
         lora_dropout=0.0,
         bias="none",
         modules_to_save=head_modules or None,
+        fan_in_fan_out=any(isinstance(a.base, Conv1D) for a in live.values()),
         init_lora_weights=False,
+        task_type="CAUSAL_LM" if description.get("format") == "generation" else "SEQ_CLS",
     )
     peft_model = get_peft_model(base, config)
-    peft_model.peft_config["default"].base_model_name_or_path = base_model  # get_peft_model resets it
+    peft_model.peft_config["default"].base_model_name_or_path = base_path  # get_peft_model resets it
     modules = dict(peft_model.get_base_model().named_modules())
     with torch.no_grad():
         for name, adapter in live.items():
@@ -302,16 +465,41 @@ def export_peft(model: nn.Module, out: Path, base_model: str, overwrite: bool = 
             layer = modules[name]
             layer.lora_A["default"].weight.copy_(right)
             layer.lora_B["default"].weight.copy_(left * (values * adapter.scaling))
-            assert layer.scaling["default"] == 1.0, "alpha == r keeps PEFT's scaling at 1"
-    _check_peft_ranks(peft_model, ranks)
+    wrong = [n for n, r in ranks.items() if modules[n].r["default"] != r or modules[n].scaling["default"] != 1.0]
+    if wrong:
+        raise ExportError(f"this peft version gave other ranks or scalings to {wrong[:3]}; use --format native.")
 
     def fill(folder: Path) -> None:
         peft_model.save_pretrained(str(folder))
+        (folder / "README.md").write_text(_model_card(base_path, ranks, record, adapters))
 
-    return _write_atomically(out, overwrite, fill)
+    return _write_atomically(out, overwrite, "peft", base_path, fill)
 
 
-def _check_peft_ranks(peft_model: Any, ranks: Mapping[str, int]) -> None:
-    modules = dict(peft_model.get_base_model().named_modules())
-    wrong = [n for n, r in ranks.items() if modules[n].r["default"] != r]
-    assert not wrong, f"PEFT gave other ranks to {wrong[:3]}"
+def _model_card(base_path: str, ranks: Mapping[str, int], record: TrainedRecord, adapters: Mapping[str, Any]) -> str:
+    """A short README for a PEFT export: the base, how to load it, and every module's rank."""
+    pruned = sorted({*record.pruned_modules, *(n for n, a in adapters.items() if a.live_rank() == 0)})
+    rows = "\n".join(f"| `{n}` | {r} |" for n, r in ranks.items())
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {base_path}",
+        "tags: [adarank, lora, adalora]",
+        "---",
+        "",
+        "# LoRA adapter with per-module ranks (exported by adarank)",
+        "",
+        f"Trained with adaptive rank allocation (AdaLoRA) by adarank {_version()}, exported as a standard",
+        "PEFT LoRA: `PeftModel.from_pretrained(base_model, this_folder)`.",
+        "",
+        f"- base model: `{base_path}`",
+        f"- adapted modules: {len(ranks)}, total rank {sum(ranks.values())}; modules pruned to rank 0 "
+        f"(not adapted): {len(pruned)}",
+        f"- trained in full (`modules_to_save`): {', '.join(f'`{n}`' for n in record.trained_parameters) or 'none'}",
+        "",
+        "| module | rank |",
+        "|---|---|",
+        rows,
+        "",
+    ]
+    return "\n".join(lines)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,6 +14,41 @@ from adarank.layers import LINEAR_TYPES, SVDLinear, linear_features
 
 ALL_LINEAR = "all-linear"
 _BLOCK_INDEX = re.compile(r"\.\d+\.")
+RECORD_ATTR = "adarank_record"
+
+
+@dataclass(frozen=True)
+class TrainedRecord:
+    """What adarank trains on a model besides its live adapters, recorded once where the adapters are
+    built (``inject_adapters``) or loaded (``load_adapter``). Exports read this record, never the
+    ``requires_grad`` flags, which loading or user code may set otherwise (issue 13)."""
+
+    trained_parameters: tuple[str, ...] = ()
+    """Full names of the parameters trained in full (e.g. a new classification head), sorted."""
+    pruned_modules: Mapping[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Targeted modules loaded at rank 0, left plain: name -> (d_out, d_in, scaling), so a re-export
+    lists them as the original export did."""
+
+
+def trained_record(model: nn.Module) -> TrainedRecord:
+    """The record ``inject_adapters`` / ``load_adapter`` left on ``model`` (empty if neither ran).
+
+    Warns when a parameter outside the adapters is trainable but not recorded: it would not be
+    exported; name its module in ``modules_to_save`` so it is.
+    """
+    record = getattr(model, RECORD_ATTR, None)
+    if not isinstance(record, TrainedRecord):
+        record = TrainedRecord()
+    inside = {id(p) for a in find_adapters(model).values() for p in a.parameters()}
+    recorded = set(record.trained_parameters)
+    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside and n not in recorded]
+    if stray:
+        warnings.warn(
+            f"{len(stray)} trainable parameter(s) outside the adapters are not recorded as trained and will not be "
+            f"exported (e.g. `{stray[0]}`); pass their modules as modules_to_save to inject_adapters.",
+            stacklevel=3,
+        )
+    return record
 
 
 def _matches(name: str, target: str) -> bool:
@@ -114,14 +151,55 @@ def inject_adapters(
         raise ValueError("this model already has adarank adapters; inject them into a fresh base model.")
     targets = select_modules(model, target_modules)
     train_in_full = select_modules(model, modules_to_save, linear_only=False) if modules_to_save else {}
+    overlap = [t for t in targets if any(t == m or t.startswith(m + ".") for m in train_in_full)]
+    if overlap:
+        raise ValueError(
+            f"`{overlap[0]}` is both adapted (target_modules) and trained in full (modules_to_save); choose one."
+        )
+    trained = [n for m in train_in_full.values() for n in _parameter_names(model, m)]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return build_adapters(model, dict.fromkeys(targets, rank), alpha, dropout, trained, generator=generator)
+
+
+def _parameter_names(model: nn.Module, module: nn.Module) -> list[str]:
+    """Full names, in ``model``, of ``module``'s parameters (tied ones under every name they have)."""
+    own = {id(p) for p in module.parameters()}
+    return [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in own]
+
+
+def build_adapters(
+    model: nn.Module,
+    ranks: Mapping[str, int],
+    alpha: float,
+    dropout: float,
+    trained_parameters: Sequence[str],
+    scalings: Mapping[str, float] | None = None,
+    generator: torch.Generator | None = None,
+    pruned_modules: Mapping[str, tuple[int, int, float]] | None = None,
+) -> dict[str, SVDLinear]:
+    """The one way adapters are built, fresh or loaded: freeze ``model``, wrap each module in ``ranks``
+    in an ``SVDLinear`` of that rank, make ``trained_parameters`` trainable and record them.
+
+    Args:
+        model: the model (modified in place); module names in ``ranks`` must exist.
+        ranks: module name -> rank (>= 1).
+        alpha, dropout: as for ``SVDLinear``.
+        trained_parameters: full names of parameters trained in full (e.g. the head).
+        scalings: module name -> scaling, for loaded adapters (default alpha / rank).
+        generator: random generator for the initial P and Q.
+        pruned_modules: targeted modules left plain at rank 0 (see ``TrainedRecord``).
+    """
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters(remove_duplicate=False))
     for param in model.parameters():
         param.requires_grad_(False)
-    for name, module in targets.items():
-        _set_module(model, name, SVDLinear(module, rank, alpha, dropout, generator))
-    for module in train_in_full.values():
-        for param in module.parameters():
-            param.requires_grad_(True)
+    for name, rank in ranks.items():
+        scaling = None if scalings is None else scalings[name]
+        _set_module(model, name, SVDLinear(modules[name], rank, alpha, dropout, generator, scaling=scaling))
+    for name in trained_parameters:
+        params[name].requires_grad_(True)
+    record = TrainedRecord(tuple(sorted(set(trained_parameters))), dict(pruned_modules or {}))
+    setattr(model, RECORD_ATTR, record)
     return find_adapters(model)
 
 

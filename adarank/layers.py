@@ -48,6 +48,8 @@ class SVDLinear(nn.Module):
         alpha: scaling numerator; the update is multiplied by ``alpha / rank``.
         dropout: dropout probability on the adapter input (default 0).
         generator: random generator for the initial P and Q (default: torch's global one).
+        scaling: the update's multiplier s; default alpha / rank. A loaded adapter passes its exported
+            value (it was alpha / init_rank, while the loaded rank is the live rank).
     """
 
     rank_mask: torch.Tensor
@@ -60,6 +62,7 @@ class SVDLinear(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        scaling: float | None = None,
     ):
         super().__init__()
         if rank < 1:
@@ -77,7 +80,7 @@ class SVDLinear(nn.Module):
         self.singular_values = nn.Parameter(torch.zeros(rank, device=device))  # lambda
         self.right_vectors = nn.Parameter(right.to(device))  # Q
         self.register_buffer("rank_mask", torch.ones(rank, device=device))  # m
-        self.scaling = alpha / rank
+        self.scaling = alpha / rank if scaling is None else float(scaling)
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 

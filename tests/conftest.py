@@ -17,6 +17,8 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
 )
@@ -57,15 +59,20 @@ def bert() -> BertForSequenceClassification:
     return tiny_bert()
 
 
-def save_tiny_model(folder: Path, llama: bool) -> None:
-    """Save a 2-layer BERT classifier or Llama base LM (hidden 32) with MiniLM's tokenizer to ``folder``."""
+def save_tiny_model(folder: Path, llama: bool, gpt2: bool = False) -> None:
+    """Save a 2-layer model with hidden size 32 and MiniLM's tokenizer to ``folder``: a BERT classifier
+    (its head in the checkpoint), a Llama base LM, or (``gpt2``) a GPT-2 LM, whose linears are Conv1D."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    if llama:
+    if llama or gpt2:
         tokenizer.eos_token = "[SEP]"  # a causal LM needs one to end its answers
     torch.manual_seed(0)
-    kv_heads = {"num_key_value_heads": 1} if llama else {}
-    config = tiny_config(llama, vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **kv_heads)
-    # the Llama checkpoint is a base LM, without a classification head
-    model = LlamaForCausalLM(config) if llama else BertForSequenceClassification(config)
+    if gpt2:
+        model: torch.nn.Module = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=128,
+                                                            n_embd=32, n_layer=2, n_head=2))  # fmt: skip
+    else:
+        kv_heads = {"num_key_value_heads": 1} if llama else {}
+        config = tiny_config(llama, vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **kv_heads)
+        # the Llama checkpoint is a base LM, without a classification head
+        model = LlamaForCausalLM(config) if llama else BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
