@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 
-from adarank.config import ConfigError, RunConfig, load_config
+from adarank.config import ConfigError, RunConfig, budget_warnings, key_docs, load_config
+
+REPEAT_SUFFIX = "-repeat"
 
 
-def _key_help(schema: type = RunConfig, prefix: str = "") -> list[str]:
+def _key_help() -> list[str]:
+    """Every config key with its default and its one-line description (from the schema's docstrings)."""
     lines = []
-    for f in fields(schema):
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        if is_dataclass(default):
-            lines += _key_help(type(default), f"{prefix}{f.name}.")
-        else:
-            lines.append(f"  {prefix}{f.name} = {default!r}")
+    for key, (default, doc) in key_docs().items():
+        lines += [f"  {key} = {default!r}", f"      {doc}"]
     return lines
 
 
@@ -40,15 +38,34 @@ def _resume_items(config: str | None, overrides: list[str]) -> tuple[str | None,
     return (str(saved) if saved.is_file() else None), [*overrides, f"output_dir={resume}"]
 
 
+def _repeat_items(config: str | None, overrides: list[str]) -> list[str]:
+    """`adarank train RUN/config.yaml` repeats a finished run in a new directory (RUN-repeat,
+    RUN-repeat2, ...), never over the original, unless ``output_dir`` is given."""
+    if config is None or any(o.startswith(("output_dir=", "resume=")) for o in overrides):
+        return overrides
+    run = Path(config).parent
+    if Path(config).name != "config.yaml" or not (run / "metrics.json").is_file():
+        return overrides
+    count, new = 1, Path(f"{run}{REPEAT_SUFFIX}")
+    while new.exists():
+        count += 1
+        new = Path(f"{run}{REPEAT_SUFFIX}{count}")
+    print(f"adarank: repeating the run of {run} in {new} (give output_dir=... to choose another)")
+    return [*overrides, f"output_dir={new}"]
+
+
 def _split(items: list[str]) -> tuple[str | None, list[str]]:
     config = items[0] if items and "=" not in items[0] else None
     return config, items[1:] if config else items
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from adarank import __version__
+
     parser = argparse.ArgumentParser(prog="adarank", description="Adaptive-rank (AdaLoRA) fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"adarank {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    keys = "config keys (key = default):\n" + "\n".join(_key_help())
+    keys = "config keys (key = default, then what it does):\n" + "\n".join(_key_help())
     raw = argparse.RawDescriptionHelpFormatter
     train = sub.add_parser(
         "train",
@@ -61,29 +78,34 @@ def main(argv: list[str] | None = None) -> int:
         "plan", help="validate a config and show its budget plan, without training", formatter_class=raw, epilog=keys
     )
     _add_config_args(plan)
-    plan.add_argument("--png", type=Path, help="where to write the b(t) plot (default: OUTPUT_DIR/budget_plan.png)")
+    plan.add_argument("--png", type=Path, help="also write the b(t) plot to this file (default: write nothing)")
     inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
     inspect.add_argument("path", type=Path, help="a run directory, its allocation.json, or a native adapter folder")
     export = sub.add_parser("export", help="export a run's adapter: native, PEFT LoRA or merged weights")
     export.add_argument("source", type=Path, help="a run directory (its adapter/) or a native adapter folder")
     export.add_argument("--format", choices=("native", "peft", "merged"), required=True)
     export.add_argument("--out", type=Path, required=True, help="folder to create")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
-    args = parser.parse_args(argv)
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export at --out (never a folder of other files)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `adarank` command; returns the exit status (2 for a refused input). Help, --version and
+    argument errors import neither torch nor transformers."""
+    args = _parser().parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.path)
     if args.command == "export":
         return _export(args.source, args.format, args.out, args.overwrite)
     try:
-        cfg = load_config(*_resume_items(*_split(args.items)))
+        config, overrides = _resume_items(*_split(args.items))
+        cfg = load_config(config, _repeat_items(config, overrides), check_model=True)
+        for warning in budget_warnings(cfg.budget, cfg.train.max_steps):
+            print(f"adarank: warning: {warning}", file=sys.stderr)
         if args.command == "plan":
-            from adarank.plan import plot_budget
-            from adarank.run import describe
-
-            summary, budget_plan = describe(cfg)
-            print(summary)
-            png = plot_budget(budget_plan, args.png or Path(cfg.output_dir) / "budget_plan.png")
-            print(f"plot: {png}")
+            _plan(cfg, args.png)
         else:
             from adarank.run import train as run_train
 
@@ -92,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _plan(cfg: RunConfig, png: Path | None) -> None:
+    """Print the plan summary; write the b(t) plot only where ``--png`` asks (a dry run writes nothing)."""
+    from adarank.plan import plot_budget
+    from adarank.run import describe
+
+    summary, budget_plan = describe(cfg)
+    print(summary)
+    if png is not None:
+        print(f"plot: {plot_budget(budget_plan, png)}")
 
 
 def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:

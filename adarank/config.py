@@ -8,9 +8,13 @@ types, impossible values) and returns plain frozen dataclasses: library code nev
 
 from __future__ import annotations
 
+import ast
 import difflib
+import inspect
 import math
+import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +44,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = ""
-    """Local Hugging Face folder, or an embedded model: `minilm` (the default when empty) or `smollm2`."""
+    name_or_path: str = "minilm"
+    """Local Hugging Face folder, or an embedded model: `minilm` (the default; empty means it too) or `smollm2`."""
     gguf_file: str = ""
     """GGUF file inside name_or_path to load (dequantized to fp32 once, then cached); empty = none."""
 
@@ -169,6 +173,74 @@ def schema_keys(schema: type = RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[type, Any, type]]:
+    """Dotted key -> (owning dataclass, default, annotated type) for every leaf of the schema."""
+    hints = typing.get_type_hints(schema)
+    out: dict[str, tuple[type, Any, type]] = {}
+    for f in fields(schema):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            out |= _leaf_fields(type(default), f"{prefix}{f.name}.")
+        else:
+            out[prefix + f.name] = (schema, default, hints[f.name])
+    return out
+
+
+def list_keys() -> list[str]:
+    """Keys whose value is a list (a single string is accepted for them and means a one-item list)."""
+    return [k for k, (_, _, kind) in _leaf_fields().items() if typing.get_origin(kind) is list]
+
+
+@cache
+def _docstrings(schema: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the dataclass source (PEP 257 attribute
+    docstrings, read with ``ast``: Python keeps no such docstring at run time)."""
+    tree = ast.parse(inspect.getsource(schema))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        is_field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        text = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else None
+        if is_field and isinstance(text, str):
+            docs[node.target.id] = " ".join(text.split())
+    return docs
+
+
+def key_docs() -> dict[str, tuple[Any, str]]:
+    """Every config key -> (default, one-line description with its allowed values), from the schema."""
+    return {
+        key: (default, _docstrings(owner).get(key.rsplit(".", 1)[-1], ""))
+        for key, (owner, default, _) in _leaf_fields().items()
+    }
+
+
+def _type_hint(key: str) -> str:
+    """What to write for ``key``, from its type and default (used in type-error messages)."""
+    entry = _leaf_fields().get(key)
+    if entry is None:
+        return "Give a value of the type the key expects."
+    _, default, kind = entry
+    if typing.get_origin(kind) is list:
+        return f"`{key}` takes a list, e.g. `{key}=[query,value]` (a single name is fine too)."
+    base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+    what = " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in base)
+    nullable = " or null" if type(None) in typing.get_args(kind) else ""
+    example = (
+        "" if default is None else f", e.g. `{key}={str(default).lower() if isinstance(default, bool) else default}`"
+    )
+    return f"`{key}` takes {what}{nullable}{example}."
+
+
+def _wrap_single_strings(layer: Any) -> None:
+    """In a parsed YAML layer or override (modified in place): a plain string under a list key
+    becomes a one-item list, so `adapter.target_modules=all-linear` means [all-linear] (issue 14)."""
+    for key in list_keys():
+        value = OmegaConf.select(layer, key, default=None)
+        if isinstance(value, str):
+            OmegaConf.update(layer, key, [value], merge=False)
+
+
 def _flatten(node: Any, prefix: str = "") -> list[str]:
     if isinstance(node, dict):
         out: list[str] = []
@@ -194,12 +266,18 @@ def _unknown_key_problems(keys: list[str], source: str) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, check_model: bool = False
+) -> RunConfig:
     """Merge defaults <- YAML at ``path`` <- ``key=value`` overrides, validate, return a RunConfig.
+
+    Every problem is found in one pass: a value of the wrong type is reported and left out, and the
+    rest is still validated. With ``check_model``, the target modules and the budget are also checked
+    against the model's shapes on a meta-device skeleton (no weights loaded; imports transformers).
 
     Raises:
         ConfigError: listing every problem found (missing file, bad YAML, unknown keys, wrong types,
-            impossible values), each with how to fix it.
+            impossible values, modules that match nothing), each with how to fix it.
     """
     merged = OmegaConf.structured(RunConfig)
     problems: list[str] = []
@@ -208,6 +286,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             bad = _unknown_key_problems(_flatten(OmegaConf.to_container(layer)), source)
             problems += bad
             if not bad:
+                _wrap_single_strings(layer)
                 merged = _merge_or_report(merged, layer, source, problems)
     for item in overrides or []:
         key, sep, _ = item.partition("=")
@@ -222,15 +301,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             except Exception as err:  # yaml scanner/reader errors on hostile text
                 problems.append(f"`{item}`: the value is not valid YAML ({str(err).splitlines()[0]}).")
                 continue
+            _wrap_single_strings(parsed)
             merged = _merge_or_report(merged, parsed, f"`{item}`", problems)
-    if problems:
-        raise ConfigError(problems)
-    cfg = OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)  # the values that merged cleanly: still worth validating
     assert isinstance(cfg, RunConfig)
-    problems = validate(cfg)
+    found = validate(cfg)
+    problems += found
+    if check_model and not any(p.startswith(("model.", "data.dataset", "data.format")) for p in found):
+        problems += model_problems(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def model_problems(cfg: RunConfig) -> list[str]:
+    """Problems only the model's shapes reveal (target modules that match nothing, a budget that does
+    not fit them), found on a meta-device skeleton: no weights are loaded."""
+    from adarank.run import describe
+
+    try:
+        describe(cfg)
+    except ConfigError as err:
+        return err.problems
+    return []
 
 
 def _read_layers(file: Path, chain: tuple[Path, ...], problems: list[str]) -> list[tuple[str, DictConfig]]:
@@ -270,8 +363,13 @@ def _merge_or_report(base: Any, update: Any, source: str, problems: list[str]) -
     try:
         return OmegaConf.merge(base, update)
     except (OmegaConfBaseException, TypeError, ValueError) as err:  # TypeError: a list where a mapping goes
-        msg = str(err).split("\n")[0]
-        problems.append(f"{source}: {msg}. Give a value of the type the key expects.")
+        key = str(getattr(err, "full_key", "") or "")
+        if key in list_keys():  # OmegaConf's own text ("AnyNode is not a ListConfig ...") says nothing useful
+            problems.append(f"{source}: {_type_hint(key)}")
+        else:
+            msg = str(err).split("\n")[0].rstrip(".")
+            hint = _type_hint(key) if key else "Give a value of the type the key expects."
+            problems.append(f"{source}: {msg}. {hint}")
         return base
 
 
@@ -352,6 +450,34 @@ def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
                 "budget-decay phase is left; lower them or train longer."
             )
     return problems
+
+
+def budget_warnings(budget: BudgetConfig, total_steps: int) -> list[str]:
+    """Legal schedules that will not do what a user expects: a decay with fewer than 2 masking steps
+    cuts the rank in one go, from scores of a few steps (e.g. a 2-step smoke run)."""
+    if budget.schedule == "constant" or budget_problems(budget, total_steps):
+        return []
+    t_init = resolve_steps(budget.t_init, total_steps)
+    final_start = total_steps - resolve_steps(budget.t_final, total_steps)
+    masking = [
+        t for t in range(t_init + 1, final_start + 1) if t == final_start or (t - t_init) % budget.mask_interval == 0
+    ]
+    if len(masking) >= 2:
+        return []
+    return [
+        f"the budget decay (steps {t_init}..{final_start} of {total_steps}) has {len(masking)} masking step(s), so the "
+        "rank is cut in one go rather than on a schedule; raise train.max_steps, lower budget.mask_interval "
+        f"({budget.mask_interval}), or lower budget.t_init / budget.t_final."
+    ]
+
+
+def key_table() -> str:
+    """The config keys as a Markdown table (key, default, description): the README's list is this text."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for key, (default, doc) in key_docs().items():
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else repr(default)
+        rows.append(f"| `{key}` | `{shown}` | {doc.replace('|', '&#124;')} |")
+    return "\n".join(rows)
 
 
 def _number_problems(node: Any, prefix: str = "") -> list[str]:

@@ -43,7 +43,9 @@ def _check_run_dir(out: Path, steps: int) -> dict:
     assert metrics["total_rank_final"] == metrics["target_total_rank"] == sum(allocation.values())
     assert metrics["trainable_params_final"] < metrics["trainable_params_initial"]
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and metrics["train_seconds"] > 0
+    assert metrics["test_accuracy"] == metrics["eval_accuracy"]
     cfg = load_config(out / "config.yaml", ["overwrite=true"])
+    assert cfg.model.name_or_path != "", "config.yaml names the model it resolved"
     assert cfg.train.max_steps == steps
     return allocation
 
@@ -164,3 +166,103 @@ def test_smollm2_from_gguf_generation_run(tmp_path: Path, monkeypatch: pytest.Mo
     # identical runs from the fresh and the cached copy
     first, second = (json.loads((tmp_path / a / "allocation.json").read_text()) for a in ("first", "cached"))
     assert first == second
+
+
+# --- issue 14: no traps for a new user ---
+
+
+def test_a_single_string_is_a_one_item_list(tmp_path) -> None:
+    assert load_config(None, ["adapter.target_modules=all-linear"]).adapter.target_modules == ["all-linear"]
+    assert load_config(None, ["adapter.modules_to_save=pooler"]).adapter.modules_to_save == ["pooler"]
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("adapter:\n  target_modules: query\n")
+    assert load_config(yaml).adapter.target_modules == ["query"]
+
+
+def test_every_problem_in_one_pass_before_any_weights_load(tmp_path, capsys, monkeypatch) -> None:
+    import adarank.models
+    import adarank.run
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the config was validated")
+
+    monkeypatch.setattr(adarank.models, "load_model", no_weights)
+    monkeypatch.setattr(adarank.run, "load_model", no_weights)
+    out = tmp_path / "run"
+    code = main(["train", f"output_dir={out}", "budget.init_rank=x", "budget.target_rank=20",
+                 "adapter.target_modules=[q_proj]", "adapter.alpha=[1]"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid configuration (4 problem(s))" in err
+    assert (
+        "`budget.init_rank=x`" in err and "`budget.init_rank` takes a whole number, e.g. `budget.init_rank=12`" in err
+    )
+    assert "budget.target_rank (20) must be <= budget.init_rank (12)" in err  # not hidden by the type error
+    assert "`q_proj` matches no module" in err  # found on the meta-device skeleton
+    assert "`adapter.alpha` takes a number, e.g. `adapter.alpha=16.0`" in err
+    assert not out.exists()
+
+
+def test_a_list_key_of_the_wrong_type_says_what_to_write(capsys) -> None:
+    assert main(["plan", "adapter.target_modules=3"]) == 2
+    err = capsys.readouterr().err
+    assert "`adapter.target_modules` takes a list, e.g. `adapter.target_modules=[query,value]`" in err
+    assert "AnyNode" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"], ["train", "--help"], ["plan", "--help"], ["export", "run"], ["nonsense"]],
+    ids=["help", "version", "train-help", "plan-help", "export-missing-args", "unknown-command"],
+)
+def test_help_version_and_argument_errors_import_no_torch(argv) -> None:
+    code = (
+        "import sys\nfrom adarank.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\nprint('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+    if argv == ["--version"]:
+        assert done.stdout.strip() == "adarank 0.1.0"
+    if argv == ["train", "--help"]:
+        assert "  budget.schedule = 'cubic'\n      Budget schedule b(t): cubic | linear | constant" in done.stdout
+
+
+def test_plan_is_a_dry_run_unless_png_is_given(tmp_path, capsys) -> None:
+    before = set(Path.cwd().rglob("*"))
+    assert main(["plan", f"output_dir={tmp_path / 'run'}"]) == 0
+    assert "plot:" not in capsys.readouterr().out
+    assert set(Path.cwd().rglob("*")) == before and not (tmp_path / "run").exists()
+    png = tmp_path / "plots" / "b.png"
+    assert main(["plan", "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {png}" in capsys.readouterr().out
+
+
+def test_repeating_a_run_goes_to_a_new_directory(tmp_path, capsys, monkeypatch) -> None:
+    import adarank.run
+    from adarank.config import to_yaml
+
+    started = []
+    monkeypatch.setattr(adarank.run, "train", lambda cfg: started.append(cfg))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(None, [f"output_dir={run}", "train.max_steps=50"])))
+    (run / "metrics.json").write_text("{}")  # a finished run
+    assert main(["train", str(run / "config.yaml"), "overwrite=true"]) == 0
+    assert main(["train", str(run / "config.yaml")]) == 0
+    (tmp_path / "run-repeat").mkdir()
+    assert main(["train", str(run / "config.yaml")]) == 0
+    assert main(["train", str(run / "config.yaml"), f"output_dir={tmp_path / 'mine'}"]) == 0
+    assert [c.output_dir for c in started] == [
+        str(tmp_path / "run-repeat"), str(tmp_path / "run-repeat"), str(tmp_path / "run-repeat2"),
+        str(tmp_path / "mine"),
+    ]  # fmt: skip
+    assert all(c.train.max_steps == 50 for c in started)
+    assert f"repeating the run of {run} in {tmp_path / 'run-repeat'}" in capsys.readouterr().out
+
+
+def test_a_decay_without_two_masking_steps_warns(capsys) -> None:
+    assert main(["plan", "train.max_steps=2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the budget decay (steps 0..1 of 2) has 1 masking step(s)" in err
+    assert "raise train.max_steps, lower budget.mask_interval (10), or lower budget.t_init / budget.t_final" in err
+    assert main(["plan"]) == 0 and "warning" not in capsys.readouterr().err  # the default: 23 masking steps

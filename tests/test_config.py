@@ -38,7 +38,12 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     problems = err.value.problems
     assert problems[0] == "command line: unknown key `budget.init_rnak`. Did you mean `budget.init_rank`?"
     assert problems[1].startswith("override `noequals` is not of the form key=value")
-    assert len(problems) == 2  # schema errors stop before value checks
+    # schema errors no longer hide the value checks (issue 14): one pass reports all six
+    assert len(problems) == 6
+    assert any("budget.mask_interval (0) must be >= 1" in p for p in problems)
+    assert any("budget.target_rank (20) must be <= budget.init_rank (12)" in p for p in problems)
+    assert any("importance.beta_sensitivity (1.5) must be in [0, 1)" in p for p in problems)
+    assert any("model.name_or_path `/no/such/model`" in p for p in problems)
 
 
 def test_value_problems_all_listed() -> None:

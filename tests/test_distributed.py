@@ -100,7 +100,9 @@ def test_adarank_train_under_torchrun_writes_once(tmp_path) -> None:
         "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
         "metrics.json", "rank_heatmap.png", "rank_over_time.png", "report.html",
     ]  # fmt: skip
-    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter.safetensors", "adarank_adapter.json"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == [
+        "adapter.safetensors", "adarank_adapter.json", "adarank_export.json"
+    ]  # fmt: skip
 
 
 def test_launch_whose_processes_would_train_alone_is_refused() -> None:

@@ -1,0 +1,114 @@
+"""The README is tested: its Python blocks run (with a few steps), its example outputs are what the
+commands print, its key table is the schema's, and its figures are the reports'."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from adarank.cli import main
+from adarank.config import key_table
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)]
+
+# Blocks that cannot run here in seconds, each with the reason; a block neither run nor listed fails.
+SKIPPED = {
+    "# 1. install, then run the main job": "installs the package and trains for minutes; CI runs the test command",
+    "torchrun --standalone": "multi-process and multi-node launches; tests/test_distributed.py runs the 2-process one",
+    "make lint": "the development commands; CI runs `make test` itself",
+    "$ adarank inspect runs/default": "needs the default run's directory; "
+    "test_inspect_example_is_the_default_run checks its numbers against reports/default_run.md",
+}
+PLAN_EXAMPLE = "$ adarank plan configs/bbc-minilm-adalora.yaml"
+
+# The Python blocks run with a few steps on a slice of the data. Each substitution must match exactly
+# once, so a README edit that moves them fails here instead of running 400 steps.
+SUBSTITUTIONS = {
+    'load_splits("rotten_tomatoes")["train"]': '[part[:96] for part in load_splits("rotten_tomatoes")["train"]]',
+    "max_steps=400": "max_steps=3",
+    "T = 400 ": "T = 3 ",
+}
+
+
+def _classify(block: str) -> str:
+    first = block.splitlines()[0]
+    return next((key for key in [*SKIPPED, PLAN_EXAMPLE] if first.startswith(key)), "")
+
+
+def test_every_block_is_run_or_skipped_for_a_stated_reason() -> None:
+    python = [code for lang, code in BLOCKS if lang == "python"]
+    others = [code for lang, code in BLOCKS if lang != "python"]
+    assert len(python) == 2
+    unclassified = [code.splitlines()[0] for code in others if not _classify(code)]
+    assert not unclassified, f"README blocks neither run nor listed in SKIPPED with a reason: {unclassified}"
+
+
+@pytest.mark.slow
+def test_python_blocks_run(tmp_path: Path) -> None:
+    """The Trainer block, then the plain-loop block that continues it, as a user would paste them."""
+    source = "\n".join(code for lang, code in BLOCKS if lang == "python")
+    for old, new in SUBSTITUTIONS.items():
+        assert source.count(old) == 1, f"`{old}` should occur once in the README's Python blocks"
+        source = source.replace(old, new)
+    namespace: dict = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    allocator, budget = namespace["allocator"], namespace["budget"]
+    assert sum(allocator.ranks().values()) == budget.target_rank * len(allocator.ranks()) == 8 * 24
+    for folder in ("out/adapter", "out/loop-adapter"):
+        meta = json.loads((Path(folder) / "adarank_adapter.json").read_text())
+        assert meta["trained_parameters"] == ["classifier.bias", "classifier.weight"], folder
+        assert sum(meta["ranks"].values()) == 192
+
+
+def test_plan_example_is_what_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    block = next(code for _, code in BLOCKS if code.startswith(PLAN_EXAMPLE))
+    assert main(["plan", str(ROOT / "configs" / "bbc-minilm-adalora.yaml")]) == 0
+    assert capsys.readouterr().out.strip() == block.split("\n", 1)[1].strip()
+
+
+def _number_rows(lines: list[str]) -> list[list[int]]:
+    return [[int(n) for n in re.findall(r"\d+", line)] for line in lines]
+
+
+def test_inspect_example_is_the_default_run() -> None:
+    """The README's terminal table has the numbers of reports/default_run.md's Markdown table."""
+    block = next(code for _, code in BLOCKS if code.startswith("$ adarank inspect"))
+    shown = [line for line in block.splitlines()[2:] if re.match(r"\s+(\d|sum)", line)]
+    report = (ROOT / "reports" / "default_run.md").read_text()
+    rows = [line for line in report.splitlines() if re.match(r"\| (\d+|sum) \|", line)]
+    assert len(shown) == len(rows) == 7
+    assert _number_rows(shown) == _number_rows(rows)
+
+
+def test_key_table_is_the_schema() -> None:
+    listed = README.split("<!-- config-keys:start -->\n", 1)[1].split("\n<!-- config-keys:end -->", 1)[0]
+    assert listed.strip() == key_table(), (
+        "the README's config-key table differs from adarank/config.py: paste the output of "
+        "`python -c 'from adarank.config import key_table; print(key_table())'` between its markers"
+    )
+    for key in ("adapter.dropout", "adapter.modules_to_save", "train.warmup_ratio", "train.weight_decay",
+                "train.eval_batch_size", "wandb.project"):  # fmt: skip
+        assert f"| `{key}` |" in listed
+
+
+# (figure as the README writes it, report that holds it)
+FIGURES = [
+    ("80.46%", "default_run.md"),
+    ("80.20%", "default_run.md"),
+    ("82.33%", "default_run.md"),
+    ("79.10%", "README.md"),  # reports/README.md names quality_rt_partial.md as its source
+    ("248", "init_and_lr.md"),
+    ("16.3%", "smollm2_rt.md"),
+    ("82.7%", "smollm2_rt.md"),
+]
+
+
+@pytest.mark.parametrize(("figure", "report"), FIGURES)
+def test_readme_figures_come_from_reports(figure: str, report: str) -> None:
+    assert figure in README
+    assert figure in (ROOT / "reports" / report).read_text()
