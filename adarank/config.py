@@ -440,7 +440,7 @@ def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
         if not math.isfinite(value) or value < 0 or (value >= 1 and value != int(value)):
             problems.append(f"budget.{name} ({value}) must be a whole number of steps (>= 1) or a fraction in [0, 1).")
     if total_steps < 1:
-        problems.append(f"the total number of optimizer steps ({total_steps}) must be >= 1.")
+        problems.append(f"train.max_steps, the total number of optimizer steps ({total_steps}), must be >= 1.")
     elif not problems and budget.schedule != "constant":
         t_init = resolve_steps(budget.t_init, total_steps)
         t_final = resolve_steps(budget.t_final, total_steps)

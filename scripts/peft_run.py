@@ -141,8 +141,10 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     def accuracy(split: str) -> float:
         return float(trainer.evaluate(model_columns(data[split]), metric_key_prefix="m")["m_accuracy"])
 
+    test_accuracy = accuracy("test")
     return {
-        "eval_accuracy": accuracy("test"),
+        "test_accuracy": test_accuracy,
+        "eval_accuracy": test_accuracy,
         "validation_accuracy": accuracy("validation"),
         "trainable_params_initial": trainable_initial,
         "trainable_params_final": params + head_params,

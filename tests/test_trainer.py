@@ -84,8 +84,17 @@ class _GradCapture(TrainerCallback):
                 self.grads[name + ".Q"] = adapter.right_vectors.grad.clone()
 
 
+# Whether the Trainer treats each model's loss as normalized by the item count (then it does not divide
+# by the accumulation steps, and AdaRankTrainer must divide the penalty itself): only the causal LM.
+NORMALIZES_ITEMS = {tiny_bert: False, _tiny_llama: False, _NoLossKwargs: False, _tiny_causal_llama: True}
+
+
 @pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
-@pytest.mark.parametrize("make_model", [tiny_bert, _tiny_llama, _NoLossKwargs], ids=["bert", "llama", "no-kwargs"])
+@pytest.mark.parametrize(
+    "make_model",
+    list(NORMALIZES_ITEMS),
+    ids=["bert", "llama", "no-kwargs", "llama-causal-lm"],
+)
 @pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
 def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, batch, accum) -> None:
     model = make_model()
@@ -102,12 +111,12 @@ def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, bat
     trainer = AdaRankTrainer(
         model=model,
         args=_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accum),
-        train_dataset=_dataset(32),
+        train_dataset=_dataset(32, causal=make_model is _tiny_causal_llama),
         callbacks=[capture],
         orth_weight=0.25,
     )
-    # neither classifier normalizes its loss by the item count (see AdaRankTrainer)
-    assert trainer.model_accepts_loss_kwargs == (make_model is _tiny_causal_llama)
+    # the causal LM takes the branch where the penalty is divided by the accumulation steps here
+    assert trainer.model_accepts_loss_kwargs is NORMALIZES_ITEMS[make_model]
     trainer.train()
     # lambda = 0 at init, so the task loss gives P and Q no gradient: theirs is the penalty's alone.
     for got, want in zip(capture.grads.values(), expected, strict=True):
