@@ -161,18 +161,6 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def schema_keys(schema: type = RunConfig, prefix: str = "") -> list[str]:
-    """All dotted leaf keys of a config dataclass, e.g. ``budget.init_rank``."""
-    keys: list[str] = []
-    for f in fields(schema):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        if is_dataclass(default):
-            keys += schema_keys(type(default), f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
 def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[type, Any, type]]:
     """Dotted key -> (owning dataclass, default, annotated type) for every leaf of the schema."""
     hints = typing.get_type_hints(schema)
@@ -186,9 +174,20 @@ def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[
     return out
 
 
+@cache
+def _schema_fields() -> dict[str, tuple[type, Any, type]]:
+    """``_leaf_fields`` of the run config, computed once (callers must not modify it)."""
+    return _leaf_fields()
+
+
+def schema_keys() -> list[str]:
+    """All dotted leaf keys of the run config, e.g. ``budget.init_rank``."""
+    return list(_schema_fields())
+
+
 def list_keys() -> list[str]:
     """Keys whose value is a list (a single string is accepted for them and means a one-item list)."""
-    return [k for k, (_, _, kind) in _leaf_fields().items() if typing.get_origin(kind) is list]
+    return [k for k, (_, _, kind) in _schema_fields().items() if typing.get_origin(kind) is list]
 
 
 @cache
@@ -210,13 +209,13 @@ def key_docs() -> dict[str, tuple[Any, str]]:
     """Every config key -> (default, one-line description with its allowed values), from the schema."""
     return {
         key: (default, _docstrings(owner).get(key.rsplit(".", 1)[-1], ""))
-        for key, (owner, default, _) in _leaf_fields().items()
+        for key, (owner, default, _) in _schema_fields().items()
     }
 
 
 def _type_hint(key: str) -> str:
     """What to write for ``key``, from its type and default (used in type-error messages)."""
-    entry = _leaf_fields().get(key)
+    entry = _schema_fields().get(key)
     if entry is None:
         return "Give a value of the type the key expects."
     _, default, kind = entry

@@ -177,9 +177,9 @@ NUMBER_VALUES = ["-1", "0", "1e400", "nan", "inf", "-inf", "0.5", "9" * 30, "1.0
 
 def _numeric_sweep() -> list[tuple[str, list[str]]]:
     """Every numeric key alone with every hostile number: a broken range check cannot hide here."""
-    from adarank.config import _leaf_fields
+    from adarank.config import _schema_fields
 
-    numeric = [k for k, (_, default, _) in _leaf_fields().items() if type(default) in (int, float)]
+    numeric = [k for k, (_, default, _) in _schema_fields().items() if type(default) in (int, float)]
     return [("", [f"{key}={value}"]) for key in numeric for value in NUMBER_VALUES]
 
 
