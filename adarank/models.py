@@ -1,4 +1,4 @@
-"""Resolve and load the base model: a local Hugging Face folder, an embedded one, or a GGUF file.
+"""Resolve and load the base model: a local Hugging Face folder, a hub id, an embedded one, or a GGUF file.
 
 A GGUF file is dequantized to fp32 once and cached as an ordinary Hugging Face folder under
 ``$ADARANK_CACHE`` (default ``~/.cache/adarank``), so later runs load it in under a second.
@@ -17,8 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from adarank.assets import default_model_path, smollm2_gguf
 from adarank.config import ConfigError, ModelConfig
-from adarank.data import default_model_path, smollm2_gguf
+from adarank.hub import is_hub_id, offline_reason, unreachable_problem
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -27,13 +30,81 @@ def cache_dir() -> Path:
 
 
 def resolve_model(model: ModelConfig) -> tuple[Path, str]:
-    """The model folder and GGUF file name (empty for a plain folder) that ``model`` names."""
+    """The model folder (or hub id) and GGUF file name (empty for a plain folder) that ``model`` names."""
     if model.name_or_path in ("", "minilm"):
         return default_model_path(), ""
     if model.name_or_path == "smollm2":
         gguf = smollm2_gguf()
         return gguf.parent, gguf.name
-    return Path(model.name_or_path), model.gguf_file
+    return Path(model.name_or_path).expanduser(), model.gguf_file
+
+
+def _hub_options(source: Path | str) -> dict[str, Any]:
+    """``from_pretrained`` options for ``source``: for a hub id out of reach, read the cache only (or
+    fail at once with how to pre-download it) instead of retrying the network for ~25 s.
+
+    Raises:
+        ConfigError: a hub id that is not cached while the hub cannot be reached.
+    """
+    name = str(source)
+    if not is_hub_id(name):
+        return {}
+    problem = unreachable_problem("model.name_or_path", name, "model")
+    if problem:
+        raise ConfigError([problem])
+    return {"local_files_only": True} if offline_reason() else {}
+
+
+ENCODER_ONLY = (
+    "bert",
+    "roberta",
+    "distilbert",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "albert",
+    "xlm-roberta",
+    "camembert",
+    "mpnet",
+    "modernbert",
+    "xlm",
+    "flaubert",
+    "ernie",
+    "nomic_bert",
+    "t5",
+    "mt5",
+    "bart",
+)
+
+
+def causal_problem(config: Any, source: Path | str) -> str | None:
+    """Why the model of ``config`` cannot serve as a causal LM (an encoder, or an encoder-decoder), if so."""
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in ENCODER_ONLY or getattr(config, "is_encoder_decoder", False):
+        return (
+            f"model.name_or_path `{source}` is a `{model_type}` model, not a decoder: data.format generation and "
+            "language_modeling need a causal LM (e.g. model.name_or_path=smollm2); use data.format=classification."
+        )
+    return None
+
+
+def read_config(model: ModelConfig) -> Any:
+    """The model's transformers config (from the folder, the hub cache or the GGUF header), without weights.
+
+    Raises:
+        ConfigError: it cannot be read.
+    """
+    from transformers import AutoConfig
+
+    folder, gguf_file = resolve_model(model)
+    cached = _gguf_cache(folder, gguf_file) if gguf_file else folder
+    options = {} if gguf_file else _hub_options(cached)  # fails at once for a hub id out of reach
+    try:
+        if gguf_file and not (cached / "config.json").is_file():
+            return AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+        return AutoConfig.from_pretrained(str(cached), **options)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"model.name_or_path: cannot read the model config of `{folder}` ({err})."]) from err
 
 
 def _gguf_cache(folder: Path, gguf_file: str) -> Path:
@@ -85,22 +156,32 @@ def hf_folder(model: ModelConfig) -> Path:
     return cached
 
 
-def load_model(model: ModelConfig, generation: bool, num_labels: int) -> tuple[Any, nn.Module, list[str]]:
-    """Tokenizer, fp32 model (causal LM for ``generation``, else a sequence classifier) and the names
-    of the modules the checkpoint did not initialise (a new classification head).
+def load_model(
+    model: ModelConfig, generation: bool, num_labels: int, label_names: list[str] | None = None
+) -> tuple[Any, nn.Module, list[str]]:
+    """Tokenizer, model (causal LM for ``generation``, else a sequence classifier with ``label_names``
+    as its id2label) with base weights in ``model.dtype``, and the names of the modules the checkpoint
+    did not initialise (a new classification head; kept in float32, see ``train_in_fp32``).
 
     Raises:
-        ConfigError: the folder does not hold a loadable model of that kind.
+        ConfigError: the folder does not hold a loadable model of that kind, or a hub id is out of reach.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    config = read_config(model)
     path = hf_folder(model)
+    if generation and (problem := causal_problem(config, model.name_or_path)):
+        raise ConfigError([problem])
     auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification
-    extra = {} if generation else {"num_labels": num_labels}
+    extra: dict[str, Any] = {} if generation else {"num_labels": num_labels}
+    if label_names and not generation:
+        extra["id2label"] = dict(enumerate(label_names))
+        extra["label2id"] = {name: i for i, name in enumerate(label_names)}
+    hub = _hub_options(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **hub)
         loaded, info = auto.from_pretrained(  # type: ignore[misc]
-            path, output_loading_info=True, dtype=torch.float32, **extra
+            str(path), output_loading_info=True, dtype=DTYPES[model.dtype], **extra, **hub
         )
     except (OSError, ValueError, KeyError) as err:
         kind = "causal LM" if generation else "sequence classifier"
@@ -111,22 +192,39 @@ def load_model(model: ModelConfig, generation: bool, num_labels: int) -> tuple[A
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     if generation:
         new_modules = [m for m in new_modules if m != "lm_head"]  # tied to the embeddings, not new
+    train_in_fp32(loaded, new_modules)
     return tokenizer, loaded, new_modules
 
 
-def model_skeleton(model: ModelConfig, generation: bool, num_labels: int) -> nn.Module:
-    """The model's modules on the meta device (shapes, no weights): enough to count adapters."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+def _cast_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
-    folder, gguf_file = resolve_model(model)
-    cached = _gguf_cache(folder, gguf_file) if gguf_file else folder
-    try:
-        if gguf_file and not (cached / "config.json").is_file():
-            config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
-        else:
-            config = AutoConfig.from_pretrained(cached)
-    except (OSError, ValueError) as err:
-        raise ConfigError([f"model.name_or_path: cannot read the model config in `{folder}` ({err})."]) from err
+
+def train_in_fp32(model: nn.Module, names: list[str]) -> None:
+    """Keep the modules ``names`` (trained in full) in float32 under a lower-precision base: their
+    weights are cast up and their floating inputs cast to float32, so AdamW's small updates are not
+    lost to bfloat16 rounding. A float32 model is left as it is."""
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules.get(name)
+        if module is None or all(p.dtype == torch.float32 for p in module.parameters()):
+            continue
+        module.float()
+        module.register_forward_pre_hook(_cast_inputs)
+
+
+def model_skeleton(model: ModelConfig, generation: bool, num_labels: int) -> nn.Module:
+    """The model's modules on the meta device (shapes, no weights): enough to count adapters.
+
+    Raises:
+        ConfigError: the config cannot be read, or a causal format meets an encoder model.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = read_config(model)
+    if generation and (problem := causal_problem(config, model.name_or_path)):
+        raise ConfigError([problem])
     if not generation:
         config.num_labels = num_labels
     auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification

@@ -9,6 +9,7 @@ adapter export in ``adapter/``. Under torchrun
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -21,10 +22,10 @@ from torch import nn
 from adarank.allocator import RankAllocator
 from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
-from adarank.data import LABEL_NAMES
+from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
-from adarank.models import hf_folder, load_model, model_skeleton
+from adarank.models import hf_folder, load_model, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
 from adarank.report import write_report
 from adarank.schedule import constant_rank_budget
@@ -33,13 +34,22 @@ from adarank.tasks import (
     build_datasets,
     classification_accuracy,
     generation_accuracy,
+    mean_token_loss,
     model_columns,
 )
 from adarank.trainer import AdaRankTrainer
 
 
-def _generation(cfg: RunConfig) -> bool:
-    return cfg.data.format == "generation"
+def _causal(cfg: RunConfig) -> bool:
+    """Whether the run trains a causal LM (generation or language_modeling) rather than a classifier."""
+    return cfg.data.format != "classification"
+
+
+def _label_count(cfg: RunConfig) -> int:
+    """Classes of the head as far as the config tells without reading the data (2 when it does not)."""
+    if cfg.data.label_names:
+        return len(cfg.data.label_names)
+    return len(LABEL_NAMES.get(cfg.data.dataset, ["0", "1"]))
 
 
 def _targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
@@ -55,20 +65,23 @@ def describe(cfg: RunConfig) -> tuple[str, Any]:
     Raises:
         ConfigError: the model, target modules or budget are invalid.
     """
-    skeleton = model_skeleton(cfg.model, _generation(cfg), len(LABEL_NAMES[cfg.data.dataset]))
+    skeleton = model_skeleton(cfg.model, _causal(cfg), _label_count(cfg))
     shapes = _targets_or_raise(skeleton, cfg)
     base_params = sum(p.numel() for p in skeleton.parameters())
     return plan_summary(cfg, shapes, base_params), adapter_plan(cfg, shapes, base_params)
 
 
-def prepare(cfg: RunConfig) -> tuple[Any, nn.Module, RankAllocator]:
-    """Load the model, inject adapters and build the allocator; every problem raised before training.
+def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, nn.Module, RankAllocator]:
+    """Load the model (a classifier over ``label_names`` or a causal LM), inject adapters and build the
+    allocator; every problem raised before training.
 
     Raises:
         ConfigError: the model folder, target modules, head or budget are invalid.
     """
     torch.manual_seed(cfg.seed)
-    tokenizer, model, new_modules = load_model(cfg.model, _generation(cfg), len(LABEL_NAMES[cfg.data.dataset]))
+    names = label_names or LABEL_NAMES.get(cfg.data.dataset)
+    num_labels = len(names) if names else _label_count(cfg)
+    tokenizer, model, new_modules = load_model(cfg.model, _causal(cfg), num_labels, names)
     base_params = sum(p.numel() for p in model.parameters())
     shapes = _targets_or_raise(model, cfg)
     budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
@@ -84,6 +97,7 @@ def prepare(cfg: RunConfig) -> tuple[Any, nn.Module, RankAllocator]:
         )
     except ValueError as err:
         raise ConfigError([f"adapter.modules_to_save: {err}"]) from err
+    train_in_fp32(model, list(cfg.adapter.modules_to_save))
     allocator = RankAllocator(
         adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params
     )
@@ -136,6 +150,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
         dataloader_num_workers=0,
+        activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
     )
 
 
@@ -210,11 +226,17 @@ def _alive(pid: int) -> bool:
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
-    """Fine-tune, evaluate on validation and test, and write the run directory; returns metrics."""
-    tokenizer, model, allocator = prepare(cfg)
+    """Read and check the data, fine-tune, evaluate on validation and test, and write the run directory;
+    returns metrics. Nothing is written before the data and the model have passed their checks.
+
+    Raises:
+        ConfigError: the data (``adarank.data.DataError``), model, targets or budget are invalid.
+    """
+    task = load_task(cfg.data)
+    tokenizer, model, allocator = prepare(cfg, task.label_names)
     plan = allocator.plan
     assert plan is not None
-    data = build_datasets(tokenizer, cfg)
+    data = build_datasets(tokenizer, cfg, task)
     out = Path(cfg.output_dir)
     report_to = _setup_wandb(cfg, out)
     args = training_arguments(cfg, out, report_to)
@@ -222,19 +244,26 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     main_process = args.process_index == 0
     if main_process:
         with OutputLock(out):
-            return _train(cfg, tokenizer, model, allocator, data, args, out)
-    return _train(cfg, tokenizer, model, allocator, data, args, out)
+            return _train(cfg, task, tokenizer, model, allocator, data, args, out)
+    return _train(cfg, task, tokenizer, model, allocator, data, args, out)
 
 
 def _train(
-    cfg: RunConfig, tokenizer: Any, model: nn.Module, allocator: RankAllocator, data: dict, args: Any, out: Path
+    cfg: RunConfig,
+    task: TaskData,
+    tokenizer: Any,
+    model: nn.Module,
+    allocator: RankAllocator,
+    data: dict,
+    args: Any,
+    out: Path,
 ) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding
 
     plan = allocator.plan
     assert plan is not None
     main_process = args.process_index == 0
-    generation = _generation(cfg)
+    causal = _causal(cfg)
     shapes = {n: (a.out_features, a.in_features) for n, a in allocator.adapters.items()}
     base_params = allocator.base_params or 0
     if main_process:
@@ -253,24 +282,27 @@ def _train(
         model=model,
         args=args,
         train_dataset=model_columns(data["train"]),
-        data_collator=GenerationCollator(tokenizer.pad_token_id) if generation else DataCollatorWithPadding(tokenizer),
-        compute_metrics=None if generation else classification_accuracy,
+        data_collator=GenerationCollator(tokenizer.pad_token_id) if causal else DataCollatorWithPadding(tokenizer),
+        compute_metrics=None if causal else classification_accuracy,
         callbacks=callbacks,
         orth_weight=cfg.adapter.orth_weight,
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
     )
-    before = {}
-    if generation:
-        before = {"eval_accuracy_before": _score(trainer, tokenizer, cfg, data["test"], "test")}
+    before: dict[str, float] = {}  # the untrained base: the floor a causal-LM run must beat
+    if cfg.data.format == "generation":
+        floor = _evaluate(trainer, tokenizer, cfg, task, data, ("test",))
+        before = {"eval_accuracy_before": floor["test_accuracy"], "test_answer_loss_before": floor["test_answer_loss"]}
+    elif cfg.data.format == "language_modeling":
+        before = {f"{k}_before": v for k, v in _evaluate(trainer, tokenizer, cfg, task, data, ("validation",)).items()}
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     train_seconds = time.perf_counter() - start
     ranks = allocator.ranks()
-    test_accuracy = _score(trainer, tokenizer, cfg, data["test"], "test")
+    scores = _evaluate(trainer, tokenizer, cfg, task, data, ("test", "validation"))
+    if "test_accuracy" in scores:
+        scores["eval_accuracy"] = scores["test_accuracy"]  # the same test accuracy, under the name outside checks read
     metrics = {
-        "test_accuracy": test_accuracy,
-        "eval_accuracy": test_accuracy,  # the same test accuracy, under the name outside checks read
-        "validation_accuracy": _score(trainer, tokenizer, cfg, data["validation"], "validation"),
+        **scores,
         **before,
         "trainable_params_initial": trainable_initial,
         "trainable_params_final": count_live_parameters(model),
@@ -291,7 +323,12 @@ def _train(
     history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in allocation.history}
     _write_json_atomic(out / "allocation_history.json", history)
     write_report(out, plan, allocation.history, ranks, metrics)
-    export_native(trainer.accelerator.unwrap_model(model), out / "adapter", base_description(cfg), overwrite=True)
+    export_native(
+        trainer.accelerator.unwrap_model(model),
+        out / "adapter",
+        base_description(cfg, task.label_names),
+        overwrite=True,
+    )
     _write_json_atomic(out / "metrics.json", metrics)
     if report_to_wandb(args):
         import wandb
@@ -302,7 +339,12 @@ def _train(
     shown = (
         "test_accuracy",
         "validation_accuracy",
+        "test_macro_f1",
         "eval_accuracy_before",
+        "test_answer_loss",
+        "validation_perplexity_before",
+        "validation_perplexity",
+        "test_perplexity",
         "total_rank_final",
         "target_total_rank",
         "trainable_params_initial",
@@ -315,13 +357,20 @@ def _train(
     return metrics
 
 
-def base_description(cfg: RunConfig) -> dict[str, Any]:
-    """What an export records about its base model, enough to rebuild it (see ``load_base``)."""
+def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> dict[str, Any]:
+    """What an export records about its base model, enough to rebuild it (see ``load_base``): the
+    model, its dtype, the format and the label names in id order (none for a causal LM)."""
+    if label_names is None:
+        label_names = list(cfg.data.label_names or LABEL_NAMES.get(cfg.data.dataset, []))
+    if _causal(cfg):
+        label_names = []
     return {
         "name_or_path": cfg.model.name_or_path or "minilm",
         "gguf_file": cfg.model.gguf_file,
+        "dtype": cfg.model.dtype,
         "format": cfg.data.format,
-        "num_labels": len(LABEL_NAMES[cfg.data.dataset]),
+        "num_labels": len(label_names),
+        "label_names": list(label_names),
     }
 
 
@@ -331,9 +380,14 @@ def load_base(description: dict[str, Any]) -> tuple[Any, nn.Module, Path]:
     Raises:
         ConfigError: the base model cannot be found or loaded.
     """
-    model_cfg = ModelConfig(str(description.get("name_or_path", "")), str(description.get("gguf_file", "")))
-    generation = description.get("format") == "generation"
-    tokenizer, model, _ = load_model(model_cfg, generation, int(description.get("num_labels", 2)))
+    model_cfg = ModelConfig(
+        str(description.get("name_or_path", "")),
+        str(description.get("gguf_file", "")),
+        str(description.get("dtype", "float32")),
+    )
+    causal = description.get("format") in ("generation", "language_modeling")
+    names = [str(n) for n in description.get("label_names") or []] or None
+    tokenizer, model, _ = load_model(model_cfg, causal, int(description.get("num_labels", 2)), names)
     return tokenizer, model, hf_folder(model_cfg)
 
 
@@ -342,17 +396,36 @@ def report_to_wandb(args: Any) -> bool:
     return "wandb" in (args.report_to or [])
 
 
-def _score(trainer: Any, tokenizer: Any, cfg: RunConfig, split: Any, prefix: str) -> float:
-    """Accuracy on ``split``: Trainer evaluation for classification, greedy exact match for generation."""
-    if cfg.data.format == "generation":
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        return generation_accuracy(
-            model,
-            tokenizer,
-            cfg.data.dataset,
-            split["text"],
-            split["label"],
-            cfg.data.max_length,
-            cfg.train.eval_batch_size,
-        )
-    return float(trainer.evaluate(model_columns(split), metric_key_prefix=prefix)[f"{prefix}_accuracy"])
+def _evaluate(
+    trainer: Any, tokenizer: Any, cfg: RunConfig, task: TaskData, data: dict, splits: tuple[str, ...]
+) -> dict[str, float]:
+    """The format's metrics on each of ``splits``, keyed `<split>_<metric>`: accuracy and macro_f1
+    (classification), accuracy by exact match and answer_loss (generation), loss and perplexity
+    (language_modeling). Only the test split gets the answer loss."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    pad, batch = tokenizer.pad_token_id, cfg.train.eval_batch_size
+    out: dict[str, float] = {}
+    for split in splits:
+        if cfg.data.format == "classification":
+            scores = trainer.evaluate(model_columns(data[split]), metric_key_prefix=split)
+            out[f"{split}_accuracy"] = float(scores[f"{split}_accuracy"])
+            out[f"{split}_macro_f1"] = float(scores[f"{split}_macro_f1"])
+        elif cfg.data.format == "generation":
+            out[f"{split}_accuracy"] = generation_accuracy(
+                model,
+                tokenizer,
+                cfg.data.dataset,
+                task.label_names,
+                data[split]["text"],
+                data[split]["label"],
+                cfg.data.max_length,
+                cfg.train.eval_batch_size,
+            )
+            if split == "test":
+                answers = model_columns(data[split])
+                out["test_answer_loss"] = mean_token_loss(model, answers, pad, batch, "test answer loss")
+        else:
+            loss = mean_token_loss(model, data[split], pad, batch, f"{split} loss")
+            out[f"{split}_loss"] = loss
+            out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
+    return out

@@ -1,8 +1,14 @@
-"""Turn task splits into model inputs, for classification or for label-word generation, and score them.
+"""Turn task splits into model inputs (classification, label-word generation, language modeling) and
+score them.
 
 Generation format: the causal LM reads ``"<Field>: <text>\\n<Question>:"`` and is trained to write
-`` <label word>`` then end-of-sequence; the loss covers the answer tokens only (prompt positions get
-label -100). It is scored by exact match: the first word it generates, greedily, must be the label.
+`` <label name>`` then end-of-sequence; the loss covers the answer tokens only (prompt positions get
+label -100). It is scored by exact match: the first words it generates, greedily, must be the label
+name's words (lower case, punctuation ignored), and by the mean loss of the answer tokens.
+
+Language-modeling format: each document's tokens, then end-of-sequence, concatenated and cut into
+blocks of ``data.max_length``; the training split drops the last partial block, evaluation keeps it.
+Loss and perplexity are per token over every evaluated token.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ import torch
 from torch import nn
 
 from adarank.config import RunConfig
-from adarank.data import LABEL_NAMES, load_splits
+from adarank.data import TaskData
 
 PROMPTS = {"rotten_tomatoes": ("Review", "Sentiment"), "bbc_news": ("Article", "Topic")}
+DEFAULT_PROMPT = ("Text", "Answer")
 IGNORE_INDEX = -100
 
 
 def prompt_ids(tokenizer: Any, dataset: str, text: str, max_tokens: int) -> list[int]:
     """Token ids of the prompt for one example, at most ``max_tokens``: the text is truncated, never
     the question that ends the prompt."""
-    field, question = PROMPTS[dataset]
+    field, question = PROMPTS.get(dataset, DEFAULT_PROMPT)
     question_ids = tokenizer(f"\n{question}:", add_special_tokens=False)["input_ids"]
     head = tokenizer(f"{field}: {text}")["input_ids"]
     return head[: max_tokens - len(question_ids)] + question_ids
@@ -36,13 +43,22 @@ def answer_ids(tokenizer: Any, word: str) -> list[int]:
     return tokenizer(" " + word, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def _classification(tokenizer: Any, texts: list[str], labels: list[int], max_length: int) -> dict[str, list]:
-    return {**tokenizer(texts, truncation=True, max_length=max_length), "labels": labels}
+def _classification(
+    tokenizer: Any, texts: list[str], pairs: list[str] | None, labels: list[int], max_length: int
+) -> dict[str, list]:
+    encoded = (
+        tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        if pairs
+        else tokenizer(texts, truncation=True, max_length=max_length)
+    )
+    return {**encoded, "labels": labels}
 
 
-def _generation(tokenizer: Any, dataset: str, texts: list[str], labels: list[int], max_length: int) -> dict:
-    answers = [answer_ids(tokenizer, LABEL_NAMES[dataset][y]) for y in labels]
-    room = max_length - max(len(a) for a in answers)
+def _generation(
+    tokenizer: Any, dataset: str, names: list[str], texts: list[str], labels: list[int], max_length: int
+) -> dict:
+    answers = [answer_ids(tokenizer, names[y]) for y in labels]
+    room = max_length - max(len(answer_ids(tokenizer, n)) for n in names)
     prompts = [prompt_ids(tokenizer, dataset, t, room) for t in texts]
     input_ids = [p + a for p, a in zip(prompts, answers, strict=True)]
     return {
@@ -52,27 +68,47 @@ def _generation(tokenizer: Any, dataset: str, texts: list[str], labels: list[int
     }
 
 
-def build_datasets(tokenizer: Any, cfg: RunConfig) -> dict[str, Any]:
-    """Tokenized train / validation / test splits (``datasets.Dataset``) for the configured task; each
-    keeps its raw ``text`` and ``label`` columns too, for generation scoring."""
+def pack_blocks(token_lists: list[list[int]], eos_token_id: int, block: int, keep_last: bool) -> list[list[int]]:
+    """Documents' tokens, each followed by end-of-sequence, concatenated and cut into blocks of
+    ``block`` tokens; the last partial block is kept only with ``keep_last`` (or when it is the only one)."""
+    stream = [token for tokens in token_lists for token in [*tokens, eos_token_id]]
+    blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
+    if blocks and len(blocks[-1]) < block and not keep_last and len(blocks) > 1:
+        blocks.pop()
+    return blocks
+
+
+def _language_modeling(tokenizer: Any, texts: list[str], block: int, keep_last: bool) -> dict[str, list]:
+    tokens = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    blocks = pack_blocks(tokens, tokenizer.eos_token_id, block, keep_last)
+    return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+
+
+def build_datasets(tokenizer: Any, cfg: RunConfig, task: TaskData) -> dict[str, Any]:
+    """Tokenized train / validation / test splits (``datasets.Dataset``) of ``task``. Classification and
+    generation splits keep their raw ``text`` and ``label`` columns too, for generation scoring."""
     from datasets import Dataset
 
     data = cfg.data
     out = {}
-    for name, (texts, labels) in load_splits(data.dataset).items():
+    for name, split in task.splits.items():
         limit = data.max_train_samples if name == "train" else data.max_eval_samples
-        texts, labels = texts[:limit], labels[:limit]
+        texts, labels = split.texts[:limit], split.labels[:limit]
+        if data.format == "language_modeling":
+            out[name] = Dataset.from_dict(_language_modeling(tokenizer, texts, data.max_length, name != "train"))
+            continue
         if data.format == "generation":
-            encoded = _generation(tokenizer, data.dataset, texts, labels, data.max_length)
+            encoded = _generation(tokenizer, data.dataset, task.label_names, texts, labels, data.max_length)
         else:
-            encoded = _classification(tokenizer, texts, labels, data.max_length)
+            pairs = split.pairs[:limit] if split.pairs is not None else None
+            encoded = _classification(tokenizer, texts, pairs, labels, data.max_length)
         out[name] = Dataset.from_dict({**encoded, "text": texts, "label": labels})
     return out
 
 
 def model_columns(dataset: Any) -> Any:
     """The dataset without the raw columns the model does not take."""
-    return dataset.remove_columns(["text", "label"])
+    return dataset.remove_columns([c for c in ("text", "label") if c in dataset.column_names])
 
 
 class GenerationCollator:
@@ -90,16 +126,66 @@ class GenerationCollator:
         }
 
 
+def macro_f1(predicted: np.ndarray, gold: np.ndarray) -> float:
+    """Unweighted mean over the classes that occur in ``gold`` or ``predicted`` of F1 = 2TP / (2TP + FP + FN)."""
+    scores = []
+    for c in np.union1d(predicted, gold):
+        tp = int(np.sum((predicted == c) & (gold == c)))
+        wrong = int(np.sum(predicted == c) + np.sum(gold == c)) - 2 * tp
+        scores.append(2 * tp / (2 * tp + wrong))
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def classification_accuracy(prediction: Any) -> dict[str, float]:
-    """compute_metrics for the Trainer: fraction of argmax predictions equal to the label."""
+    """compute_metrics for the Trainer: accuracy (argmax equal to the label) and macro-F1."""
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
+    predicted = np.argmax(logits, axis=-1)
+    gold = np.asarray(prediction.label_ids)
+    return {"accuracy": float((predicted == gold).mean()), "macro_f1": macro_f1(predicted, gold)}
 
 
-def first_word(text: str) -> str:
-    """The first word of generated text, lower-cased, without punctuation."""
-    words = re.findall(r"[a-z]+", text.lower())
-    return words[0] if words else ""
+@torch.no_grad()
+def mean_token_loss(
+    model: nn.Module, dataset: Any, pad_token_id: int, batch_size: int = 32, description: str = "token loss"
+) -> float:
+    """Mean next-token cross-entropy over every labelled token of ``dataset`` (input_ids /
+    attention_mask / labels with -100 for unscored positions): token-weighted, not a mean of batch means.
+    Shows a progress bar named ``description``."""
+    from tqdm.auto import tqdm
+
+    collate = GenerationCollator(pad_token_id)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc=description, unit="batch", leave=False):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {k: v.to(device) for k, v in collate(rows).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            targets = batch["labels"][:, 1:]
+            losses = nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += float(losses)
+            count += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(1, count)
+
+
+def words_of(text: str) -> list[str]:
+    """The words of ``text``, lower-cased: runs of letters or of digits (punctuation and spaces split them)."""
+    return re.findall(r"[a-z]+|[0-9]+", text.lower())
+
+
+def answer_matches(generated: str, name: str) -> bool:
+    """Exact match: the generated text starts with the label name's words."""
+    expected = words_of(name)
+    return bool(expected) and words_of(generated)[: len(expected)] == expected
 
 
 def _left_padded(rows: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -115,14 +201,14 @@ def generation_accuracy(
     model: nn.Module,
     tokenizer: Any,
     dataset: str,
+    names: list[str],
     texts: list[str],
     labels: list[int],
     max_length: int,
     batch_size: int = 32,
 ) -> float:
-    """Exact-match accuracy of the first greedily generated word against the label word (prompts
-    built and truncated exactly as in training)."""
-    names = LABEL_NAMES[dataset]
+    """Exact-match accuracy of the greedily generated answer against the label name (``answer_matches``;
+    prompts built and truncated exactly as in training)."""
     new_tokens = max(len(answer_ids(tokenizer, n)) for n in names)
     was_training = model.training
     model.eval()
@@ -139,7 +225,7 @@ def generation_accuracy(
             )
             answers = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             gold = labels[start : start + batch_size]
-            correct += sum(first_word(a) == names[y] for a, y in zip(answers, gold, strict=True))
+            correct += sum(answer_matches(a, names[y]) for a, y in zip(answers, gold, strict=True))
     finally:
         model.train(was_training)
     return correct / max(1, len(texts))

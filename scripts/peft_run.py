@@ -36,7 +36,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from adarank.config import ConfigError, RunConfig, load_config
-from adarank.data import LABEL_NAMES
+from adarank.data import load_task
 from adarank.inject import module_shapes
 from adarank.models import load_model
 from adarank.run import training_arguments
@@ -115,7 +115,9 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # same head initialisation as adarank's run of this seed
-    tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=len(LABEL_NAMES[cfg.data.dataset]))
+    task = load_task(cfg.data)
+    names = task.label_names
+    tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=len(names), label_names=names)
     shapes = module_shapes(base, cfg.adapter.target_modules)
     config = peft_config(method, cfg, shapes, sum(p.numel() for p in base.parameters()))
     config.modules_to_save = head
@@ -124,7 +126,7 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     head_params = trainable_initial - sum(
         p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n
     )
-    data = build_datasets(tokenizer, cfg)
+    data = build_datasets(tokenizer, cfg, task)
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out, []),

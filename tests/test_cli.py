@@ -146,7 +146,9 @@ def test_every_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     else:
         assert metrics["total_rank_final"] == metrics["target_total_rank"]
     if cfg.data.format == "generation":
-        assert "eval_accuracy_before" in metrics
+        assert "eval_accuracy_before" in metrics and "test_answer_loss" in metrics
+    if cfg.data.format == "language_modeling":
+        assert metrics["validation_perplexity_before"] > 0 and "test_accuracy" not in metrics
     saved = load_config(tmp_path / "run" / "config.yaml", ["overwrite=true"])
     assert saved.budget == load_config(path, [*overrides, "overwrite=true"]).budget  # repeatable from config.yaml
 

@@ -66,7 +66,7 @@ def test_value_problems_all_listed() -> None:
         "importance.score `magnitude` is not one of sensitivity_uncertainty, sensitivity",
         "mask_interval (0) must be >= 1",
         "target_rank (20) must be <= budget.init_rank (12)",
-        "`/no/such/model` is not a local folder",
+        "model.name_or_path `/no/such/model` is not an existing folder",
     ):
         assert fragment in text
     assert len(err.value.problems) == 5  # t_init+t_final is checked once the ranks are valid

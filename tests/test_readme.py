@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ SKIPPED = {
     "test_inspect_example_is_the_default_run checks its numbers against reports/default_run.md",
 }
 PLAN_EXAMPLE = "$ adarank plan configs/bbc-minilm-adalora.yaml"
+OWN_DATA = "$ python scripts/example_data.py examples"
 
 # The Python blocks run with a few steps on a slice of the data. Each substitution must match exactly
 # once, so a README edit that moves them fails here instead of running 400 steps.
@@ -37,7 +41,7 @@ SUBSTITUTIONS = {
 
 def _classify(block: str) -> str:
     first = block.splitlines()[0]
-    return next((key for key in [*SKIPPED, PLAN_EXAMPLE] if first.startswith(key)), "")
+    return next((key for key in [*SKIPPED, PLAN_EXAMPLE, OWN_DATA] if first.startswith(key)), "")
 
 
 def test_every_block_is_run_or_skipped_for_a_stated_reason() -> None:
@@ -114,3 +118,32 @@ FIGURES = [
 def test_readme_figures_come_from_reports(figure: str, report: str) -> None:
     assert figure in README
     assert figure in (ROOT / "reports" / report).read_text()
+
+
+def _commands(block: str) -> list[list[str]]:
+    """The `$ ...` commands of a shell block, continuation lines joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line[2:].split("  #")[0]) for line in joined.splitlines() if line.startswith("$ ")]
+
+
+def test_own_data_commands_run(tmp_path: Path) -> None:
+    """The "Your own data" block as a user runs it: the example files, then one run per format, each
+    with 2 steps on a slice (and a tiny Llama standing in for SmolLM2, whose weights CI has too, but
+    whose steps take seconds each)."""
+    from conftest import save_tiny_model
+
+    block = next(code for _, code in BLOCKS if code.startswith(OWN_DATA))
+    commands = _commands(block)
+    assert [c[0] for c in commands] == ["python", "adarank", "adarank", "adarank"]
+    subprocess.run([sys.executable, str(ROOT / commands[0][1]), *commands[0][2:]], check=True)
+    save_tiny_model(tmp_path / "llama", llama=True)
+    quick = ["train.max_steps=2", "train.batch_size=4", "data.max_train_samples=16", "data.max_eval_samples=8",
+             "wandb.mode=disabled"]  # fmt: skip
+    expected = {"my-reviews": "test_macro_f1", "my-topics": "test_answer_loss", "my-articles": "test_perplexity"}
+    for command in commands[1:]:
+        args = [
+            a.replace("model.name_or_path=smollm2", f"model.name_or_path={tmp_path / 'llama'}") for a in command[1:]
+        ]
+        assert main([*args, *quick]) == 0, command
+    for run, key in expected.items():
+        assert key in json.loads((Path("runs") / run / "metrics.json").read_text())
