@@ -582,7 +582,7 @@ def validate(cfg: RunConfig) -> list[str]:
 
 def data_problems(data: DataConfig) -> list[str]:
     """Problems with the data keys visible without reading the data (the source is checked to exist)."""
-    from adarank.data import source_problems
+    from adarank.sources import source_problems
 
     problems = source_problems(data.dataset)
     if data.subset is not None and not is_hub_id(data.dataset):
