@@ -111,6 +111,9 @@ FIGURES = [
     ("248", "init_and_lr.md"),
     ("16.3%", "smollm2_rt.md"),
     ("82.7%", "smollm2_rt.md"),
+    ("44.47", "bbc_smollm2_lm.md"),
+    ("42.14", "bbc_smollm2_lm.md"),
+    ("652 s", "bbc_smollm2_lm.md"),
 ]
 
 
