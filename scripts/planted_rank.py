@@ -25,9 +25,11 @@ site each.
 STATUS: a prototype (issue 16 is open). Measured so far, 200 steps, 1 thread, commit after bff6735:
 - A real fine-tune's size: the default run (`make train`, 400 steps) has ||ΔW||/||W|| of median
   0.072 over its 24 adapters (0.022-0.160; attention.output.dense 0.106, query 0.060), hence the
-  default ratio 0.07. The measurements below used `--ratio 0.3`, 4x larger.
-- MiniLM, seed 0, 4 modules planted with ranks 2, 3, 4, 4 at ratio 0.3: oracle residual 0.006;
-  adalora recall 0.923 (12 of 13 planted triplets), residual 0.021; about 5 minutes per run.
+  default ratio 0.07.
+- MiniLM, seed 0, 4 modules planted with ranks 2, 3, 4, 4 (13 triplets): at ratio 0.07, oracle
+  residual 0.004, adalora recall 0.923 (12 of 13; one triplet went from layer 5's key to layer 1's
+  query), residual 0.018 (2 threads: 120 s and 152 s). At ratio 0.3: oracle 0.006, adalora recall
+  0.923, residual 0.021.
 - The tiny random 4-layer model (`--model tiny`, seeds 0-2) does not identify the answer: adalora
   reaches the oracle's residual (0.015-0.039) with module recall 0.11-0.50, so other modules mimic
   the plants there. It cannot serve as the CI test; a fast test needs a smaller real model or
