@@ -51,11 +51,10 @@ class Split:
 
 @dataclass(frozen=True)
 class TaskData:
-    """The checked splits of a task, the names of its label ids, and what was read."""
+    """The checked splits of a task and the names of its label ids (none for language modeling)."""
 
     splits: dict[str, Split]
     label_names: list[str]
-    source: str
 
 
 # ---------------------------------------------------------------- checking
@@ -257,7 +256,7 @@ def _label_ids(
     if problems:
         return {}, names, problems
     ids = {s: [index[v] for v in vs] for s, vs in values.items()}
-    if len(set(ids["train"])) < 2 and data.format != "language_modeling":
+    if len(set(ids["train"])) < 2:
         problems.append(
             f"the train split has a single label ({names[ids['train'][0]] if ids['train'] else 'none'}); "
             "classification needs at least two."
@@ -306,7 +305,7 @@ def load_task(data: DataConfig) -> TaskData:
         )
         for s in SPLITS
     }
-    return TaskData(splits, names, data.dataset)
+    return TaskData(splits, names)
 
 
 def load_splits(dataset: str) -> Splits:

@@ -107,6 +107,18 @@ def read_config(model: ModelConfig) -> Any:
         raise ConfigError([f"model.name_or_path: cannot read the model config of `{folder}` ({err})."]) from err
 
 
+def _checked_config(model: ModelConfig, causal: bool) -> Any:
+    """``read_config``, refusing an encoder where a causal LM is needed (before any weights load).
+
+    Raises:
+        ConfigError: the config cannot be read, or ``causal`` and the model is not a decoder.
+    """
+    config = read_config(model)
+    if causal and (problem := causal_problem(config, model.name_or_path)):
+        raise ConfigError([problem])
+    return config
+
+
 def _gguf_cache(folder: Path, gguf_file: str) -> Path:
     file = (folder / gguf_file).resolve()
     stat = file.stat()
@@ -168,10 +180,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    config = read_config(model)
+    _checked_config(model, generation)
     path = hf_folder(model)
-    if generation and (problem := causal_problem(config, model.name_or_path)):
-        raise ConfigError([problem])
     auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification
     extra: dict[str, Any] = {} if generation else {"num_labels": num_labels}
     if label_names and not generation:
@@ -222,9 +232,7 @@ def model_skeleton(model: ModelConfig, generation: bool, num_labels: int) -> nn.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config = read_config(model)
-    if generation and (problem := causal_problem(config, model.name_or_path)):
-        raise ConfigError([problem])
+    config = _checked_config(model, generation)
     if not generation:
         config.num_labels = num_labels
     auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification

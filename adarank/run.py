@@ -45,11 +45,15 @@ def _causal(cfg: RunConfig) -> bool:
     return cfg.data.format != "classification"
 
 
+def _config_label_names(cfg: RunConfig) -> list[str]:
+    """The label names the config implies without reading the data: data.label_names, else an
+    embedded task's; empty when only the data can tell."""
+    return list(cfg.data.label_names or LABEL_NAMES.get(cfg.data.dataset, []))
+
+
 def _label_count(cfg: RunConfig) -> int:
-    """Classes of the head as far as the config tells without reading the data (2 when it does not)."""
-    if cfg.data.label_names:
-        return len(cfg.data.label_names)
-    return len(LABEL_NAMES.get(cfg.data.dataset, ["0", "1"]))
+    """Classes of the head as far as the config tells (2 when only the data can tell)."""
+    return len(_config_label_names(cfg)) or 2
 
 
 def _targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
@@ -79,9 +83,8 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
         ConfigError: the model folder, target modules, head or budget are invalid.
     """
     torch.manual_seed(cfg.seed)
-    names = label_names or LABEL_NAMES.get(cfg.data.dataset)
-    num_labels = len(names) if names else _label_count(cfg)
-    tokenizer, model, new_modules = load_model(cfg.model, _causal(cfg), num_labels, names)
+    names = label_names or _config_label_names(cfg)
+    tokenizer, model, new_modules = load_model(cfg.model, _causal(cfg), len(names) or 2, names or None)
     base_params = sum(p.numel() for p in model.parameters())
     shapes = _targets_or_raise(model, cfg)
     budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
@@ -361,7 +364,7 @@ def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> di
     """What an export records about its base model, enough to rebuild it (see ``load_base``): the
     model, its dtype, the format and the label names in id order (none for a causal LM)."""
     if label_names is None:
-        label_names = list(cfg.data.label_names or LABEL_NAMES.get(cfg.data.dataset, []))
+        label_names = _config_label_names(cfg)
     if _causal(cfg):
         label_names = []
     return {

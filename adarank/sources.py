@@ -271,18 +271,11 @@ def _bbc_news() -> dict[str, Table]:
     """Articles in one folder per class; duplicates dropped; split 80/10/10 within each class with a
     fixed permutation, then each split's classes mixed (so a truncated split keeps all of them)."""
     root = bbc_news_folder()
-    folders = {
-        "business": "business",
-        "entertainment": "entertainment",
-        "politics": "politics",
-        "sports": "sport",
-        "tech": "tech",
-    }
     rng = np.random.default_rng(SPLIT_SEED)
     parts: dict[str, tuple[list[str], list[str], list[str]]] = {s: ([], [], []) for s in SPLITS}
     seen: set[str] = set()
-    for folder, label in folders.items():
-        files = sorted((root / folder).glob("*.txt"))
+    for label in LABEL_NAMES["bbc_news"]:
+        files = sorted((root / ("sports" if label == "sport" else label)).glob("*.txt"))
         loaded = _load("text", [str(f) for f in files], split="train", sample_by="document", encoding_errors="replace")
         texts, where = [], []
         for file, text in zip(files, loaded["text"], strict=True):

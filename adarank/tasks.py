@@ -14,7 +14,8 @@ Loss and perplexity are per token over every evaluated token.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,7 @@ def answer_ids(tokenizer: Any, word: str) -> list[int]:
 def _classification(
     tokenizer: Any, texts: list[str], pairs: list[str] | None, labels: list[int], max_length: int
 ) -> dict[str, list]:
-    encoded = (
-        tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        if pairs
-        else tokenizer(texts, truncation=True, max_length=max_length)
-    )
-    return {**encoded, "labels": labels}
+    return {**tokenizer(texts, pairs, truncation=True, max_length=max_length), "labels": labels}
 
 
 def _generation(
@@ -144,6 +140,17 @@ def classification_accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((predicted == gold).mean()), "macro_f1": macro_f1(predicted, gold)}
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode while inside, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def mean_token_loss(
     model: nn.Module, dataset: Any, pad_token_id: int, batch_size: int = 32, description: str = "token loss"
@@ -154,11 +161,9 @@ def mean_token_loss(
     from tqdm.auto import tqdm
 
     collate = GenerationCollator(pad_token_id)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    try:
+    with evaluating(model):
         for start in tqdm(range(0, len(dataset), batch_size), desc=description, unit="batch", leave=False):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = {k: v.to(device) for k, v in collate(rows).items()}
@@ -172,8 +177,6 @@ def mean_token_loss(
             )
             total += float(losses)
             count += int((targets != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
     return total / max(1, count)
 
 
@@ -210,11 +213,9 @@ def generation_accuracy(
     """Exact-match accuracy of the greedily generated answer against the label name (``answer_matches``;
     prompts built and truncated exactly as in training)."""
     new_tokens = max(len(answer_ids(tokenizer, n)) for n in names)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = 0
-    try:
+    with evaluating(model):
         for start in range(0, len(texts), batch_size):
             rows = [
                 prompt_ids(tokenizer, dataset, t, max_length - new_tokens) for t in texts[start : start + batch_size]
@@ -226,6 +227,4 @@ def generation_accuracy(
             answers = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             gold = labels[start : start + batch_size]
             correct += sum(answer_matches(a, names[y]) for a, y in zip(answers, gold, strict=True))
-    finally:
-        model.train(was_training)
     return correct / max(1, len(texts))
