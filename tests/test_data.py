@@ -539,3 +539,12 @@ def test_macro_f1_and_packing_are_exact() -> None:
     assert pack_blocks(documents, eos_token_id=0, block=3, keep_last=False) == [[1, 2, 0], [3, 4, 5], [0, 6, 7]]
     assert pack_blocks(documents, eos_token_id=0, block=3, keep_last=True) == [[1, 2, 0], [3, 4, 5], [0, 6, 7], [0]]
     assert pack_blocks([[1]], eos_token_id=0, block=3, keep_last=False) == [[1, 0]]  # a lone partial block stays
+
+
+def test_a_single_label_name_is_a_one_item_list() -> None:
+    """`data.label_names=spam` is the list [spam] (as for every list key), so the message is about the
+    count, not the type."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.label_names=spam"])
+    assert err.value.problems == ["data.label_names needs at least two labels for classification or generation."]
+    assert load_config(None, ["data.label_names=[ham,spam]"]).data.label_names == ["ham", "spam"]
