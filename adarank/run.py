@@ -404,7 +404,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """The format's metrics on each of ``splits``, keyed `<split>_<metric>`: accuracy and macro_f1
     (classification), accuracy by exact match and answer_loss (generation), loss and perplexity
-    (language_modeling). Only the test split gets the answer loss."""
+    (language_modeling)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     pad, batch = tokenizer.pad_token_id, cfg.train.eval_batch_size
     out: dict[str, float] = {}
@@ -424,9 +424,8 @@ def _evaluate(
                 cfg.data.max_length,
                 cfg.train.eval_batch_size,
             )
-            if split == "test":
-                answers = model_columns(data[split])
-                out["test_answer_loss"] = mean_token_loss(model, answers, pad, batch, "test answer loss")
+            answers = model_columns(data[split])
+            out[f"{split}_answer_loss"] = mean_token_loss(model, answers, pad, batch, f"{split} answer loss")
         else:
             loss = mean_token_loss(model, data[split], pad, batch, f"{split} loss")
             out[f"{split}_loss"] = loss

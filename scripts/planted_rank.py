@@ -43,8 +43,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import subprocess
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -166,6 +168,60 @@ def sites(ranks: dict[str, int]) -> dict[str, int]:
     return out
 
 
+METHODS = ("oracle", "adalora", "random", "lora-r1", "lora-r4", "adalora-r1", "peft-adalora")
+
+
+def student_ranks(
+    method: str, setup: Setup, planted: dict[str, int], shapes: dict[str, tuple[int, int]], seed: int
+) -> dict[str, int]:
+    """The adapters' starting ranks: init_rank everywhere (adarank AdaLoRA at the planted budget, and
+    at one rank per module on average), the planted ranks on the planted modules (oracle) or on
+    random ones (the negative control), or a uniform LoRA rank on every candidate."""
+    if method in ("adalora", "adalora-r1"):
+        return dict.fromkeys(shapes, setup.init_rank)
+    if method == "oracle":
+        return dict(planted)
+    if method.startswith("lora-r"):
+        return dict.fromkeys(shapes, int(method.removeprefix("lora-r")))
+    names = sorted(shapes)  # random: the planted ranks on modules drawn at random
+    picks = torch.randperm(len(names), generator=torch.Generator().manual_seed(10_000 + seed))
+    return {names[i]: r for i, r in zip(picks.tolist(), sorted(planted.values()), strict=False)}
+
+
+def peft_adalora(base: nn.Module, setup: Setup, targets: list[str]) -> Any:
+    """PEFT's AdaLoRA on every candidate at its smallest budget, target_r = 1 (its budget is whole
+    ranks per module on average), with the schedule adarank's AdaLoRA gets."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    config = AdaLoraConfig(
+        init_r=setup.init_rank, target_r=1, lora_alpha=setup.init_rank, lora_dropout=0.0, target_modules=targets,
+        tinit=int(0.1 * setup.steps), tfinal=int(0.3 * setup.steps), deltaT=10, total_step=setup.steps,
+        orth_reg_weight=setup.orth_weight,
+    )  # fmt: skip
+    return get_peft_model(base, config)
+
+
+def peft_penalty(model: nn.Module) -> torch.Tensor:
+    """PEFT AdaLoRA's own orthogonality regulariser (its forward adds it only to a model-computed
+    loss): the mean over its A and B matrices of ||AAᵀ - I||_F and ||BᵀB - I||_F."""
+    terms = []
+    for name, param in model.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            gram = param @ param.T if "lora_A" in name else param.T @ param
+            terms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0])))
+    return torch.stack(terms).mean()
+
+
+def peft_ranks(model: Any) -> dict[str, int]:
+    """Module name (as in the base model) -> number of PEFT AdaLoRA singular values left nonzero."""
+    out = {}
+    for name, param in model.named_parameters():
+        if name.endswith("lora_E.default"):
+            module = name.removeprefix("base_model.model.").removesuffix(".lora_E.default")
+            out[module] = int((param != 0).sum())
+    return out
+
+
 def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
     """Train one student; recall, residual and the found ranks."""
     start = time.perf_counter()
@@ -178,45 +234,44 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
     train = batches(tokenizer, setup, "train", setup.steps, seed)
     held_out = batches(tokenizer, setup, "validation", setup.eval_batches, seed)
     train_targets, held_targets = teacher_states(teacher, train), teacher_states(teacher, held_out)
-    student = base
-    generator = torch.Generator().manual_seed(seed)
-    if method == "adalora":
-        ranks = dict.fromkeys(shapes, setup.init_rank)
-    elif method == "oracle":
-        ranks = dict(planted)
-    else:  # random: the planted ranks on modules drawn at random
-        names = sorted(shapes)
-        picks = torch.randperm(len(names), generator=torch.Generator().manual_seed(10_000 + seed))
-        ranks = {names[i]: r for i, r in zip(picks.tolist(), sorted(planted.values()), strict=False)}
-    adapters = build_adapters(
-        student, ranks, alpha=setup.init_rank, dropout=0.0, trained_parameters=[], generator=generator
-    )
-    allocator = None
-    if method == "adalora":
-        budget = BudgetConfig(
-            schedule="cubic",
-            init_rank=setup.init_rank,
-            target_params=str(budget_params),
-            t_init=0.1,
-            t_final=0.3,
-            mask_interval=10,
-        )
-        allocator = RankAllocator(adapters, budget, ImportanceConfig(), total_steps=setup.steps)
-    optimizer = torch.optim.AdamW(param_groups(student, setup.learning_rate, singular_lr_multiplier=10))
+    student, generator = base, torch.Generator().manual_seed(seed)
+    allocator, peft_model = None, None
+    if method == "peft-adalora":
+        student = peft_model = peft_adalora(base, setup, sorted(shapes))
+        penalty = peft_penalty
+        optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=setup.learning_rate)
+    else:
+        adapters = build_adapters(
+            student, student_ranks(method, setup, planted, shapes, seed), alpha=setup.init_rank, dropout=0.0,
+            trained_parameters=[], generator=generator,
+        )  # fmt: skip
+        if method.startswith("adalora"):
+            target = {"target_params": str(budget_params)} if method == "adalora" else {"target_rank": 1}
+            budget = BudgetConfig(
+                schedule="cubic", init_rank=setup.init_rank, t_init=0.1, t_final=0.3, mask_interval=10, **target
+            )  # type: ignore[arg-type]
+            allocator = RankAllocator(adapters, budget, ImportanceConfig(), total_steps=setup.steps)
+        penalty = lambda _: orthogonality_penalty(adapters.values())  # noqa: E731
+        optimizer = torch.optim.AdamW(param_groups(student, setup.learning_rate, singular_lr_multiplier=10))
     with torch.no_grad():  # the student starts as the base exactly (lambda = 0)
         base_loss = sum(float(matching_loss(student, t, b)) for b, t in zip(held_out, held_targets, strict=True))
     scale = len(held_out) / base_loss  # the matching loss in units of the base's: O(1), as a task loss is
     for step, (batch, targets) in enumerate(zip(train, train_targets, strict=True), start=1):
         matching = matching_loss(student, targets, batch) * scale
-        loss = matching + setup.orth_weight * orthogonality_penalty(adapters.values())
+        loss = matching + setup.orth_weight * penalty(student)
         loss.backward()
         optimizer.step()
         if allocator is not None:
             allocator.step(step, optimizer)
+        if peft_model is not None:
+            peft_model.base_model.update_and_allocate(step)  # as PEFT's docs say: after step, grads present
         optimizer.zero_grad()
     with torch.no_grad():
         final_loss = sum(float(matching_loss(student, t, b)) for b, t in zip(held_out, held_targets, strict=True))
-    found = allocator.ranks() if allocator else {n: a.live_rank() for n, a in find_adapters(student).items()}
+    if peft_model is not None:
+        found = peft_ranks(peft_model)
+    else:
+        found = allocator.ranks() if allocator else {n: a.live_rank() for n, a in find_adapters(student).items()}
     recall = module_recall(found, planted)
     params = sum(found[n] * cost[n] for n in found)
     return {
@@ -233,20 +288,37 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
     }
 
 
+def commit() -> str:
+    """The checked-out commit (with `+dirty` when the tree has changes), recorded with every run."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return head + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["oracle", "adalora", "random"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--steps", type=int, default=Setup.steps)
     parser.add_argument("--learning-rate", type=float, default=Setup.learning_rate)
     parser.add_argument("--ratio", type=float, default=Setup.ratio)
+    parser.add_argument("--out", type=Path, help="JSONL file: one line per run; runs already in it are skipped")
     args = parser.parse_args()
     setup = Setup(model=args.model, steps=args.steps, learning_rate=args.learning_rate, ratio=args.ratio)
     print(json.dumps(asdict(setup)))
+    done = set()
+    if args.out and args.out.is_file():
+        done = {(r["seed"], r["method"]) for r in map(json.loads, args.out.read_text().splitlines())}
     for seed in args.seeds:
         for method in args.methods:
-            print(json.dumps(run(setup, seed, method)), flush=True)
+            if (seed, method) in done:
+                continue
+            result = {**run(setup, seed, method), "setup": asdict(setup), "commit": commit()}
+            print(json.dumps(result), flush=True)
+            if args.out:
+                with args.out.open("a") as file:
+                    file.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
