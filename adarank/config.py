@@ -162,6 +162,9 @@ class TrainConfig:
     """Save a checkpoint (model, optimizer, scheduler, allocator state) every N steps; None = none."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them: less memory, ~30% more time."""
+    evaluate_before: bool = True
+    """Causal formats: evaluate the untrained base first (the `*_before` metrics, the floor). Off saves
+    one evaluation pass per run in a sweep whose runs share the base and data."""
 
 
 @dataclass(frozen=True)

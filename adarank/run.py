@@ -292,10 +292,11 @@ def _train(
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
     )
     before: dict[str, float] = {}  # the untrained base: the floor a causal-LM run must beat
-    if cfg.data.format == "generation":
+    evaluate_before = cfg.train.evaluate_before
+    if evaluate_before and cfg.data.format == "generation":
         floor = _evaluate(trainer, tokenizer, cfg, task, data, ("test",))
         before = {"eval_accuracy_before": floor["test_accuracy"], "test_answer_loss_before": floor["test_answer_loss"]}
-    elif cfg.data.format == "language_modeling":
+    elif evaluate_before and cfg.data.format == "language_modeling":
         before = {f"{k}_before": v for k, v in _evaluate(trainer, tokenizer, cfg, task, data, ("validation",)).items()}
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)

@@ -19,7 +19,8 @@ PEFT's AdaLoRA is driven the way its docs say: `update_and_allocate(step)` after
 step, before the gradients are zeroed (a Trainer callback in `on_optimizer_step`). Its orthogonality
 penalty is PEFT's own (added inside forward). It has no separate learning rate for lambda
 (`train.singular_lr_multiplier` is ignored).
-Classification configs only.
+Classification and generation configs (generation: no head; exact match and answer loss measured by
+adarank's own functions, on the same rows, so the metrics compare directly).
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from adarank.inject import module_shapes
 from adarank.models import load_model
 from adarank.run import training_arguments
 from adarank.schedule import constant_rank_budget, plan_budget
-from adarank.tasks import build_datasets, classification_accuracy, model_columns
+from adarank.tasks import (
+    GenerationCollator,
+    build_datasets,
+    classification_accuracy,
+    generation_accuracy,
+    mean_token_loss,
+    model_columns,
+)
 
 
 class AllocateEachStep(TrainerCallback):
@@ -117,10 +125,13 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # same head initialisation as adarank's run of this seed
     task = load_task(cfg.data)
     names = task.label_names
-    tokenizer, base, head = load_model(cfg.model, generation=False, num_labels=len(names), label_names=names)
+    causal = cfg.data.format == "generation"
+    tokenizer, base, head = load_model(cfg.model, generation=causal, num_labels=len(names), label_names=names)
     shapes = module_shapes(base, cfg.adapter.target_modules)
     config = peft_config(method, cfg, shapes, sum(p.numel() for p in base.parameters()))
-    config.modules_to_save = head
+    config.modules_to_save = head or None
+    if causal:
+        config.task_type = "CAUSAL_LM"
     model = get_peft_model(base, config)
     trainable_initial = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head_params = trainable_initial - sum(
@@ -131,8 +142,8 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
         model=model,
         args=training_arguments(cfg, out, []),
         train_dataset=model_columns(data["train"]),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_accuracy,
+        data_collator=GenerationCollator(tokenizer.pad_token_id) if causal else DataCollatorWithPadding(tokenizer),
+        compute_metrics=None if causal else classification_accuracy,
         callbacks=[AllocateEachStep()] if method == "adalora" else [],
     )
     start = time.perf_counter()
@@ -140,14 +151,21 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     rank, params = live_adapter(model)
 
-    def accuracy(split: str) -> float:
-        return float(trainer.evaluate(model_columns(data[split]), metric_key_prefix="m")["m_accuracy"])
-
-    test_accuracy = accuracy("test")
+    scores = {}
+    for split in ("test", "validation"):
+        if causal:
+            rows = data[split]
+            scores[f"{split}_accuracy"] = generation_accuracy(model, tokenizer, cfg.data.dataset, names, rows["text"],
+                rows["label"], cfg.data.max_length, cfg.train.eval_batch_size)  # fmt: skip
+            scores[f"{split}_answer_loss"] = mean_token_loss(
+                model, model_columns(rows), tokenizer.pad_token_id, cfg.train.eval_batch_size
+            )
+        else:
+            found = trainer.evaluate(model_columns(data[split]), metric_key_prefix="m")
+            scores[f"{split}_accuracy"] = float(found["m_accuracy"])
     return {
-        "test_accuracy": test_accuracy,
-        "eval_accuracy": test_accuracy,
-        "validation_accuracy": accuracy("validation"),
+        **scores,
+        "eval_accuracy": scores["test_accuracy"],
         "trainable_params_initial": trainable_initial,
         "trainable_params_final": params + head_params,
         "adapter_params_final": params,
@@ -168,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if cfg.data.format != "classification":
-            parser.error("peft_run.py runs classification configs only.")
+        if cfg.data.format == "language_modeling":
+            parser.error("peft_run.py runs classification and generation configs, not language_modeling.")
         metrics = train_peft(args.method, cfg)
     except ConfigError as err:
         parser.exit(2, f"{err}\n")

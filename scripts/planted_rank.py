@@ -43,13 +43,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from sweep import commit  # scripts/sweep.py: the checked-out commit, recorded with every run
 from torch import nn
 
 from adarank import BudgetConfig, RankAllocator, orthogonality_penalty, param_groups
@@ -286,13 +286,6 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
         "final_params": params,
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def commit() -> str:
-    """The checked-out commit (with `+dirty` when the tree has changes), recorded with every run."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    return head + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main() -> None:

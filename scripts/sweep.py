@@ -57,6 +57,13 @@ def run_dir(out: Path, method: str, budget: str, seed: int) -> Path:
     return out / method / slug(budget) / f"seed{seed}"
 
 
+def commit() -> str:
+    """The checked-out commit, `+dirty` when tracked files have changes: recorded with every run."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (head or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run_one(spec: str, budget: str, seed: int, extra: list[str], folder: Path, threads: int) -> str:
     """Train one grid point in a subprocess; returns its status (done, skipped, failed)."""
     if (folder / "metrics.json").is_file():
@@ -67,7 +74,7 @@ def run_one(spec: str, budget: str, seed: int, extra: list[str], folder: Path, t
     command = [*head, str(config), *budget.split(), f"seed={seed}", f"output_dir={folder}", "overwrite=true", *extra]
     print("$ " + " ".join(command), flush=True)
     folder.mkdir(parents=True, exist_ok=True)
-    point = {"method": name, "budget": budget or "(config)", "seed": seed, "command": command}
+    point = {"method": name, "budget": budget or "(config)", "seed": seed, "command": command, "commit": commit()}
     (folder / "sweep.json").write_text(json.dumps(point, indent=2))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(folder / "train.log", "w") as log:

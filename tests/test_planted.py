@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
-from planted_rank import Setup, module_recall, module_shapes, plant, run, student_ranks  # noqa: E402
+from planted_rank import Setup, base_model, module_recall, plant, run, student_ranks  # noqa: E402
+
+from adarank.inject import module_shapes
 
 FAST = Setup(model="minilm", steps=100)
 RECALL_AT_LEAST = 0.75
@@ -24,8 +26,6 @@ RESIDUAL_AT_MOST = 0.25
 def test_random_allocation_falls_below_the_threshold() -> None:
     """The negative control: the planted ranks put on random modules (no training needed to score it)
     recall far less than the threshold, so passing it means the allocator found the plants."""
-    from planted_rank import base_model
-
     _, base = base_model(FAST, 0)
     planted = plant(base, FAST, 0)
     shapes = module_shapes(base, ["all-linear"])

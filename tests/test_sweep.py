@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,9 @@ def test_sweep_runs_grid_resumes_and_tabulates(tmp_path: Path) -> None:
     assert [int(r["adapter_params_final"]) for r in rows] == [1950, 1560]
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "| rt-minilm-adalora | budget.target_params=2000 | 1 |" in table
+    point = json.loads(next((tmp_path / "sweep" / "rt-minilm-lora").glob("*/seed0/sweep.json")).read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    assert re.fullmatch(re.escape(head.stdout.strip()) + r"(\+dirty)?", point["commit"])  # the code each run used
 
 
 @pytest.mark.slow
@@ -72,6 +77,31 @@ def test_peft_runners_in_parallel_and_tables_cover_earlier_grids(tmp_path: Path)
     peft_ada = rows["peft-adalora_rt-minilm-adalora"]
     assert (peft_ada["trainable_params_initial"], peft_ada["total_rank_final"], peft_ada["adapter_params_final"]) == (
         "2080", "24", "1560")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_peft_adalora_on_a_generation_config_reports_adaranks_generation_metrics(tmp_path: Path) -> None:
+    """PEFT's AdaLoRA on a causal LM (tiny Llama, all 7 linear types of 2 blocks), the budget-curve
+    study's arm at one rank per module: 14 live triplets at the end, metrics under adarank's keys."""
+    model = tmp_path / "llama"
+    save_tiny_model(model, llama=True)
+    command = [sys.executable, str(ROOT / "scripts" / "peft_run.py"), "adalora",
+               str(ROOT / "configs" / "rt-smollm2-curve.yaml"), f"model.name_or_path={model}", "train.max_steps=6",
+               "data.max_train_samples=48", "data.max_eval_samples=16", "budget.t_init=1", "budget.t_final=2",
+               "budget.mask_interval=1", "budget.target_rank=1", "budget.init_rank=2", "wandb.mode=disabled",
+               f"output_dir={tmp_path / 'o'}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["total_rank_final"] == 14 and metrics["peft_config"]["task_type"] == "CAUSAL_LM"
+    assert metrics["trainable_params_initial"] == 2 * sum(2 * (i + o + 1) for i, o in TINY_LLAMA_LINEARS)
+    for key in ("test_accuracy", "validation_accuracy"):
+        assert metrics[key] * 16 == round(metrics[key] * 16)  # a count of 16 rows
+    assert metrics["test_answer_loss"] > 0 and metrics["validation_answer_loss"] > 0
+
+
+# (d_in, d_out) of the tiny Llama's linears: q, k, v, o (1 key/value head of 16), gate, up, down
+TINY_LLAMA_LINEARS = [(32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)]
 
 
 def test_peft_adalora_refuses_a_budget_that_is_not_whole_ranks(tmp_path: Path) -> None:

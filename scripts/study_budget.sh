@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The budget-curve study behind reports/budget_curves.md (issue 16, part 1): SmolLM2-135M-Instruct on
+# Rotten Tomatoes as generation, adapters on all 210 linears of the 30 blocks, final budgets of 1/64,
+# 1/16, 1/4 and 1 times the LoRA r=1 parameter count (305,280), in priority order. Resumable:
+# finished runs (a metrics.json in their folder) are skipped, and each finished run's sweep.json,
+# metrics.json and allocation.json are archived in reports/budget_curves/ (committed; restored into
+# $OUT on start), so the study goes on across sessions where it stopped.
+#
+#   OMP_NUM_THREADS=2 scripts/study_budget.sh     # about 8 min per run on 2 cores
+#   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
+#
+# Methods (each run records the commit it ran in its sweep.json):
+#   adalora   adarank AdaLoRA, budget.target_params = the budget; init_rank 1 below one rank per module
+#             (b(0) = 305k parameters, the least a rank per module allows: 64x, 16x and 4x b(T)), 2 at 1x (2x)
+#   vo-top    adarank LoRA on v_proj + o_proj of the top layers (rank 1 on the top 2 / 9 layers; rank 2
+#             on the top 19 at 1/4): adapt the last layers' attention output, the usual hand pick
+#   v-spread  adarank LoRA on v_proj of layers spread evenly over depth (6 / 24 layers at rank 1; every
+#             layer at rank 3 at 1/4): a little rank everywhere
+#   lora      adarank LoRA rank 1 on all 210 modules (1x only)
+#   peft-adalora  PEFT's AdaLoRA (1x only: its budget is whole ranks per module)
+# Learning rates: a 3-point grid (5e-4, 2e-3, 8e-3) per method at seed 0, at 1/16 and 1/64 for the
+# methods below one rank per module and at 1x for the others; the lr with the lowest mean validation
+# answer loss is then fixed for every budget and seed. Exact match and answer loss are measured on
+# the first 600 validation and 600 test rows (the same rows in every run; the whole split costs
+# about 5 CPU-minutes per pass here). The untrained floor is measured once, in the first run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/budget}
+ARCHIVE=reports/budget_curves
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+ADA=configs/rt-smollm2-curve.yaml
+LORA=configs/rt-smollm2-curve-lora.yaml
+python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }
+COMMON="wandb.mode=disabled data.max_eval_samples=600 train.evaluate_before=false ${EXTRA:-}" # EXTRA: e.g. a smoke test's train.max_steps=2
+
+declare -A BUDGET=(
+    [adalora/64]="budget.target_params=4770 budget.init_rank=1"
+    [adalora/16]="budget.target_params=19080 budget.init_rank=1"
+    [adalora/4]="budget.target_params=76320 budget.init_rank=1"
+    [adalora/1]="budget.target_params=305280 budget.init_rank=2"
+    [vo-top/64]='adapter.target_modules=[re:model\.layers\.(28|29)\.self_attn\.(v_proj|o_proj)]'
+    [vo-top/16]='adapter.target_modules=[re:model\.layers\.(2[1-9])\.self_attn\.(v_proj|o_proj)]'
+    [vo-top/4]='adapter.target_modules=[re:model\.layers\.(1[1-9]|2[0-9])\.self_attn\.(v_proj|o_proj)] budget.init_rank=2 budget.target_rank=2'
+    [v-spread/64]='adapter.target_modules=[re:model\.layers\.(0|6|12|17|23|29)\.self_attn\.v_proj]'
+    [v-spread/16]='adapter.target_modules=[re:model\.layers\.(0|1|3|4|5|6|8|9|10|11|13|14|15|16|18|19|20|21|23|24|25|26|28|29)\.self_attn\.v_proj]'
+    [v-spread/4]='adapter.target_modules=[v_proj] budget.init_rank=3 budget.target_rank=3'
+    [lora/1]=""
+    [peft-adalora/1]="budget.target_params=null budget.target_rank=1 budget.init_rank=2"
+)
+declare -A CONFIG=([adalora]=$ADA [vo-top]=$LORA [v-spread]=$LORA [lora]=$LORA [peft-adalora]="peft-adalora:$ADA")
+GRID=(5e-4 2e-3 8e-3)
+
+failed=0
+archive() {
+    local run
+    for run in "$OUT"/*/*/*/seed*/metrics.json; do
+        [ -f "$run" ] || continue
+        run=${run%/metrics.json}
+        mkdir -p "$ARCHIVE/${run#"$OUT"/}"
+        cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
+    done
+}
+mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/
+floor="train.evaluate_before=true" # the first run measures the untrained base once
+# one run: METHOD FRACTION LR SEED; the method's name is its folder under $OUT
+point() {
+    local method=$1 fraction=$2 lr=$3 seed=$4
+    python scripts/sweep.py --out "$OUT/$method" --methods "${CONFIG[$method]}" --seeds "$seed" \
+        --budgets "${BUDGET[$method/$fraction]} train.learning_rate=$lr" --set $COMMON $floor || failed=1
+    floor=""
+    archive
+}
+best() { python scripts/budget_report.py "$OUT" --best-lr "$1"; }
+
+for fraction in 16 64; do # 1. the lr grid below one rank per module, seed 0
+    for method in adalora vo-top v-spread; do
+        for lr in "${GRID[@]}"; do point "$method" "$fraction" "$lr" 0; done
+    done
+done
+declare -A LR
+for method in adalora vo-top v-spread; do
+    LR[$method]=$(best "$method") || { echo "no learning rate for $method: its grid runs failed (see $OUT)"; exit 1; }
+done
+for fraction in 16 64 4; do # 2. seeds below one rank per module at the fixed lr
+    for seed in 0 1 2; do
+        for method in adalora vo-top v-spread; do point "$method" "$fraction" "${LR[$method]}" "$seed"; done
+    done
+done
+for method in lora peft-adalora; do # 3. one rank per module: the grid for the methods that live there
+    for lr in "${GRID[@]}"; do point "$method" 1 "$lr" 0; done
+    LR[$method]=$(best "$method") || { echo "no learning rate for $method (see $OUT)"; exit 1; }
+done
+for seed in 0 1 2; do
+    for method in adalora lora peft-adalora; do point "$method" 1 "${LR[$method]}" "$seed"; done
+done
+python scripts/budget_report.py "$ARCHIVE" --out reports/budget_curves.md
+exit $failed
