@@ -75,8 +75,8 @@ def best_lrs(runs: list[Run]) -> dict[str, float]:
         budgets = [b for b in {r.budget for r in grid} if {r.lr for r in grid if r.budget == b} == set(lrs)]
         if len(lrs) < 2 or not budgets:
             continue
-        loss = {lr: statistics.mean(r.metrics["validation_answer_loss"] for r in grid if r.lr == lr and r.budget in budgets)
-                for lr in lrs}  # fmt: skip
+        chosen = [r for r in grid if r.budget in budgets]
+        loss = {lr: statistics.mean(r.metrics["validation_answer_loss"] for r in chosen if r.lr == lr) for lr in lrs}
         out[method] = min(lrs, key=lambda lr: (loss[lr], lr))
     return out
 
@@ -138,8 +138,10 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], floor: dict[str, float],
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    panels = (("test_accuracy", 100, "exact match on test (%)", "eval_accuracy_before"),
-              ("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"))  # fmt: skip
+    panels = (
+        ("test_accuracy", 100, "exact match on test (%)", "eval_accuracy_before"),
+        ("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"),
+    )
     for ax, (key, scale, title, floor_key) in zip(axes, panels, strict=True):
         for method, label in LABELS.items():
             xs, ys, errs = [], [], []
@@ -176,8 +178,8 @@ def report(runs: list[Run], out: Path) -> str:
     plot(points, floor, figure)
     grid = ["| method | lr | budget | validation answer loss | validation exact match % |", "|---|---|---|---|---|"]
     for run in sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr)):
-        grid.append(f"| {run.method} | {run.lr:g} | {run.fraction} ({run.params:,}) | "
-                    f"{run.metrics['validation_answer_loss']:.3f} | {100 * run.metrics['validation_accuracy']:.2f} |")  # fmt: skip
+        loss, accuracy = run.metrics["validation_answer_loss"], 100 * run.metrics["validation_accuracy"]
+        grid.append(f"| {run.method} | {run.lr:g} | {run.fraction} ({run.params:,}) | {loss:.3f} | {accuracy:.2f} |")
     commits = sorted({r.commit for r in runs})
     floor_text = (
         f"untrained base: exact match {100 * floor['eval_accuracy_before']:.2f}%, answer loss "
@@ -185,33 +187,36 @@ def report(runs: list[Run], out: Path) -> str:
         if floor
         else "untrained base: not measured yet"
     )
-    return "\n".join([
-        "# Budget curves: SmolLM2-135M-Instruct on Rotten Tomatoes as generation",
-        "",
-        "Written by `python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md` from the",
-        "runs of `OMP_NUM_THREADS=2 scripts/study_budget.sh` (archived in reports/budget_curves/). Setup, methods",
-        "and protocol: the header of scripts/study_budget.sh. Exact match and answer loss on the first 600 test rows.",
-        f"Runs: {len(runs)}; commits: {', '.join(commits)}.",
-        "",
-        f"![quality vs adapter parameters]({figure.name})",
-        "",
-        f"*Figure: left, exact match; right, answer-token loss; x = final adapter parameters; {floor_text}.*",
-        "",
-        "## Chosen learning rates",
-        "",
-        ", ".join(f"{LABELS.get(m, m)}: {lr:g}" for m, lr in lrs.items()) or "none yet (grids unfinished)",
-        "",
-        "## Results at the chosen learning rates",
-        "",
-        "Δ = method − adarank AdaLoRA, paired by seed, mean [95% t-interval]; * = the interval excludes 0.",
-        "",
-        *table(points),
-        "",
-        "## Every seed-0 run (the learning-rate grid)",
-        "",
-        *grid,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Budget curves: SmolLM2-135M-Instruct on Rotten Tomatoes as generation",
+            "",
+            "Written by `python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md`",
+            "from the runs of `OMP_NUM_THREADS=2 scripts/study_budget.sh` (archived in reports/budget_curves/).",
+            "Setup, methods and protocol: the header of scripts/study_budget.sh. Exact match and answer loss on",
+            "the first 600 test rows.",
+            f"Runs: {len(runs)}; commits: {', '.join(commits)}.",
+            "",
+            f"![quality vs adapter parameters]({figure.name})",
+            "",
+            f"*Figure: left, exact match; right, answer-token loss; x = final adapter parameters; {floor_text}.*",
+            "",
+            "## Chosen learning rates",
+            "",
+            ", ".join(f"{LABELS.get(m, m)}: {lr:g}" for m, lr in lrs.items()) or "none yet (grids unfinished)",
+            "",
+            "## Results at the chosen learning rates",
+            "",
+            "Δ = method − adarank AdaLoRA, paired by seed, mean [95% t-interval]; * = the interval excludes 0.",
+            "",
+            *table(points),
+            "",
+            "## Every seed-0 run (the learning-rate grid)",
+            "",
+            *grid,
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
