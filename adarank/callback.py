@@ -14,6 +14,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from adarank.allocator import RankAllocator
 from adarank.config import RESUME_MARKER
 from adarank.inject import find_adapters
+from adarank.schedule import budget_at
 
 ALLOCATOR_STATE = RESUME_MARKER  # written last: its presence marks a complete checkpoint
 ALLOCATOR_SCORES = "adarank_scores.safetensors"
@@ -51,6 +52,20 @@ def check_unsharded(args: Any) -> None:
         )
 
 
+def trace_point(allocator: RankAllocator, step: int) -> dict[str, int]:
+    """b(step) in the plan's unit, and the live rank (triplets with lambda * mask nonzero) in triplets
+    and in parameters."""
+    adapters = allocator.adapters.values()
+    active = [(a.active_rank(), a.triplet_cost) for a in adapters]
+    plan = allocator.plan
+    return {
+        "step": step,
+        "budget": budget_at(step, plan) if plan is not None else 0,
+        "live_rank": sum(r for r, _ in active),
+        "live_params": sum(r * c for r, c in active),
+    }
+
+
 class AdaRankCallback(TrainerCallback):
     """Runs ``allocator.step`` once per optimizer step, in ``on_optimizer_step``.
 
@@ -62,12 +77,15 @@ class AdaRankCallback(TrainerCallback):
 
     The number of steps T comes from the Trainer (``state.max_steps``). At the end of training
     the callback raises if the final masks were never fixed, instead of silently leaving LoRA.
-    ``history`` holds every masking event (step, budget, live, threshold, per-module ranks).
+    ``history`` holds every masking event (step, budget, live, threshold, per-module ranks);
+    ``trace`` one entry per optimizer step from step 0: b(t) and the live rank, the triplets with
+    lambda * mask nonzero (``trace_point``).
     """
 
     def __init__(self, allocator: RankAllocator):
         self.allocator = allocator
         self.history: list[dict[str, Any]] = []
+        self.trace: list[dict[str, int]] = []
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -82,6 +100,8 @@ class AdaRankCallback(TrainerCallback):
                     "RankAllocator from inject_adapters(model, ...) on the same model object."
                 )
         self.allocator.set_total_steps(state.max_steps)
+        if not self.trace:  # not resumed: the start, at init_rank with lambda = 0
+            self.trace.append(trace_point(self.allocator, state.global_step))
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -90,6 +110,7 @@ class AdaRankCallback(TrainerCallback):
         event = self.allocator.step(state.global_step + 1, kwargs.get("optimizer"))
         if event is not None:
             self.history.append(event)
+        self.trace.append(trace_point(self.allocator, state.global_step + 1))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.is_world_process_zero:
@@ -107,7 +128,7 @@ class AdaRankCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         save_file(scores, str(folder / ALLOCATOR_SCORES))
         tmp = folder / (ALLOCATOR_STATE + ".tmp")
-        tmp.write_text(json.dumps({**state, "history": self.history}))
+        tmp.write_text(json.dumps({**state, "history": self.history, "trace": self.trace}))
         os.replace(tmp, folder / ALLOCATOR_STATE)
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -129,6 +150,7 @@ class AdaRankCallback(TrainerCallback):
             name, part = key.rsplit("/", 1)
             scores.setdefault(name, {})[part] = tensor
         self.history = state.pop("history")
+        self.trace = state.pop("trace", [])  # absent in checkpoints written before the trace existed
         self.allocator.load_state_dict({**state, "scores": scores})
 
     def on_train_end(

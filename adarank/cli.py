@@ -1,4 +1,5 @@
 """Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`,
+`adarank compare RUN_DIR RUN_DIR ...`,
 `adarank export RUN_DIR --format native|peft|merged --out DIR`."""
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--png", type=Path, help="also write the b(t) plot to this file (default: write nothing)")
     inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
     inspect.add_argument("path", type=Path, help="a run directory, its allocation.json, or a native adapter folder")
+    compare = sub.add_parser("compare", help="compare finished runs: a table here and compare.html with their heatmaps")
+    compare.add_argument("runs", type=Path, nargs="+", help="two or more run directories; the first is the reference")
+    compare.add_argument("--out", type=Path, default=Path("compare"),
+                         help="folder for compare.html and its PNGs (default: ./compare)")  # fmt: skip
     export = sub.add_parser("export", help="export a run's adapter: native, PEFT LoRA or merged weights")
     export.add_argument("source", type=Path, help="a run directory (its adapter/) or a native adapter folder")
     export.add_argument("--format", choices=("native", "peft", "merged"), required=True)
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args.path)
     if args.command == "export":
         return _export(args.source, args.format, args.out, args.overwrite)
+    if args.command == "compare":
+        return _compare(args.runs, args.out)
     try:
         config, overrides = _resume_items(*_split(args.items))
         cfg = load_config(config, _repeat_items(config, overrides), check_model=True)
@@ -156,6 +163,19 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{fmt} export written to {out} ({size:,} bytes)")
+    return 0
+
+
+def _compare(paths: list[Path], out: Path) -> int:
+    from adarank.compare import compare_table, load_runs, write_compare
+
+    try:
+        runs = load_runs(paths)
+    except ValueError as err:
+        print(f"adarank: {err}", file=sys.stderr)
+        return 2
+    print(compare_table(runs))
+    print(f"written: {write_compare(runs, out)}")
     return 0
 
 

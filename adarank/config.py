@@ -162,6 +162,9 @@ class TrainConfig:
     """Save a checkpoint (model, optimizer, scheduler, allocator state) every N steps; None = none."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them: less memory, ~30% more time."""
+    eval_steps: int | None = None
+    """Evaluate the validation loss every N steps (the report's validation curve); None = only after
+    training. Each evaluation costs a pass over the validation split."""
     evaluate_before: bool = True
     """Causal formats: evaluate the untrained base first (the `*_before` metrics, the floor). Off saves
     one evaluation pass per run in a sweep whose runs share the base and data."""
@@ -555,6 +558,8 @@ def validate(cfg: RunConfig) -> list[str]:
     if ad.orth_weight < 0:
         problems.append(f"adapter.orth_weight ({ad.orth_weight}) must be >= 0 (0 disables it).")
     tr = cfg.train
+    if tr.eval_steps is not None and tr.eval_steps < 1:
+        problems.append(f"train.eval_steps ({tr.eval_steps}) must be >= 1, or null for no evaluation during training.")
     for name in ("batch_size", "grad_accum_steps", "eval_batch_size"):
         if getattr(tr, name) < 1:
             problems.append(f"train.{name} ({getattr(tr, name)}) must be >= 1.")

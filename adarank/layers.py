@@ -98,6 +98,12 @@ class SVDLinear(nn.Module):
         """Triplets the forward pass keeps (rank mask entries equal to 1)."""
         return int(torch.count_nonzero(self.rank_mask))
 
+    def active_rank(self) -> int:
+        """Triplets that change the output: lambda * mask nonzero. In the default mode the mask stays
+        at init_rank during the decay while pruned lambdas are zeroed, so this, not ``live_rank``, is
+        the rank the update has (the dashboards' `live_rank`)."""
+        return int(torch.count_nonzero(self.singular_values.detach() * self.rank_mask))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.merged:  # the update already lives in the base weight

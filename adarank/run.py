@@ -24,11 +24,12 @@ from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
 from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
+from adarank.importance import triplet_scores
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
 from adarank.models import hf_folder, load_model, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
-from adarank.report import write_report
-from adarank.schedule import constant_rank_budget
+from adarank.report import RunRecord, write_report
+from adarank.schedule import BudgetPlan, constant_rank_budget
 from adarank.tasks import (
     GenerationCollator,
     build_datasets,
@@ -146,6 +147,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         warmup_steps=int(tr.warmup_ratio * tr.max_steps),
         lr_scheduler_type="linear",
         logging_steps=max(1, tr.max_steps // 20),
+        eval_strategy="steps" if tr.eval_steps else "no",
+        eval_steps=tr.eval_steps,
         save_strategy="steps" if tr.save_steps else "no",
         save_steps=tr.save_steps or 500,
         save_total_limit=2,  # the newest may be half-written when a process dies; the one before is complete
@@ -285,6 +288,7 @@ def _train(
         model=model,
         args=args,
         train_dataset=model_columns(data["train"]),
+        eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
         data_collator=GenerationCollator(tokenizer.pad_token_id) if causal else DataCollatorWithPadding(tokenizer),
         compute_metrics=None if causal else classification_accuracy,
         callbacks=callbacks,
@@ -326,7 +330,21 @@ def _train(
     _write_json_atomic(out / "allocation.json", ranks)
     history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in allocation.history}
     _write_json_atomic(out / "allocation_history.json", history)
-    write_report(out, plan, allocation.history, ranks, metrics)
+    _write_json_atomic(out / "rank_trace.json", allocation.trace)
+    _write_json_atomic(out / "train_log.json", trainer.state.log_history)
+    record = RunRecord(
+        plan=plan,
+        history=allocation.history,
+        initial_ranks={n: a.rank for n, a in allocator.adapters.items()},
+        ranks=ranks,
+        metrics=metrics,
+        trace=allocation.trace,
+        log=trainer.state.log_history,
+        scores=[float(v) for s in allocator.scores.values() for v in triplet_scores(s, cfg.importance.score)],
+        description=run_description(cfg, task, data, plan, len(allocator.adapters)),
+        config_text=(out / "config.yaml").read_text(),
+    )
+    report = write_report(out, record)
     export_native(
         trainer.accelerator.unwrap_model(model),
         out / "adapter",
@@ -337,7 +355,9 @@ def _train(
     if report_to_wandb(args):
         import wandb
 
-        if wandb.run is not None:
+        if wandb.run is not None:  # the report's figures, as images in the same run
+            figures = sorted(report.parent.glob("*.png"))
+            wandb.log({f"report/{png.stem}": wandb.Image(str(png)) for png in figures if png.stem != "budget_plan"})
             wandb.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
             wandb.finish()
     shown = (
@@ -359,6 +379,29 @@ def _train(
     print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
     print(f"run directory: {out}")
     return metrics
+
+
+def run_description(cfg: RunConfig, task: TaskData, data: dict, plan: BudgetPlan, adapters: int) -> dict[str, str]:
+    """The report's "Run" table: model, data, method, budget and training settings in words."""
+    budget = cfg.budget
+    method = (
+        f"LoRA, rank {budget.init_rank} (constant schedule)"
+        if not plan.adapts
+        else f"AdaLoRA, {budget.schedule} schedule, rank {budget.init_rank} per adapter at the start"
+    )
+    sizes = " / ".join(f"{len(data[s]):,} {s}" for s in ("train", "validation", "test") if s in data)
+    return {
+        "model": f"{cfg.model.name_or_path or 'minilm'} ({cfg.model.dtype})",
+        "data": f"{cfg.data.dataset} as {cfg.data.format}: {sizes} rows"
+        + (f"; labels {', '.join(task.label_names)}" if task.label_names else ""),
+        "adapters": f"{adapters} modules matching {', '.join(cfg.adapter.target_modules)}",
+        "method": method,
+        "budget": f"b(0) = {plan.initial_budget:,} -> b(T) = {plan.target_budget:,} {plan.unit}"
+        + (f"; warm-up to step {plan.t_init}, final phase from step {plan.final_start}" if plan.adapts else ""),
+        "training": f"{cfg.train.max_steps} steps of batch {cfg.train.batch_size} x {cfg.train.grad_accum_steps}, "
+        f"lr {cfg.train.learning_rate:g}, seed {cfg.seed}",
+        "run directory": cfg.output_dir,
+    }
 
 
 def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> dict[str, Any]:

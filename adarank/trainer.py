@@ -165,4 +165,5 @@ class AdaRankTrainer(Trainer):
             if plan is not None:
                 logs["rank_budget"] = budget_at(self.state.global_step, plan)
             logs["forward_rank"] = sum(a.live_rank() for a in self._adapters)
+            logs["live_rank"] = sum(a.active_rank() for a in self._adapters)
         super().log(logs, *args, **kwargs)

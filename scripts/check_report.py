@@ -1,9 +1,10 @@
-"""Open a run's report.html in headless Chromium (from disk, no server) and check every image loaded.
+"""Open a run's report.html (or any page adarank writes, e.g. compare.html) in headless Chromium,
+from disk with no server, and check that every image loaded and every figure has a caption.
 
-    python scripts/check_report.py RUN_DIR [--browser /usr/bin/chromium]
+    python scripts/check_report.py RUN_DIR_OR_HTML [--browser /usr/bin/chromium]
 
-Prints each image's natural width and exits 1 if the page has no image or any image has width 0.
-Install the browser with `apt-get install chromium` (Debian).
+Prints each image's natural width and exits 1 if the page has no image, an image of width 0, or a
+figure without a non-empty figcaption. Install the browser with `apt-get install chromium` (Debian).
 """
 
 from __future__ import annotations
@@ -39,14 +40,22 @@ def image_widths(report: Path, browser: str) -> list[int]:
     return [int(w) for w in match.group(1).split(",") if w]
 
 
+def uncaptioned(page: str) -> int:
+    """Figures of ``page`` without a non-empty figcaption."""
+    figures = re.findall(r"<figure>(.*?)</figure>", page, flags=re.S)
+    return sum(not re.search(r"<figcaption>\s*\S.*?</figcaption>", f, flags=re.S) for f in figures)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("page", type=Path, help="a run directory (its report.html) or an HTML file")
     parser.add_argument("--browser", default=shutil.which("chromium") or "chromium")
     args = parser.parse_args()
-    widths = image_widths(args.run_dir / "report.html", args.browser)
-    print(f"{len(widths)} images, natural widths: {widths}")
-    return 0 if widths and all(w > 0 for w in widths) else 1
+    page = args.page / "report.html" if args.page.is_dir() else args.page
+    widths = image_widths(page, args.browser)
+    missing = uncaptioned(page.read_text())
+    print(f"{len(widths)} images, natural widths: {widths}; {missing} figure(s) without a caption")
+    return 0 if widths and all(w > 0 for w in widths) and not missing else 1
 
 
 if __name__ == "__main__":

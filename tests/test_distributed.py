@@ -98,7 +98,8 @@ def test_adarank_train_under_torchrun_writes_once(tmp_path) -> None:
     assert done.stdout.count("run directory:") == 1, "only process 0 reports and writes"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
         "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
-        "metrics.json", "rank_heatmap.png", "rank_over_time.png", "report.html",
+        "loss_curve.png", "metrics.json", "rank_heatmap.png", "rank_over_time.png", "rank_trace.json", "report.html",
+        "score_distribution.png", "train_log.json",
     ]  # fmt: skip
     assert sorted(p.name for p in (out / "adapter").iterdir()) == [
         "adapter.safetensors", "adarank_adapter.json", "adarank_export.json"

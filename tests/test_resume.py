@@ -137,7 +137,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path) -> N
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     again = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert again["steps"] == whole["steps"] == 60
-    for name in ("allocation.json", "allocation_history.json"):
+    for name in ("allocation.json", "allocation_history.json", "rank_trace.json"):  # the trace: every step from 0
         assert json.loads((tmp_path / "killed" / name).read_text()) == json.loads(
             (tmp_path / "whole" / name).read_text()
         )
