@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adarank.report import PAGE_STYLE, metric_text, plot_heatmap
+from adarank.report import PAGE_STYLE, figure_html, metric_text, plot_heatmap
 
 RUN_FILES = ("metrics.json", "config.yaml", "allocation.json")
 COMPARED = (
@@ -134,11 +134,7 @@ def write_compare(runs: list[RunSummary], out: Path) -> Path:
     table = rows(runs)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:])
-    images = "".join(
-        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption>'
-        "</figure>"
-        for name, caption in figures
-    )
+    images = "".join(figure_html(name, caption) for name, caption in figures)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>adarank: runs compared</title>
 <style>{PAGE_STYLE}</style></head>

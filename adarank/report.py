@@ -300,7 +300,8 @@ class RunRecord:
     config_text: str = ""
 
 
-def _figure(name: str, caption: str) -> str:
+def figure_html(name: str, caption: str) -> str:
+    """An image with its caption (also the image's alt text)."""
     return (f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
             "</figcaption></figure>")  # fmt: skip
 
@@ -343,7 +344,7 @@ def write_report(run_dir: Path, record: RunRecord) -> Path:
         "<tr><th>{}</th><td>{}</td></tr>".format(*map(html.escape, metric_text(k, v)))
         for k, v in record.metrics.items()
     )
-    body = "".join(_figure(name, caption) for name, _, caption in figures)
+    body = "".join(figure_html(name, caption) for name, _, caption in figures)
     config = f"<details><summary>config.yaml</summary><pre>{html.escape(record.config_text)}</pre></details>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>adarank run report</title>
