@@ -90,8 +90,6 @@ class RankAllocator:
         self.budget = budget
         self.importance = importance or ImportanceConfig()
         problems = [p for p in budget_problems(budget, total_steps or 10**9) if "total_steps" not in p]
-        if not self.adapters:
-            problems.append("no adapters were given; inject them first (adarank.inject_adapters).")
         wrong = [n for n, a in self.adapters.items() if a.rank != budget.init_rank]
         if wrong:
             problems.append(f"adapters {wrong[:3]} do not have rank budget.init_rank={budget.init_rank}.")

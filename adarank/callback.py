@@ -94,7 +94,8 @@ class AdaRankCallback(TrainerCallback):
         model = kwargs.get("model")
         if model is not None:
             in_model = {id(a) for a in find_adapters(model).values()}
-            if not in_model or any(id(a) not in in_model for a in self.allocator.adapters.values()):
+            mine = [id(a) for a in self.allocator.adapters.values()]
+            if any(i not in in_model for i in mine) or (in_model and not mine):
                 raise RuntimeError(
                     "the allocator's adapters are not in the model this Trainer trains: build the "
                     "RankAllocator from inject_adapters(model, ...) on the same model object."

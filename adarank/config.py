@@ -96,7 +96,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class AdapterConfig:
     target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "attention.output.dense"])
-    """Modules to adapt: name suffixes (dot-bounded), `re:<regex>` (full match) or `all-linear`."""
+    """Modules to adapt: name suffixes (dot-bounded), `re:<regex>` (full match) or `all-linear`; `[]` trains
+    the classification head alone (a linear probe, the floor adapters must beat)."""
     alpha: float = 16.0
     """Scaling numerator: the update is multiplied by alpha / budget.init_rank."""
     dropout: float = 0.0
@@ -549,8 +550,11 @@ def validate(cfg: RunConfig) -> list[str]:
     if imp.score not in SCORES:
         problems.append(f"importance.score `{imp.score}` is not one of {', '.join(SCORES)}.")
     ad = cfg.adapter
-    if not ad.target_modules:
-        problems.append("adapter.target_modules is empty; name modules to adapt, or `all-linear`.")
+    if not ad.target_modules and cfg.data.format != "classification":
+        problems.append(
+            f"adapter.target_modules is empty, which trains the classification head alone, and a "
+            f"{cfg.data.format} run has no head; name modules to adapt, or `all-linear`."
+        )
     if ad.alpha <= 0:
         problems.append(f"adapter.alpha ({ad.alpha}) must be > 0.")
     if not 0 <= ad.dropout < 1:

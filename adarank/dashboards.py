@@ -133,7 +133,7 @@ class WandbDashboard(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not self._wandb:
+        if not self._wandb or not self.allocator.adapters:  # the head alone: no rank to show
             return
         wandb = self._wandb
         plan = self.allocator.plan

@@ -44,6 +44,11 @@ def _boundaries(plan: BudgetPlan) -> list[int]:
 def plan_summary(cfg: RunConfig, shapes: Mapping[str, tuple[int, int]], base_params: int) -> str:
     """A few lines that say what the run will do with its budget (pure: computed from shapes)."""
     plan = adapter_plan(cfg, shapes, base_params)
+    if not shapes:
+        return (
+            f"adapters: none (adapter.target_modules=[]): the classification head alone is trained, a linear "
+            f"probe on the frozen base; {plan.total_steps} steps, no rank budget"
+        )
     costs = {name: d_out + d_in + 1 for name, (d_out, d_in) in shapes.items()}
     kinds = Counter(_BLOCK_INDEX.sub(".<i>.", name) for name in shapes)
     rank0 = constant_rank_budget(cfg.budget, list(costs.values()), base_params).init_rank

@@ -320,18 +320,21 @@ def write_report(run_dir: Path, record: RunRecord) -> Path:
     figures = [("loss_curve.png", plot_loss_curve(record.log, run_dir / "loss_curve.png"),
                 "Loss per logging step (the task loss plus the orthogonality penalty); validation loss too when "
                 "the run evaluated during training.")]  # fmt: skip
-    figures.append(("budget_curve.png", plot_budget_curve(plan, record.trace, run_dir / "budget_curve.png"),
-                    f"Planned budget b(t) in {plan.unit} against the live rank at every step: the triplets with "
-                    "λ·m ≠ 0 (0 at step 0, where every λ starts at 0). In the default mode a pruned λ may grow "
-                    "back between masking steps, so the live rank can exceed b(t) there; with budget.strict it "
-                    "cannot. Grey: warm-up; green: final phase with fixed masks."))  # fmt: skip
-    figures.append(("rank_heatmap.png", plot_heatmap(record.ranks, run_dir / "rank_heatmap.png"),
-                    "Final rank of every adapter: one row per layer (layer 0 at the top), one column per weight "
-                    "type."))  # fmt: skip
-    figures.append(("rank_over_time.png", plot_rank_over_time(record.history, record.initial_ranks,
-                    plan.total_steps, run_dir / "rank_over_time.png"),
-                    "Allocated rank of every module from step 0 to the end, one panel per layer, one line per "
-                    "weight type; it changes only at masking steps."))  # fmt: skip
+    over_time = run_dir / "rank_over_time.png"
+    if record.initial_ranks:  # none when the head alone was trained: no rank to show
+        figures += [
+            ("budget_curve.png", plot_budget_curve(plan, record.trace, run_dir / "budget_curve.png"),
+             f"Planned budget b(t) in {plan.unit} against the live rank at every step: the triplets with λ·m ≠ 0 "
+             "(0 at step 0, where every λ starts at 0). In the default mode a pruned λ may grow back between "
+             "masking steps, so the live rank can exceed b(t) there; with budget.strict it cannot. Grey: warm-up; "
+             "green: final phase with fixed masks."),
+            ("rank_heatmap.png", plot_heatmap(record.ranks, run_dir / "rank_heatmap.png"),
+             "Final rank of every adapter: one row per layer (layer 0 at the top), one column per weight type."),
+            ("rank_over_time.png",
+             plot_rank_over_time(record.history, record.initial_ranks, plan.total_steps, over_time),
+             "Allocated rank of every module from step 0 to the end, one panel per layer, one line per weight type; "
+             "it changes only at masking steps."),
+        ]  # fmt: skip
     if record.scores:
         figures.append(("score_distribution.png",
                         plot_score_distribution(record.scores, threshold, run_dir / "score_distribution.png"),
@@ -343,8 +346,10 @@ def write_report(run_dir: Path, record: RunRecord) -> Path:
     metrics = "".join(
         "<tr><th>{}</th><td>{}</td></tr>".format(*map(html.escape, metric_text(k, v)))
         for k, v in record.metrics.items()
+        if k != "eval_accuracy"  # the test accuracy again, under the name outside checks read
     )
     body = "".join(figure_html(name, caption) for name, _, caption in figures)
+    ranks = rank_table(record.ranks) if record.ranks else "no adapters: the classification head alone was trained"
     config = f"<details><summary>config.yaml</summary><pre>{html.escape(record.config_text)}</pre></details>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>adarank run report</title>
@@ -352,7 +357,7 @@ def write_report(run_dir: Path, record: RunRecord) -> Path:
 <body><h1>adarank run report</h1>
 <h2>Run</h2><table>{about}</table>
 <h2>Metrics</h2><table>{metrics}</table>
-<h2>Final rank (layers x weight types)</h2><pre>{html.escape(rank_table(record.ranks))}</pre>
+<h2>Final rank (layers x weight types)</h2><pre>{html.escape(ranks)}</pre>
 {body}
 <h2>Configuration</h2>{config}
 </body></html>

@@ -101,6 +101,11 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
         )
     except ValueError as err:
         raise ConfigError([f"adapter.modules_to_save: {err}"]) from err
+    if not adapters and not count_trainable(model):
+        raise ConfigError([
+            "nothing to train: adapter.target_modules is empty and this model's classification head came with the "
+            "checkpoint, so it is not new; name it in adapter.modules_to_save (e.g. [classifier]) to train it alone."
+        ])  # fmt: skip
     train_in_fp32(model, list(cfg.adapter.modules_to_save))
     allocator = RankAllocator(
         adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params

@@ -61,12 +61,12 @@ def plan_budget(
     """
     problems = budget_problems(budget, total_steps)
     n_adapters = len(triplet_costs)
-    if n_adapters < 1:
-        problems.append("there are no adapters to allocate rank to; check adapter.target_modules.")
     if budget.target_params is not None and budget.schedule == "constant":
         problems.append("a constant schedule with budget.target_params needs ranks: call constant_rank_budget first.")
     if problems:
         raise ConfigError(problems)
+    if n_adapters == 0:  # the head alone (adapter.target_modules=[]): nothing to allocate, b(t) = 0
+        return BudgetPlan("constant", total_steps, 0, 0, budget.mask_interval, 0, 0)
     constant = budget.schedule == "constant"
     initial, target, unit = budget.init_rank * n_adapters, budget.target_rank * n_adapters, "triplets"
     if budget.target_params is not None:
@@ -106,7 +106,7 @@ def constant_rank_budget(budget: BudgetConfig, triplet_costs: Sequence[int], bas
     Raises:
         ConfigError: not even rank 1 fits in the parameter budget.
     """
-    if budget.schedule != "constant" or budget.target_params is None:
+    if budget.schedule != "constant" or budget.target_params is None or not triplet_costs:
         return budget
     target = _param_target(budget, base_params)
     rank = target // sum(triplet_costs)

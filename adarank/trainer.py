@@ -13,7 +13,7 @@ from torch import nn
 from transformers import Trainer
 
 from adarank.callback import AdaRankCallback, latest_complete_checkpoint
-from adarank.inject import find_adapters
+from adarank.inject import RECORD_ATTR, find_adapters
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
 
@@ -84,7 +84,7 @@ class AdaRankTrainer(Trainer):
         self.singular_lr_multiplier = singular_lr_multiplier
         assert self.model is not None
         self._adapters = list(find_adapters(self.model).values())
-        if not self._adapters:
+        if not self._adapters and not hasattr(self.model, RECORD_ATTR):  # an empty target list leaves a record
             raise ValueError("AdaRankTrainer got a model without adarank adapters; call inject_adapters first.")
         self._last_penalty: float | None = None
         self._callback = next((c for c in self.callback_handler.callbacks if isinstance(c, AdaRankCallback)), None)
@@ -139,7 +139,7 @@ class AdaRankTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not model.training or self.orth_weight == 0:
+        if not model.training or self.orth_weight == 0 or not self._adapters:
             return result
         loss: torch.Tensor
         outputs: Any

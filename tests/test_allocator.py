@@ -161,8 +161,9 @@ def test_rank_mismatch_and_empty_adapters() -> None:
     with pytest.raises(ConfigError) as err:
         RankAllocator(model.adapters(), BudgetConfig(**BUDGET))
     assert "do not have rank budget.init_rank=4" in str(err.value)
-    with pytest.raises(ConfigError, match="no adapters were given"):
-        RankAllocator({}, BudgetConfig(**BUDGET))
+    empty = RankAllocator({}, BudgetConfig(**BUDGET), total_steps=20)  # the head alone: nothing to allocate
+    assert empty.plan is not None and (empty.plan.initial_budget, empty.plan.target_budget) == (0, 0)
+    assert not empty.plan.adapts and [empty.step(t) for t in range(1, 21)] == [None] * 20 and empty.ranks() == {}
 
 
 def mixed() -> Toy:

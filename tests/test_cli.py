@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import save_tiny_model
 
 from adarank.cli import main
@@ -268,3 +269,52 @@ def test_a_decay_without_two_masking_steps_warns(capsys) -> None:
     assert "warning: the budget decay (steps 0..1 of 2) has 1 masking step(s)" in err
     assert "raise train.max_steps, lower budget.mask_interval (10), or lower budget.t_init / budget.t_final" in err
     assert main(["plan"]) == 0 and "warning" not in capsys.readouterr().err  # the default: 23 masking steps
+
+
+HEAD_ONLY = ["adapter.target_modules=[]", "train.max_steps=6", "train.batch_size=8", "data.max_train_samples=48",
+             "data.max_eval_samples=16", "wandb.mode=disabled"]  # fmt: skip
+
+
+def test_head_only_needs_a_head_to_train(tmp_path, capsys) -> None:
+    """`adapter.target_modules=[]` trains the classification head alone: refused for a causal LM (no
+    head) and for a checkpoint whose head is not new unless it is named in modules_to_save; nothing
+    is written."""
+    save_tiny_model(tmp_path / "bert", llama=False)  # its head is in the checkpoint
+    out = tmp_path / "run"
+    assert main(["train", f"model.name_or_path={tmp_path / 'bert'}", f"output_dir={out}", *HEAD_ONLY]) == 2
+    assert "name it in adapter.modules_to_save (e.g. [classifier]) to train it alone" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "configs" / "rt-smollm2-adalora.yaml"), f"output_dir={out}", *HEAD_ONLY]) == 2
+    assert "trains the classification head alone, and a generation run has no head" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["plan", f"model.name_or_path={tmp_path / 'bert'}", *HEAD_ONLY]) == 0
+    assert "adapters: none (adapter.target_modules=[]): the classification head alone is trained" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.slow
+def test_head_only_run_trains_and_exports_the_head_alone(tmp_path, capsys) -> None:
+    """The linear probe: only the head's parameters train; the report has no rank figures; the
+    native export carries the head, the merged model has it, PEFT is refused with the way out."""
+    from safetensors.torch import load_file
+
+    save_tiny_model(tmp_path / "bert", llama=False)
+    out = tmp_path / "run"
+    overrides = [f"model.name_or_path={tmp_path / 'bert'}", f"output_dir={out}", "adapter.modules_to_save=[classifier]"]
+    assert main(["train", *overrides, *HEAD_ONLY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["trainable_params_initial"], metrics["adapter_params_final"], metrics["total_rank_final"]) == (
+        2 * 32 + 2, 0, 0)  # fmt: skip
+    assert json.loads((out / "allocation.json").read_text()) == {}
+    page = (out / "report.html").read_text()
+    assert "no adapters: the classification head alone was trained" in page and "rank_heatmap.png" not in page
+    base = load_file(str(tmp_path / "bert" / "model.safetensors"))
+    trained = load_file(str(out / "adapter" / "adapter.safetensors"))
+    assert sorted(trained) == ["trained.classifier.bias", "trained.classifier.weight"]
+    assert not torch.equal(trained["trained.classifier.weight"], base["classifier.weight"])  # it trained
+    assert main(["export", str(out), "--format", "merged", "--out", str(tmp_path / "merged")]) == 0
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    assert torch.equal(merged["classifier.weight"], trained["trained.classifier.weight"])
+    assert all(torch.equal(merged[k], v) for k, v in base.items() if not k.startswith("classifier"))
+    assert main(["export", str(out), "--format", "peft", "--out", str(tmp_path / "peft")]) == 2
+    assert "use --format native (it carries the trained head alone) or --format merged" in capsys.readouterr().err

@@ -168,7 +168,10 @@ def _insane(cfg) -> list[str]:
         "steps": t.max_steps >= 1 and b.mask_interval >= 1 and (b.schedule == "constant" or sum(steps) < t.max_steps),
         "sizes": min(t.batch_size, t.grad_accum_steps, t.eval_batch_size) >= 1 and d.max_length >= 8,
         "rates": t.learning_rate > 0 and t.singular_lr_multiplier > 0 and 0 <= t.warmup_ratio < 1,
-        "adapter": a.alpha > 0 and 0 <= a.dropout < 1 and a.orth_weight >= 0 and bool(a.target_modules),
+        "adapter": a.alpha > 0
+        and 0 <= a.dropout < 1
+        and a.orth_weight >= 0
+        and (bool(a.target_modules) or d.format == "classification"),  # [] = the head alone
         "choices": b.schedule in ("cubic", "linear", "constant")
         and d.format in ("classification", "generation", "language_modeling"),
         "splits": 0 <= d.validation_fraction < 1
