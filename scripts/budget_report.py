@@ -1,12 +1,15 @@
-"""reports/budget_curves.md from the runs of scripts/study_budget.sh (issue 16, part 1).
+"""The budget-curve reports from the runs of scripts/study_budget.sh (issue 16, part 1).
 
     python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
+    python scripts/budget_report.py reports/minilm_curves --study minilm --out reports/minilm_curves.md
     python scripts/budget_report.py runs/budget --best-lr adalora     # prints the chosen lr
 
 Reads RUNS/<method>/<config>/<budget>/seed<k>/{sweep.json, metrics.json}. A run's budget fraction is
-the nearest of 1/64, 1/16, 1/4 and 1 to its final adapter parameters / 305,280 (LoRA r=1 on all 210
-modules), on a log scale. A method's learning rate is the one with the lowest mean validation answer
-loss over the budgets where its whole seed-0 grid finished; only runs at that lr enter the curves.
+the nearest of the study's fractions (SmolLM2: 1/64, 1/16, 1/4, 1; MiniLM: 1/32, 1/8, 1/2, 1) to its
+final adapter parameters / LoRA r=1's on all the study's modules, on a log scale (head-only runs:
+"0"). A method's learning rate is the one with the lowest mean validation answer loss (generation;
+else the highest validation accuracy) over the budgets where its whole seed-0 grid finished, or its
+one lr when the study fixed it; only runs at that lr enter the curves.
 Differences to adarank AdaLoRA are paired by seed: mean and 95% t-interval over the seeds both
 have (n = 2 or 3: wide by design; an interval that excludes 0 is a difference beyond seed noise).
 """
@@ -21,15 +24,38 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-LORA_R1 = 305_280  # LoRA r=1 on SmolLM2-135M's 210 linears: 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
-FRACTIONS = {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}
+
+@dataclass(frozen=True)
+class Study:
+    title: str
+    script: str
+    rows: str
+    lora_r1: int  # LoRA r=1 parameters on all the study's modules
+    fractions: dict[str, float]
+    primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
+
+
+STUDIES = {
+    "smollm2": Study("SmolLM2-135M-Instruct on Rotten Tomatoes as generation", "scripts/study_budget.sh",
+                     "Exact match and answer loss on the first 600 validation and test rows.",
+                     305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
+                     {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match")),
+    "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
+                    "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.",
+                    41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
+                    {"1/32": 1 / 32, "1/8": 1 / 8, "1/2": 1 / 2, "1": 1.0}, ("test_accuracy", "accuracy")),
+}  # fmt: skip
+STUDY = STUDIES["smollm2"]  # set by main()
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95% t quantiles by degrees of freedom
 LABELS = {
     "adalora": "adarank AdaLoRA",
     "vo-top": "LoRA, v+o of the top layers",
     "v-spread": "LoRA, v of layers spread over depth",
-    "lora": "LoRA r=1 on all 210",
+    "lora": "LoRA r=1 on every module",
     "peft-adalora": "PEFT AdaLoRA",
+    "value-top": "LoRA, value of the top layers",
+    "qv-top": "LoRA, query + value of the top layers",
+    "head-only": "head only (linear probe)",
 }
 
 
@@ -37,7 +63,7 @@ LABELS = {
 class Run:
     method: str
     budget: str  # the overrides without the learning rate
-    lr: float
+    lr: float  # 0: the config's own (the study fixed it there)
     seed: int
     metrics: dict
     commit: str
@@ -48,8 +74,10 @@ class Run:
 
     @property
     def fraction(self) -> str:
-        ratio = max(self.params, 1) / LORA_R1
-        return min(FRACTIONS, key=lambda f: abs(math.log(ratio / FRACTIONS[f])))
+        if self.params == 0:
+            return "0"
+        ratio = self.params / STUDY.lora_r1
+        return min(STUDY.fractions, key=lambda f: abs(math.log(ratio / STUDY.fractions[f])))
 
 
 def load_runs(folder: Path) -> list[Run]:
@@ -60,9 +88,16 @@ def load_runs(folder: Path) -> list[Run]:
         budget = re.sub(r"\s*train\.learning_rate=\S+", "", point["budget"]).strip()
         method = marker.relative_to(folder).parts[0]
         metrics = json.loads(marker.read_text())
-        runs.append(Run(method, budget, float(lr.group(1)) if lr else math.nan, int(point["seed"]), metrics,
+        runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
                         point.get("commit", "not recorded")))  # fmt: skip
     return runs
+
+
+def selection(run: Run) -> float:
+    """Lower is better: the validation answer loss (generation), else minus the validation accuracy."""
+    if "validation_answer_loss" in run.metrics:
+        return float(run.metrics["validation_answer_loss"])
+    return -float(run.metrics["validation_accuracy"])
 
 
 def best_lrs(runs: list[Run]) -> dict[str, float]:
@@ -72,11 +107,14 @@ def best_lrs(runs: list[Run]) -> dict[str, float]:
     for method in sorted({r.method for r in runs}):
         grid = [r for r in runs if r.method == method and r.seed == 0]
         lrs = sorted({r.lr for r in grid})
+        if len(lrs) == 1:  # no grid: the study fixed this method's lr
+            out[method] = lrs[0]
+            continue
         budgets = [b for b in {r.budget for r in grid} if {r.lr for r in grid if r.budget == b} == set(lrs)]
-        if len(lrs) < 2 or not budgets:
+        if not budgets:
             continue
         chosen = [r for r in grid if r.budget in budgets]
-        loss = {lr: statistics.mean(r.metrics["validation_answer_loss"] for r in chosen if r.lr == lr) for lr in lrs}
+        loss = {lr: statistics.mean(selection(r) for r in chosen if r.lr == lr) for lr in lrs}
         out[method] = min(lrs, key=lambda lr: (loss[lr], lr))
     return out
 
@@ -108,11 +146,11 @@ def curves(runs: list[Run], lrs: dict[str, float]) -> dict[tuple[str, str], dict
 
 def table(points: dict[tuple[str, str], dict[int, Run]]) -> list[str]:
     lines = [
-        "| budget | method | seeds | adapter params | exact match % | answer loss | Δ exact match vs AdaLoRA (points) "
-        "| Δ answer loss vs AdaLoRA |",
+        f"| budget | method | seeds | adapter params | {STUDY.primary[1]} % | answer loss | Δ {STUDY.primary[1]} vs "
+        "AdaLoRA (points) | Δ answer loss vs AdaLoRA |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for fraction in FRACTIONS:
+    for fraction in ["0", *STUDY.fractions]:
         base = points.get(("adalora", fraction), {})
         for method in LABELS:
             seeds = points.get((method, fraction))
@@ -121,11 +159,13 @@ def table(points: dict[tuple[str, str], dict[int, Run]]) -> list[str]:
             done = [seeds[s] for s in sorted(seeds)]
             common = sorted(set(seeds) & set(base)) if method != "adalora" else []
             d_em = [100 * (seeds[s].metrics["test_accuracy"] - base[s].metrics["test_accuracy"]) for s in common]
-            d_loss = [seeds[s].metrics["test_answer_loss"] - base[s].metrics["test_answer_loss"] for s in common]
+            has_loss = all("test_answer_loss" in r.metrics for r in [*done, *base.values()])
+            d_loss = [seeds[s].metrics["test_answer_loss"] - base[s].metrics["test_answer_loss"] for s in common
+                      if has_loss]  # fmt: skip
             lines.append(
                 f"| {fraction} | {LABELS[method]} | {len(done)} | {statistics.mean(r.params for r in done):,.0f} | "
                 f"{mean_sd([r.metrics['test_accuracy'] for r in done], 100, 2)} | "
-                f"{mean_sd([r.metrics['test_answer_loss'] for r in done])} | "
+                f"{mean_sd([r.metrics['test_answer_loss'] for r in done]) if has_loss else '-'} | "
                 f"{paired(d_em) if method != 'adalora' else ''} | {paired(d_loss) if method != 'adalora' else ''} |"
             )
     return lines
@@ -137,15 +177,18 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], floor: dict[str, float],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    panels = (
-        ("test_accuracy", 100, "exact match on test (%)", "eval_accuracy_before"),
-        ("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"),
-    )
+    panels = [("test_accuracy", 100, f"{STUDY.primary[1]} on test (%)", "eval_accuracy_before")]
+    if any("test_answer_loss" in r.metrics for seeds in points.values() for r in seeds.values()):
+        panels.append(("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"))
+    if "eval_accuracy_before" not in floor and ("head-only", "0") in points:  # classification: the linear probe
+        probe = points[("head-only", "0")].values()
+        floor = {"eval_accuracy_before": statistics.mean(r.metrics["test_accuracy"] for r in probe)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+    axes = axes[0]
     for ax, (key, scale, title, floor_key) in zip(axes, panels, strict=True):
         for method, label in LABELS.items():
             xs, ys, errs = [], [], []
-            for fraction in FRACTIONS:
+            for fraction in STUDY.fractions:
                 seeds = points.get((method, fraction))
                 if not seeds:
                     continue
@@ -156,75 +199,84 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], floor: dict[str, float],
             if xs:
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
         if floor_key in floor:
-            ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label="untrained base (floor)")
-        ax.axvline(LORA_R1, color="black", linewidth=0.6, linestyle=":")
+            what = "head only (linear probe)" if ("head-only", "0") in points else "untrained base"
+            ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label=f"{what}: the floor")
+        ax.axvline(STUDY.lora_r1, color="black", linewidth=0.6, linestyle=":")
         ax.set_xscale("log")
-        ax.set_xlabel("final adapter parameters (log scale; dotted: LoRA r=1 on all 210 modules)")
+        ax.set_xlabel(f"final adapter parameters (log scale; dotted: LoRA r=1 on every module, {STUDY.lora_r1:,})")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("SmolLM2-135M-Instruct, Rotten Tomatoes as generation: quality vs adapter size "
-                 "(mean ± sd over seeds, each method at its chosen lr)", fontsize=10)  # fmt: skip
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{STUDY.title}: quality vs adapter size (mean ± sd over seeds, each method at its chosen lr)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def report(runs: list[Run], out: Path) -> str:
+def report(runs: list[Run], out: Path, command: str) -> str:
     lrs = best_lrs(runs)
     points = curves(runs, lrs)
     floor = next((r.metrics for r in runs if "eval_accuracy_before" in r.metrics), {})
     figure = out.with_name(out.stem + ".png")
     plot(points, floor, figure)
-    grid = ["| method | lr | budget | validation answer loss | validation exact match % |", "|---|---|---|---|---|"]
+    grid = [
+        "| method | lr | budget (params) | validation answer loss | validation accuracy % |",
+        "|---|---|---|---|---|",
+    ]
     for run in sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr)):
-        loss, accuracy = run.metrics["validation_answer_loss"], 100 * run.metrics["validation_accuracy"]
-        grid.append(f"| {run.method} | {run.lr:g} | {run.fraction} ({run.params:,}) | {loss:.3f} | {accuracy:.2f} |")
+        loss = run.metrics.get("validation_answer_loss")
+        accuracy = 100 * run.metrics["validation_accuracy"]
+        shown = "-" if loss is None else f"{loss:.3f}"
+        grid.append(
+            f"| {run.method} | {run.lr or 'config'} | {run.fraction} ({run.params:,}) | {shown} | {accuracy:.2f} |"
+        )
     commits = sorted({r.commit for r in runs})
-    floor_text = (
-        f"untrained base: exact match {100 * floor['eval_accuracy_before']:.2f}%, answer loss "
-        f"{floor['test_answer_loss_before']:.3f}"
-        if floor
-        else "untrained base: not measured yet"
-    )
-    return "\n".join(
-        [
-            "# Budget curves: SmolLM2-135M-Instruct on Rotten Tomatoes as generation",
-            "",
-            "Written by `python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md`",
-            "from the runs of `OMP_NUM_THREADS=2 scripts/study_budget.sh` (archived in reports/budget_curves/).",
-            "Setup, methods and protocol: the header of scripts/study_budget.sh. Exact match and answer loss on",
-            "the first 600 test rows.",
-            f"Runs: {len(runs)}; commits: {', '.join(commits)}.",
-            "",
-            f"![quality vs adapter parameters]({figure.name})",
-            "",
-            f"*Figure: left, exact match; right, answer-token loss; x = final adapter parameters; {floor_text}.*",
-            "",
-            "## Chosen learning rates",
-            "",
-            ", ".join(f"{LABELS.get(m, m)}: {lr:g}" for m, lr in lrs.items()) or "none yet (grids unfinished)",
-            "",
-            "## Results at the chosen learning rates",
-            "",
-            "Δ = method − adarank AdaLoRA, paired by seed, mean [95% t-interval]; * = the interval excludes 0.",
-            "",
-            *table(points),
-            "",
-            "## Every seed-0 run (the learning-rate grid)",
-            "",
-            *grid,
-            "",
-        ]
-    )
+    if floor:
+        floor_text = (f"untrained base: exact match {100 * floor['eval_accuracy_before']:.2f}%, answer loss "
+                      f"{floor['test_answer_loss_before']:.3f}")  # fmt: skip
+    elif ("head-only", "0") in points:
+        floor_text = "dashed: the head trained alone (linear probe), mean over its seeds"
+    else:
+        floor_text = "floor not measured yet"
+    return "\n".join([
+        f"# Budget curves: {STUDY.title}",
+        "",
+        f"Written by `{command}` from the runs of {STUDY.script} (setup, methods and protocol in its",
+        f"header). {STUDY.rows} Runs: {len(runs)}; commits: {', '.join(commits)}.",
+        "",
+        f"![quality vs adapter parameters]({figure.name})",
+        "",
+        f"*Figure: {STUDY.primary[1]} (left) and, for generation, answer-token loss (right) against the final "
+        f"adapter parameters; {floor_text}.*",
+        "",
+        "## Chosen learning rates",
+        "",
+        ", ".join(f"{LABELS.get(m, m)}: {lr or 'fixed in the config'}" for m, lr in lrs.items()) or "none yet",
+        "",
+        "## Results at the chosen learning rates",
+        "",
+        "Δ = method − adarank AdaLoRA, paired by seed, mean [95% t-interval]; * = the interval excludes 0.",
+        "",
+        *table(points),
+        "",
+        "## Every seed-0 run",
+        "",
+        *grid,
+        "",
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/budget_curves.md"))
+    parser.add_argument("--study", choices=sorted(STUDIES), default="smollm2")
     parser.add_argument("--best-lr", metavar="METHOD", help="print METHOD's chosen learning rate and exit")
     args = parser.parse_args(argv)
+    global STUDY
+    STUDY = STUDIES[args.study]
     runs = load_runs(args.runs)
     if args.best_lr:
         lrs = best_lrs(runs)
@@ -232,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no finished lr grid for {args.best_lr} under {args.runs}")
         print(f"{lrs[args.best_lr]:g}")
         return 0
-    text = report(runs, args.out)
+    command = f"python scripts/budget_report.py {args.runs} --study {args.study} --out {args.out}"
+    text = report(runs, args.out, command)
     args.out.with_suffix(".md.tmp").write_text(text)
     args.out.with_suffix(".md.tmp").replace(args.out)
     print(f"wrote {args.out} ({len(runs)} runs)")
