@@ -59,8 +59,10 @@ def run_dir(out: Path, method: str, budget: str, seed: int) -> Path:
 
 def commit() -> str:
     """The checked-out commit, `+dirty` when tracked files have changes: recorded with every run."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    repo = Path(__file__).parent  # the checkout this script (and the adarank beside it) came from
+    git = {"capture_output": True, "text": True, "cwd": repo}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)
     return (head or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
 
 
