@@ -30,6 +30,7 @@ class Study:
     title: str
     script: str
     rows: str
+    planned: int  # runs in the study script
     lora_r1: int  # LoRA r=1 parameters on all the study's modules
     fractions: dict[str, float]
     primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
@@ -37,11 +38,11 @@ class Study:
 
 STUDIES = {
     "smollm2": Study("SmolLM2-135M-Instruct on Rotten Tomatoes as generation", "scripts/study_budget.sh",
-                     "Exact match and answer loss on the first 600 validation and test rows.",
+                     "Exact match and answer loss on the first 600 validation and test rows.", 52,
                      305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
                      {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match")),
     "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
-                    "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.",
+                    "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.", 33,
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
                     {"1/32": 1 / 32, "1/8": 1 / 8, "1/2": 1 / 2, "1": 1.0}, ("test_accuracy", "accuracy")),
 }  # fmt: skip
@@ -107,8 +108,10 @@ def best_lrs(runs: list[Run]) -> dict[str, float]:
     for method in sorted({r.method for r in runs}):
         grid = [r for r in runs if r.method == method and r.seed == 0]
         lrs = sorted({r.lr for r in grid})
-        if len(lrs) == 1:  # no grid: the study fixed this method's lr
-            out[method] = lrs[0]
+        if lrs == [0.0]:  # no grid: the study fixed this method's lr in its config
+            out[method] = 0.0
+            continue
+        if len(lrs) < 2:  # a grid not yet run: no choice to make
             continue
         budgets = [b for b in {r.budget for r in grid} if {r.lr for r in grid if r.budget == b} == set(lrs)]
         if not budgets:
@@ -244,7 +247,11 @@ def report(runs: list[Run], out: Path, command: str) -> str:
         f"# Budget curves: {STUDY.title}",
         "",
         f"Written by `{command}` from the runs of {STUDY.script} (setup, methods and protocol in its",
-        f"header). {STUDY.rows} Runs: {len(runs)}; commits: {', '.join(commits)}.",
+        f"header). {STUDY.rows} Commits: {', '.join(commits)}.",
+        "",
+        f"**Runs finished: {len(runs)} of the study's {STUDY.planned}**"
+        + (" (in progress: the tables hold what has finished; nothing is concluded from them yet)."
+           if len(runs) < STUDY.planned else "."),
         "",
         f"![quality vs adapter parameters]({figure.name})",
         "",

@@ -6,7 +6,11 @@
 # metrics.json and allocation.json are archived in reports/budget_curves/ (committed; restored into
 # $OUT on start), so the study goes on across sessions where it stopped.
 #
-#   OMP_NUM_THREADS=2 scripts/study_budget.sh     # about 8 min per run on 2 cores
+#   OMP_NUM_THREADS=2 scripts/study_budget.sh
+#
+# Cost: the first run took 1,504 s to train (80 steps) and about 25 min more to evaluate, on 1 thread
+# while two other jobs shared the 2 cores: about 50 min a run there, so the 52 runs are days of this
+# machine, not hours. Run it where there are cores to spare; it resumes where it stopped.
 #   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
 #
 # Methods (each run records the commit it ran in its sweep.json):
