@@ -174,14 +174,18 @@ def table(points: dict[tuple[str, str], dict[int, Run]]) -> list[str]:
     return lines
 
 
-def plot(points: dict[tuple[str, str], dict[int, Run]], floor: dict[str, float], path: Path) -> None:
+def plot(points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor: dict[str, float], path: Path) -> None:
+    """The curves at the chosen lrs, and ``others`` (runs at an lr not chosen, or not chosen yet) as
+    grey crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [("test_accuracy", 100, f"{STUDY.primary[1]} on test (%)", "eval_accuracy_before")]
-    if any("test_answer_loss" in r.metrics for seeds in points.values() for r in seeds.values()):
+    if any("test_answer_loss" in r.metrics for r in others) or any(
+        "test_answer_loss" in r.metrics for seeds in points.values() for r in seeds.values()
+    ):
         panels.append(("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"))
     if "eval_accuracy_before" not in floor and ("head-only", "0") in points:  # classification: the linear probe
         probe = points[("head-only", "0")].values()
@@ -201,17 +205,21 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], floor: dict[str, float],
                 errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
             if xs:
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+        if others:
+            ax.plot([r.params for r in others], [scale * r.metrics[key] for r in others], "x", color="grey",
+                    label="other runs (lr not chosen, or grid unfinished)")  # fmt: skip
         if floor_key in floor:
             what = "head only (linear probe)" if ("head-only", "0") in points else "untrained base"
             ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label=f"{what}: the floor")
         ax.axvline(STUDY.lora_r1, color="black", linewidth=0.6, linestyle=":")
         ax.set_xscale("log")
+        ax.set_xlim(STUDY.lora_r1 * min(STUDY.fractions.values()) / 1.6, STUDY.lora_r1 * 1.6)  # every budget
         ax.set_xlabel(f"final adapter parameters (log scale; dotted: LoRA r=1 on every module, {STUDY.lora_r1:,})")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{STUDY.title}: quality vs adapter size (mean ± sd over seeds, each method at its chosen lr)",
+    fig.suptitle(f"{STUDY.title}:\nquality vs adapter size (mean ± sd over seeds, each method at its chosen lr)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -223,7 +231,8 @@ def report(runs: list[Run], out: Path, command: str) -> str:
     points = curves(runs, lrs)
     floor = next((r.metrics for r in runs if "eval_accuracy_before" in r.metrics), {})
     figure = out.with_name(out.stem + ".png")
-    plot(points, floor, figure)
+    chosen = {id(r) for seeds in points.values() for r in seeds.values()}
+    plot(points, [r for r in runs if id(r) not in chosen and r.params], floor, figure)
     grid = [
         "| method | lr | budget (params) | validation answer loss | validation accuracy % |",
         "|---|---|---|---|---|",
