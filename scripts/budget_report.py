@@ -233,16 +233,18 @@ def report(runs: list[Run], out: Path, command: str) -> str:
     figure = out.with_name(out.stem + ".png")
     chosen = {id(r) for seeds in points.values() for r in seeds.values()}
     plot(points, [r for r in runs if id(r) not in chosen and r.params], floor, figure)
+    name = STUDY.primary[1]
     grid = [
-        "| method | lr | budget (params) | validation answer loss | validation accuracy % |",
-        "|---|---|---|---|---|",
+        f"| method | lr | budget (params) | validation answer loss | validation {name} % | test answer loss "
+        f"| test {name} % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr)):
-        loss = run.metrics.get("validation_answer_loss")
-        accuracy = 100 * run.metrics["validation_accuracy"]
-        shown = "-" if loss is None else f"{loss:.3f}"
+        m = run.metrics
+        losses = ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("validation_answer_loss", "test_answer_loss")]
         grid.append(
-            f"| {run.method} | {run.lr or 'config'} | {run.fraction} ({run.params:,}) | {shown} | {accuracy:.2f} |"
+            f"| {run.method} | {run.lr or 'config'} | {run.fraction} ({run.params:,}) | {losses[0]} | "
+            f"{100 * m['validation_accuracy']:.2f} | {losses[1]} | {100 * m['test_accuracy']:.2f} |"
         )
     commits = sorted({r.commit for r in runs})
     if floor:

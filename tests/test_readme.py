@@ -114,6 +114,17 @@ FIGURES = [
     ("44.47", "bbc_smollm2_lm.md"),
     ("42.14", "bbc_smollm2_lm.md"),
     ("652 s", "bbc_smollm2_lm.md"),
+    ("0.874", "planted_rank.md"),
+    ("0.923", "planted_rank.md"),
+    ("0.700", "planted_rank.md"),
+    ("0.257", "planted_rank.md"),
+    ("0.029", "planted_rank.md"),
+    ("0.008", "planted_rank.md"),
+    ("0.228", "planted_rank.md"),
+    ("4.6x", "planted_rank.md"),
+    ("80.5", "budget_curves.md"),
+    ("14.8", "budget_curves.md"),
+    ("1 of its 52", "README.md"),  # reports/README.md says the curves are in progress
 ]
 
 
