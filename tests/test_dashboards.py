@@ -100,6 +100,9 @@ def test_logged_ranks_equal_the_allocation(offline_run: Path) -> None:
     cells = {f"bert.encoder.layer.{layer}.{kind}": rank for layer, kind, rank in table["data"]}
     assert cells == allocation
     assert final["final/rank_heatmap_image"]["_type"] == "image-file"
+    figures = next(row for row in rows if "report/rank_over_time" in row)  # the report's figures, as images
+    assert {k for k in figures if k.startswith("report/")} == {f"report/{png[:-4]}" for png in REPORT_FIGURES}
+    assert all(figures[f"report/{png[:-4]}"]["_type"] == "image-file" for png in REPORT_FIGURES)
     info = summary(wandb_file)
     assert json.loads(info["adarank/final_ranks"]) == allocation
     # tiny BERT triplets cost 32 + 32 + 1 = 65 in attention, 64 + 32 + 1 = 97 in the FFN
