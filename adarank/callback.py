@@ -55,8 +55,14 @@ def check_unsharded(args: Any) -> None:
 def trace_point(allocator: RankAllocator, step: int) -> dict[str, int]:
     """b(step) in the plan's unit, and the live rank (triplets with lambda * mask nonzero) in triplets
     and in parameters."""
-    adapters = allocator.adapters.values()
-    active = [(a.active_rank(), a.triplet_cost) for a in adapters]
+    adapters = list(allocator.adapters.values())
+    with torch.no_grad():  # one host sync per step for all adapters, not one per adapter
+        counts = (
+            torch.stack([torch.count_nonzero(a.singular_values * a.rank_mask) for a in adapters]).tolist()
+            if adapters
+            else []
+        )
+    active = [(int(n), a.triplet_cost) for n, a in zip(counts, adapters, strict=True)]
     plan = allocator.plan
     return {
         "step": step,
