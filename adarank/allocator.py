@@ -25,9 +25,16 @@ from typing import Any
 import torch
 
 from adarank.config import SCORES, BudgetConfig, ConfigError, ImportanceConfig, budget_problems
-from adarank.importance import ImportanceState, init_importance, triplet_scores, update_importance_
+from adarank.importance import (
+    ImportanceState,
+    init_importance,
+    local_score_share,
+    triplet_scores,
+    update_importance_,
+)
 from adarank.layers import SVDLinear
 from adarank.schedule import BudgetPlan, budget_at, is_masking_step, needs_scores, plan_budget
+from adarank.sharding import all_reduce_sum_, any_sharded, local, local_rows
 
 
 def select_top(
@@ -54,12 +61,20 @@ def select_top(
 
 def reset_optimizer_state_(optimizer: Any, adapter: SVDLinear, pruned: torch.Tensor) -> None:
     """Zero the optimizer state (e.g. Adam moments) of the ``pruned`` triplets of ``adapter``:
-    entries of lambda, columns of P and rows of Q (mutates ``optimizer.state``)."""
-    index = pruned.nonzero().squeeze(1)
+    entries of lambda, columns of P and rows of Q (mutates ``optimizer.state``). On FSDP2-sharded
+    state each process zeroes what its shard holds of them (no communication)."""
     for param, dim in ((adapter.singular_values, 0), (adapter.left_vectors, 1), (adapter.right_vectors, 0)):
+        held = pruned[local_rows(param)] if dim == 0 else pruned  # lambda and Q are sharded by triplet
+        index = held.nonzero().squeeze(1)
         for value in optimizer.state.get(param, {}).values():
             if torch.is_tensor(value) and value.shape == param.shape:
-                value.index_fill_(dim, index, 0)
+                local(value).index_fill_(dim, index.to(local(value).device), 0)
+
+
+def zero_pruned_(adapter: SVDLinear, kept: torch.Tensor) -> None:
+    """Set lambda of every triplet not ``kept`` to 0 (on this process's shard under FSDP2)."""
+    values = adapter.singular_values
+    local(values.data)[~kept[local_rows(values)].to(local(values).device)] = 0
 
 
 class RankAllocator:
@@ -163,10 +178,31 @@ class RankAllocator:
         return event
 
     def _gradients_finite(self) -> bool:
+        """Whether every adapter gradient is finite; on sharded gradients agreed by all processes (one
+        all_reduce), so they all skip or all score the step."""
         grads = [
             p.grad for a in self.adapters.values() for p in a.parameters() if p.requires_grad and p.grad is not None
         ]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if not grads:
+            return True
+        if not any_sharded(grads):
+            return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        bad = torch.stack([(~torch.isfinite(local(g))).sum() for g in grads]).sum().float().reshape(1)
+        return float(all_reduce_sum_(bad).item()) == 0
+
+    def triplet_scores(self) -> dict[str, torch.Tensor]:
+        """Every adapter's triplet scores (``adarank.importance.triplet_scores``), in adapter order. On
+        FSDP2-sharded adapters each process computes its share and a single all_reduce for all
+        adapters together sums them, so every process holds the same scores. Empty before any update."""
+        if not self.scores:
+            return {}
+        names = list(self.adapters)  # adapter order (a loaded state may list them otherwise)
+        states = [self.scores[n] for n in names]
+        if not any_sharded([s["singular_values.sensitivity"] for s in states]):
+            return {n: triplet_scores(s, self.importance.score) for n, s in zip(names, states, strict=True)}
+        shares = torch.cat([local_score_share(s, self.importance.score) for s in states])
+        all_reduce_sum_(shares)
+        return dict(zip(names, shares.split([self.adapters[n].rank for n in names]), strict=True))
 
     def _strict_due(self, step: int, plan: BudgetPlan) -> bool:
         """Strict mode masks whenever b(t) falls below the live rank, so it never exceeds b(t)."""
@@ -185,8 +221,7 @@ class RankAllocator:
         budget = budget_at(step, plan)
         final = step >= plan.final_start
         per_adapter = []
-        for name in self.adapters:  # adapter order: the split below assumes it (a loaded state may differ)
-            scores = triplet_scores(self.scores[name], self.importance.score)
+        for name, scores in self.triplet_scores().items():  # adapter order: the split below assumes it
             if not torch.isfinite(scores).all():
                 raise FloatingPointError(
                     f"importance scores of {name} are not finite at step {step}: refusing to mask on "
@@ -201,7 +236,7 @@ class RankAllocator:
             costs = torch.cat([torch.full((a.rank,), a.triplet_cost) for a in self.adapters.values()]).to(scores.device)
         keep = select_top(scores, budget, eligible, costs).split([a.rank for a in self.adapters.values()])
         for adapter, kept, mask in zip(self.adapters.values(), keep, masks, strict=True):
-            adapter.singular_values[~kept] = 0
+            zero_pruned_(adapter, kept)
             if self.budget.strict or final:
                 turned_off = mask & ~kept
                 adapter.rank_mask.copy_(kept.to(adapter.rank_mask.dtype))

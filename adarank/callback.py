@@ -15,6 +15,7 @@ from adarank.allocator import RankAllocator
 from adarank.config import RESUME_MARKER
 from adarank.inject import find_adapters
 from adarank.schedule import budget_at
+from adarank.sharding import all_reduce_sum_, any_sharded, local, local_rows
 
 ALLOCATOR_STATE = RESUME_MARKER  # written last: its presence marks a complete checkpoint
 ALLOCATOR_SCORES = "adarank_scores.safetensors"
@@ -34,34 +35,57 @@ def latest_complete_checkpoint(folder: str | Path) -> Path | None:
 
 
 def check_unsharded(args: Any) -> None:
-    """Refuse FSDP and DeepSpeed ZeRO: each process would hold only a shard of the gradients, and
-    scores from partial gradients differ by rank (AdaLoRA's masks must be identical everywhere).
+    """Refuse the Trainer set-ups adarank cannot run correctly: DeepSpeed ZeRO (gradients partitioned
+    outside PyTorch's view), FSDP version 1, FSDP on CPU (the Trainer then runs with FSDP silently off,
+    or refuses), and checkpoints under the Trainer's FSDP2 (the allocator's sharded state is saved only
+    by adarank's own loop). FSDP2 on GPUs passes: the allocator works on sharded parameters.
 
     Raises:
-        RuntimeError: FSDP or DeepSpeed is configured.
+        RuntimeError: one of the above is configured.
     """
-    if getattr(args, "fsdp", None):
-        raise RuntimeError(
-            "adarank does not support FSDP: gradients are sharded, so importance scores would differ by "
-            "process. Use DDP (torchrun) instead; the adapters are small enough to replicate."
-        )
+    own_loop = "use `adarank train ... distributed.strategy=fsdp2` under torchrun (adarank's own FSDP2 loop)"
     if getattr(args, "deepspeed", None):
         raise RuntimeError(
             "adarank does not support DeepSpeed ZeRO: gradients are partitioned, so importance scores "
-            "would differ by process. Use DDP (torchrun) instead."
+            f"would differ by process. Use DDP (torchrun), or {own_loop}."
+        )
+    if not getattr(args, "fsdp", None):
+        return
+    version = int((getattr(args, "fsdp_config", None) or {}).get("version", 2))
+    if version != 2:
+        raise RuntimeError(
+            f"adarank supports FSDP2 only, not FSDP version {version}: set fsdp_config={{'version': 2}}."
+        )
+    if getattr(args, "use_cpu", False) or not torch.cuda.is_available():
+        raise RuntimeError(
+            "the Trainer's FSDP2 runs on GPUs only: on CPU transformers runs it as plain multi-process training "
+            f"with FSDP silently off. On CPU {own_loop}."
+        )
+    if getattr(args, "save_strategy", "no") != "no":
+        raise RuntimeError(
+            "checkpoints of the allocator's sharded state are not written under the Trainer's FSDP2: set "
+            f"save_strategy='no', or for resumable sharded runs {own_loop}."
         )
 
 
 def trace_point(allocator: RankAllocator, step: int) -> dict[str, int]:
     """b(step) in the plan's unit, and the live rank (triplets with lambda * mask nonzero) in triplets
-    and in parameters."""
+    and in parameters. One host sync per step for all adapters; on FSDP2-sharded adapters each process
+    counts its own triplets and one all_reduce sums the counts."""
     adapters = list(allocator.adapters.values())
-    with torch.no_grad():  # one host sync per step for all adapters, not one per adapter
-        counts = (
-            torch.stack([torch.count_nonzero(a.singular_values * a.rank_mask) for a in adapters]).tolist()
-            if adapters
-            else []
-        )
+    counts: list[int] = []
+    if adapters:
+        with torch.no_grad():
+            values = [a.singular_values for a in adapters]
+            per_adapter = torch.stack(
+                [
+                    torch.count_nonzero(local(v) * a.rank_mask[local_rows(v)].to(local(v).device))
+                    for v, a in zip(values, adapters, strict=True)
+                ]
+            )
+            if any_sharded(values):
+                all_reduce_sum_(per_adapter)
+            counts = per_adapter.tolist()
     active = [(int(n), a.triplet_cost) for n, a in zip(counts, adapters, strict=True)]
     plan = allocator.plan
     return {

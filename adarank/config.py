@@ -12,6 +12,7 @@ import ast
 import difflib
 import inspect
 import math
+import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import cache
@@ -179,6 +180,17 @@ class WandbConfig:
     """wandb project name."""
 
 
+STRATEGIES = ("ddp", "fsdp2")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    strategy: str = "ddp"
+    """ddp (every process holds the whole model; the transformers Trainer) | fsdp2 (parameters, gradients
+    and optimizer state sharded with torch's fully_shard, per transformer block, in adarank's own
+    training loop; launch with torchrun --nproc_per_node N -m adarank train ...)."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = "runs/default"
@@ -196,6 +208,7 @@ class RunConfig:
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[type, Any, type]]:
@@ -575,6 +588,7 @@ def validate(cfg: RunConfig) -> list[str]:
     problems += _model_name_problems(cfg.model)
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
+    problems += distributed_problems(cfg)
     if tr.save_steps is not None and tr.save_steps < 1:
         problems.append(f"train.save_steps ({tr.save_steps}) must be >= 1, or null for no checkpoints.")
     if cfg.resume is not None:
@@ -588,6 +602,27 @@ def validate(cfg: RunConfig) -> list[str]:
     if (out / "metrics.json").exists() and not cfg.overwrite:
         problems.append(
             f"output_dir `{out}` already holds a finished run; choose another output_dir or pass overwrite=true."
+        )
+    return problems
+
+
+def distributed_problems(cfg: RunConfig) -> list[str]:
+    """Problems with ``distributed.strategy`` and what the FSDP2 loop does not do (yet)."""
+    strategy = cfg.distributed.strategy
+    if strategy not in STRATEGIES:
+        return [f"distributed.strategy `{strategy}` is not one of {', '.join(STRATEGIES)}."]
+    if strategy != "fsdp2":
+        return []
+    problems = []
+    if "WORLD_SIZE" not in os.environ:
+        problems.append(
+            "distributed.strategy=fsdp2 shards the model across processes: launch with "
+            "`torchrun --nproc_per_node N -m adarank train ...` (N >= 1), or use the default strategy ddp."
+        )
+    if cfg.train.eval_steps is not None:
+        problems.append(
+            "train.eval_steps (the validation curve during training) is not implemented in the FSDP2 loop; "
+            "leave it unset (validation and test are still evaluated after training) or use strategy ddp."
         )
     return problems
 

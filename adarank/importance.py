@@ -9,7 +9,9 @@ For every entry theta of P, lambda and Q, once per optimizer step:
 
 and the score of triplet i is S_i = s(lambda_i) + mean_j s(P_ji) + mean_j s(Q_ij). The ablation
 `score="sensitivity"` uses s = I_bar alone.
-Buffers are fp32 whatever the model dtype.
+Buffers are fp32 whatever the model dtype. On FSDP2-sharded adapters the buffers are DTensors sharded
+like their parameters: each process updates its own shard (no communication), and the per-triplet
+scores are summed over processes once per masking step (``RankAllocator.triplet_scores``).
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ import torch
 
 from adarank.config import SCORES
 from adarank.layers import SVDLinear
+from adarank.sharding import local, local_rows
 
 PARTS = ("left_vectors", "singular_values", "right_vectors")
 ImportanceState = dict[str, torch.Tensor]
 
 
 def init_importance(adapter: SVDLinear) -> ImportanceState:
-    """Zeroed fp32 EMA buffers (``<part>.sensitivity`` / ``<part>.uncertainty``) for one adapter."""
+    """Zeroed fp32 EMA buffers (``<part>.sensitivity`` / ``<part>.uncertainty``) for one adapter, shaped
+    (and, under FSDP2, sharded) like its parameters."""
     state: ImportanceState = {}
     for part in PARTS:
         param = getattr(adapter, part)
         for kind in ("sensitivity", "uncertainty"):
-            state[f"{part}.{kind}"] = torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+            state[f"{part}.{kind}"] = torch.zeros_like(param, dtype=torch.float32, requires_grad=False).detach()
     return state
 
 
@@ -49,9 +53,9 @@ def update_importance_(
                 f"adapter parameter {part} has no gradient: update importance after backward() and "
                 "optimizer.step(), before zero_grad() (in a Trainer, use AdaRankCallback)."
             )
-        sensitivity = state[f"{part}.sensitivity"]
-        uncertainty = state[f"{part}.uncertainty"]
-        current = (param.detach().float() * param.grad.detach().float()).abs_()
+        sensitivity = local(state[f"{part}.sensitivity"])  # this process's shard under FSDP2
+        uncertainty = local(state[f"{part}.uncertainty"])
+        current = (local(param.detach()).float() * local(param.grad.detach()).float()).abs_()
         sensitivity.mul_(beta_sensitivity).add_(current, alpha=1 - beta_sensitivity)
         uncertainty.mul_(beta_uncertainty).add_((current - sensitivity).abs_(), alpha=1 - beta_uncertainty)
 
@@ -69,3 +73,23 @@ def triplet_scores(state: ImportanceState, score: str = "sensitivity_uncertainty
 
     singular, left, right = (entry_scores(part) for part in ("singular_values", "left_vectors", "right_vectors"))
     return singular + left.mean(dim=0) + right.mean(dim=1)
+
+
+def local_score_share(state: ImportanceState, score: str = "sensitivity_uncertainty") -> torch.Tensor:
+    """This process's share of ``triplet_scores`` on FSDP2-sharded state (shape r, plain tensor): its
+    lambda and Q rows' terms at their triplets' positions (zeros elsewhere) plus its rows of P summed
+    and divided by d_out. Summed over processes it is ``triplet_scores`` of the whole state."""
+    if score not in SCORES:
+        raise ValueError(f"score `{score}` is not one of {', '.join(SCORES)}.")
+
+    def entry_scores(part: str) -> torch.Tensor:
+        sensitivity = local(state[f"{part}.sensitivity"])
+        return sensitivity if score == "sensitivity" else sensitivity * local(state[f"{part}.uncertainty"])
+
+    singular_state = state["singular_values.sensitivity"]
+    rank, rows = int(singular_state.shape[0]), local_rows(singular_state)
+    d_out = int(state["left_vectors.sensitivity"].shape[0])
+    share = entry_scores("left_vectors").sum(dim=0) / d_out
+    share[rows] += entry_scores("singular_values") + entry_scores("right_vectors").mean(dim=1)
+    assert share.shape == (rank,)
+    return share

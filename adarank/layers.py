@@ -36,7 +36,7 @@ def _semi_orthonormal(rows: int, cols: int, generator: torch.Generator | None) -
     gaussian = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
     basis, upper = torch.linalg.qr(gaussian)
     basis = basis * torch.sign(torch.diagonal(upper)).where(torch.diagonal(upper) != 0, 1.0)
-    return basis if tall else basis.T.contiguous()
+    return (basis if tall else basis.T).contiguous()  # row-major: FSDP2 shards only contiguous parameters
 
 
 class SVDLinear(nn.Module):

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
 from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
-from adarank.importance import triplet_scores
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
 from adarank.models import hf_folder, load_model, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
@@ -249,6 +248,13 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     assert plan is not None
     data = build_datasets(tokenizer, cfg, task)
     out = Path(cfg.output_dir)
+    if cfg.distributed.strategy == "fsdp2":
+        from adarank.loop import init_distributed
+
+        if init_distributed()[0] == 0:
+            with OutputLock(out):
+                return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
+        return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
     report_to = _setup_wandb(cfg, out)
     args = training_arguments(cfg, out, report_to)
     check_launch(int(os.environ.get("WORLD_SIZE", "1")), args.world_size)
@@ -257,6 +263,56 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         with OutputLock(out):
             return _train(cfg, task, tokenizer, model, allocator, data, args, out)
     return _train(cfg, task, tokenizer, model, allocator, data, args, out)
+
+
+@dataclass
+class _Trained:
+    """What a training phase hands to ``_finish``: the model to evaluate and export (unwrapped, or
+    sharded in place under FSDP2), the allocator's records and the run's counters."""
+
+    model: nn.Module
+    classify: Any
+    history: list[dict[str, Any]]
+    trace: list[dict[str, int]]
+    log: list[dict[str, Any]]
+    before: dict[str, float]
+    train_seconds: float
+    steps: int
+    train_loss: float
+    world_size: int
+    main_process: bool
+    trainable_initial: int
+    wandb: bool = False
+
+
+def _write_start(cfg: RunConfig, allocator: RankAllocator, out: Path) -> None:
+    """config.yaml, the budget plan figure and the plan summary (process 0, before training)."""
+    plan = allocator.plan
+    assert plan is not None
+    shapes = {n: (a.out_features, a.in_features) for n, a in allocator.adapters.items()}
+    resolved = replace(cfg, resume=None, model=replace(cfg.model, name_or_path=cfg.model.name_or_path or "minilm"))
+    (out / "config.yaml").write_text(to_yaml(resolved))  # repeats the run from scratch
+    plot_budget(plan, out / "budget_plan.png")
+    print(plan_summary(replace(cfg, budget=allocator.budget), shapes, allocator.base_params or 0))
+
+
+def _floor(
+    cfg: RunConfig, model: nn.Module, classify: Any, tokenizer: Any, task: TaskData, data: dict
+) -> dict[str, float]:
+    """The untrained base's metrics (`*_before`): the floor a causal-LM run must beat."""
+    if not cfg.train.evaluate_before or cfg.data.format == "classification":
+        return {}
+    if cfg.data.format == "generation":
+        floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("test",))
+        return {"eval_accuracy_before": floor["test_accuracy"], "test_answer_loss_before": floor["test_answer_loss"]}
+    floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("validation",))
+    return {f"{k}_before": v for k, v in floor.items()}
+
+
+def _collator(cfg: RunConfig, tokenizer: Any) -> Any:
+    from transformers import DataCollatorWithPadding
+
+    return GenerationCollator(tokenizer.pad_token_id) if _causal(cfg) else DataCollatorWithPadding(tokenizer)
 
 
 def _train(
@@ -269,19 +325,10 @@ def _train(
     args: Any,
     out: Path,
 ) -> dict[str, Any]:
-    from transformers import DataCollatorWithPadding
-
-    plan = allocator.plan
-    assert plan is not None
+    """The Trainer phase (one process or DDP), then ``_finish``."""
     main_process = args.process_index == 0
-    causal = _causal(cfg)
-    shapes = {n: (a.out_features, a.in_features) for n, a in allocator.adapters.items()}
-    base_params = allocator.base_params or 0
     if main_process:
-        resolved = replace(cfg, resume=None, model=replace(cfg.model, name_or_path=cfg.model.name_or_path or "minilm"))
-        (out / "config.yaml").write_text(to_yaml(resolved))  # repeats the run from scratch
-        plot_budget(plan, out / "budget_plan.png")
-        print(plan_summary(replace(cfg, budget=allocator.budget), shapes, base_params))
+        _write_start(cfg, allocator, out)
     trainable_initial = count_trainable(model)
     allocation = AdaRankCallback(allocator)
     callbacks: list[Any] = [allocation]
@@ -294,70 +341,147 @@ def _train(
         args=args,
         train_dataset=model_columns(data["train"]),
         eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
-        data_collator=GenerationCollator(tokenizer.pad_token_id) if causal else DataCollatorWithPadding(tokenizer),
-        compute_metrics=None if causal else classification_accuracy,
+        data_collator=_collator(cfg, tokenizer),
+        compute_metrics=None if _causal(cfg) else classification_accuracy,
         callbacks=callbacks,
         orth_weight=cfg.adapter.orth_weight,
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
     )
-    before: dict[str, float] = {}  # the untrained base: the floor a causal-LM run must beat
-    evaluate_before = cfg.train.evaluate_before
-    if evaluate_before and cfg.data.format == "generation":
-        floor = _evaluate(trainer, tokenizer, cfg, task, data, ("test",))
-        before = {"eval_accuracy_before": floor["test_accuracy"], "test_answer_loss_before": floor["test_answer_loss"]}
-    elif evaluate_before and cfg.data.format == "language_modeling":
-        before = {f"{k}_before": v for k, v in _evaluate(trainer, tokenizer, cfg, task, data, ("validation",)).items()}
+    classify = _trainer_classify(trainer, data)
+    before = _floor(cfg, model, classify, tokenizer, task, data)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-    train_seconds = time.perf_counter() - start
+    trained = _Trained(
+        model=trainer.accelerator.unwrap_model(model),
+        classify=classify,
+        history=allocation.history,
+        trace=allocation.trace,
+        log=trainer.state.log_history,
+        before=before,
+        train_seconds=time.perf_counter() - start,
+        steps=result.global_step,
+        train_loss=result.training_loss,
+        world_size=args.world_size,
+        main_process=main_process,
+        trainable_initial=trainable_initial,
+        wandb=report_to_wandb(args),
+    )
+    return _finish(cfg, task, tokenizer, allocator, data, out, trained)
+
+
+def _train_fsdp2(
+    cfg: RunConfig, task: TaskData, tokenizer: Any, model: nn.Module, allocator: RankAllocator, data: dict, out: Path
+) -> dict[str, Any]:
+    """The FSDP2 phase in adarank's own loop (``adarank.loop``), then ``_finish``. Every process
+    evaluates every split in lockstep on the sharded model (the forward passes gather the shards)."""
+    from adarank.loop import LoopConfig, classify_split, train_loop
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        _write_start(cfg, allocator, out)
+        if _wandb_mode(cfg) != "disabled":
+            print("adarank: wandb dashboards are not wired to the FSDP2 loop yet; report.html has the run's figures.")
+    trainable_initial = count_trainable(model)
+    tr = cfg.train
+    if tr.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    collate = _collator(cfg, tokenizer)
+    train_rows = model_columns(data["train"])
+    loop = LoopConfig(
+        steps=tr.max_steps,
+        batch_size=tr.batch_size,
+        learning_rate=tr.learning_rate,
+        grad_accum_steps=tr.grad_accum_steps,
+        singular_lr_multiplier=tr.singular_lr_multiplier,
+        weight_decay=tr.weight_decay,
+        warmup_ratio=tr.warmup_ratio,
+        orth_weight=cfg.adapter.orth_weight,
+        seed=cfg.seed,
+        strategy="fsdp2",
+        save_steps=tr.save_steps,
+        checkpoint_dir=str(out / "trainer"),
+        resume=bool(cfg.resume),
+        log_steps=max(1, tr.max_steps // 20),
+    )
+
+    def classify(split: str) -> dict[str, float]:
+        return classify_split(model, model_columns(data[split]), collate, tr.eval_batch_size)
+
+    before = _floor(cfg, model, classify, tokenizer, task, data)  # unsharded: every process holds it whole here
+    start = time.perf_counter()
+    model, result = train_loop(model, allocator, train_rows, collate, loop)
+    trained = _Trained(
+        model=model,
+        classify=classify,
+        history=result.history,
+        trace=result.trace,
+        log=result.log_history,
+        before=before,
+        train_seconds=time.perf_counter() - start,
+        steps=result.global_step,
+        train_loss=result.train_loss,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        main_process=main_process,
+        trainable_initial=trainable_initial,
+    )
+    return _finish(cfg, task, tokenizer, allocator, data, out, trained)
+
+
+def _finish(
+    cfg: RunConfig, task: TaskData, tokenizer: Any, allocator: RankAllocator, data: dict, out: Path, trained: _Trained
+) -> dict[str, Any]:
+    """Evaluate, and on process 0 write metrics, allocation, trace, log, report and the native export."""
+    from adarank.sharding import gathered_trainables
+
+    plan = allocator.plan
+    assert plan is not None
+    model = trained.model
     ranks = allocator.ranks()
-    scores = _evaluate(trainer, tokenizer, cfg, task, data, ("test", "validation"))
+    scores = _evaluate(model, trained.classify, tokenizer, cfg, task, data, ("test", "validation"))
     if "test_accuracy" in scores:
         scores["eval_accuracy"] = scores["test_accuracy"]  # the same test accuracy, under the name outside checks read
-    metrics = {
-        **scores,
-        **before,
-        "trainable_params_initial": trainable_initial,
-        "trainable_params_final": count_live_parameters(model),
-        "adapter_params_final": sum(r * allocator.adapters[n].triplet_cost for n, r in ranks.items()),
-        "total_rank_final": sum(ranks.values()),
-        "target_total_rank": plan.target_budget if plan.unit == "triplets" else None,
-        "budget_unit": plan.unit,
-        "target_params": plan.target_budget if plan.unit == "params" else None,
-        "train_seconds": round(train_seconds, 2),
-        "steps": result.global_step,
-        "train_loss": result.training_loss,
-        "test_examples": len(data["test"]),
-        "world_size": args.world_size,
-    }
-    if not main_process:
+    triplet_scores = [float(v) for s in allocator.triplet_scores().values() for v in s]  # a collective under FSDP2
+    with gathered_trainables(model):  # a collective under FSDP2; the export below reads whole tensors
+        metrics = {
+            **scores,
+            **trained.before,
+            "trainable_params_initial": trained.trainable_initial,
+            "trainable_params_final": count_live_parameters(model),
+            "adapter_params_final": sum(r * allocator.adapters[n].triplet_cost for n, r in ranks.items()),
+            "total_rank_final": sum(ranks.values()),
+            "target_total_rank": plan.target_budget if plan.unit == "triplets" else None,
+            "budget_unit": plan.unit,
+            "target_params": plan.target_budget if plan.unit == "params" else None,
+            "train_seconds": round(trained.train_seconds, 2),
+            "steps": trained.steps,
+            "train_loss": trained.train_loss,
+            "test_examples": len(data["test"]),
+            "world_size": trained.world_size,
+        }
+        if trained.main_process:
+            export_native(model, out / "adapter", base_description(cfg, task.label_names), overwrite=True)
+    if not trained.main_process:
         return metrics
     _write_json_atomic(out / "allocation.json", ranks)
-    history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in allocation.history}
+    history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in trained.history}
     _write_json_atomic(out / "allocation_history.json", history)
-    _write_json_atomic(out / "rank_trace.json", allocation.trace)
-    _write_json_atomic(out / "train_log.json", trainer.state.log_history)
+    _write_json_atomic(out / "rank_trace.json", trained.trace)
+    _write_json_atomic(out / "train_log.json", trained.log)
     record = RunRecord(
         plan=plan,
-        history=allocation.history,
+        history=trained.history,
         initial_ranks={n: a.rank for n, a in allocator.adapters.items()},
         ranks=ranks,
         metrics=metrics,
-        trace=allocation.trace,
-        log=trainer.state.log_history,
-        scores=[float(v) for s in allocator.scores.values() for v in triplet_scores(s, cfg.importance.score)],
+        trace=trained.trace,
+        log=trained.log,
+        scores=triplet_scores,
         description=run_description(cfg, task, data, plan, len(allocator.adapters)),
         config_text=(out / "config.yaml").read_text(),
     )
     report = write_report(out, record)
-    export_native(
-        trainer.accelerator.unwrap_model(model),
-        out / "adapter",
-        base_description(cfg, task.label_names),
-        overwrite=True,
-    )
     _write_json_atomic(out / "metrics.json", metrics)
-    if report_to_wandb(args):
+    if trained.wandb:
         import wandb
 
         if wandb.run is not None:  # the report's figures, as images in the same run
@@ -449,19 +573,24 @@ def report_to_wandb(args: Any) -> bool:
 
 
 def _evaluate(
-    trainer: Any, tokenizer: Any, cfg: RunConfig, task: TaskData, data: dict, splits: tuple[str, ...]
+    model: nn.Module,
+    classify: Any,
+    tokenizer: Any,
+    cfg: RunConfig,
+    task: TaskData,
+    data: dict,
+    splits: tuple[str, ...],
 ) -> dict[str, float]:
     """The format's metrics on each of ``splits``, keyed `<split>_<metric>`: accuracy and macro_f1
-    (classification), accuracy by exact match and answer_loss (generation), loss and perplexity
-    (language_modeling)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    (classification, from ``classify(split)``), accuracy by exact match and answer_loss (generation),
+    loss and perplexity (language_modeling)."""
     pad, batch = tokenizer.pad_token_id, cfg.train.eval_batch_size
     out: dict[str, float] = {}
     for split in splits:
         if cfg.data.format == "classification":
-            scores = trainer.evaluate(model_columns(data[split]), metric_key_prefix=split)
-            out[f"{split}_accuracy"] = float(scores[f"{split}_accuracy"])
-            out[f"{split}_macro_f1"] = float(scores[f"{split}_macro_f1"])
+            scores = classify(split)
+            out[f"{split}_accuracy"] = float(scores["accuracy"])
+            out[f"{split}_macro_f1"] = float(scores["macro_f1"])
         elif cfg.data.format == "generation":
             out[f"{split}_accuracy"] = generation_accuracy(
                 model,
@@ -480,3 +609,13 @@ def _evaluate(
             out[f"{split}_loss"] = loss
             out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
     return out
+
+
+def _trainer_classify(trainer: Any, data: dict) -> Any:
+    """``classify(split)`` for ``_evaluate`` through the Trainer's evaluation loop."""
+
+    def classify(split: str) -> dict[str, float]:
+        scores = trainer.evaluate(model_columns(data[split]), metric_key_prefix=split)
+        return {"accuracy": scores[f"{split}_accuracy"], "macro_f1": scores[f"{split}_macro_f1"]}
+
+    return classify

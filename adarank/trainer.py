@@ -165,5 +165,6 @@ class AdaRankTrainer(Trainer):
             if plan is not None:
                 logs["rank_budget"] = budget_at(self.state.global_step, plan)
             logs["forward_rank"] = sum(a.live_rank() for a in self._adapters)
-            logs["live_rank"] = sum(a.active_rank() for a in self._adapters)
+            trace = self._callback.trace if self._callback else []
+            logs["live_rank"] = trace[-1]["live_rank"] if trace else sum(a.active_rank() for a in self._adapters)
         super().log(logs, *args, **kwargs)

@@ -108,11 +108,35 @@ def test_nan_scores_fail_naming_the_module() -> None:
         allocator.step(2)
 
 
-@pytest.mark.parametrize("setting", [{"fsdp": "full_shard"}, {"deepspeed": "ds_config.json"}])
-def test_sharded_gradients_are_refused(setting: dict) -> None:
-    with pytest.raises(RuntimeError, match="does not support (FSDP|DeepSpeed)"):
-        check_unsharded(SimpleNamespace(**{"fsdp": "", "deepspeed": None, **setting}))
-    check_unsharded(SimpleNamespace(fsdp=[], deepspeed=None))
+def _trainer_args(**fields: object) -> SimpleNamespace:
+    base = {"fsdp": "", "fsdp_config": {"version": 2}, "deepspeed": None, "use_cpu": False, "save_strategy": "no"}
+    return SimpleNamespace(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("setting", "cuda", "message"),
+    [
+        ({"deepspeed": "ds_config.json"}, True, "does not support DeepSpeed ZeRO"),
+        ({"fsdp": "full_shard", "fsdp_config": {"version": 1}}, True, "FSDP2 only, not FSDP version 1"),
+        ({"fsdp": "full_shard", "use_cpu": True}, False, "GPUs only: on CPU .* FSDP silently off"),
+        ({"fsdp": "full_shard"}, False, "GPUs only"),
+        ({"fsdp": "full_shard", "save_strategy": "steps"}, True, "not written under the Trainer's FSDP2"),
+    ],
+)
+def test_trainer_setups_adarank_cannot_run_are_refused(setting: dict, cuda: bool, message: str, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(RuntimeError, match=message) as refused:
+        check_unsharded(_trainer_args(**setting))
+    if "fsdp" in setting:
+        assert "distributed.strategy=fsdp2" in str(refused.value) or "version" in str(refused.value)
+
+
+def test_trainer_fsdp2_on_gpu_and_plain_runs_pass(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_unsharded(_trainer_args(fsdp="full_shard"))  # FSDP2 on GPUs without checkpoints
+    check_unsharded(_trainer_args())  # no FSDP at all
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_unsharded(_trainer_args(fsdp=[]))
 
 
 # ---- fuzzing -----------------------------------------------------------------------------------
@@ -151,7 +175,7 @@ def _case_names(text: str, overrides: list[str], path: Path | None) -> list[str]
 # counted each outcome after the fact, so it could not fail). Issue 15 moved them from (445, 55): its
 # 11 new keys change which keys the fuzzer draws, and 3 of them are numeric (30 more sweep cases:
 # 0, 0.5 and 1e-30 are valid fractions, 0 a valid split seed).
-FUZZ_REFUSED, FUZZ_ACCEPTED = 468, 62
+FUZZ_REFUSED, FUZZ_ACCEPTED = 469, 61
 
 
 def _insane(cfg) -> list[str]:

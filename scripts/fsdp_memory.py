@@ -1,0 +1,139 @@
+"""Memory per process under FSDP2 vs DDP (issue 19): a randomly initialized model of a real
+configuration (SmolLM2-135M's by default; no weights needed), adarank AdaLoRA adapters on all 7 linear
+types, a few steps of adarank's own loop on random tokens, then the bytes each process holds, counted
+exactly from the tensors' local storage: the base weights, the adapters (and any new head), the
+optimizer state and the allocator's score EMAs; gradients are as large as the trainable parameters.
+Also the process's resident memory at the end (RSS; it includes Python, torch and the activations'
+allocator cache, so it is an upper bound).
+
+    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy fsdp2 --out reports/fsdp2/memory.jsonl
+    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy ddp --out reports/fsdp2/memory.jsonl
+    python scripts/fsdp_memory.py --table reports/fsdp2/memory.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+from pathlib import Path
+
+import torch
+
+ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def local_bytes(tensors) -> int:
+    from adarank.sharding import local
+
+    return sum(local(t).numel() * local(t).element_size() for t in tensors)
+
+
+def rss_mib(trim: bool = False) -> float:
+    """Resident memory of this process; ``trim`` first hands glibc's freed heap back to the system, so
+    memory freed after sharding (the whole model each process loaded) is not counted."""
+    if trim:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from adarank import BudgetConfig, RankAllocator, inject_adapters
+    from adarank.config import ModelConfig
+    from adarank.loop import LoopConfig, train_loop
+    from adarank.models import read_config
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    config = read_config(ModelConfig(args.model))
+    model = AutoModelForCausalLM.from_config(config)
+    adapters = inject_adapters(model, ATTENTION_AND_MLP, rank=args.rank, alpha=2 * args.rank, seed=0)
+    budget = BudgetConfig(init_rank=args.rank, target_rank=args.rank // 2, t_init=1, t_final=1, mask_interval=1)
+    allocator = RankAllocator(adapters, budget)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (64, args.length), generator=generator)
+    rows = [{"input_ids": t, "labels": t} for t in tokens]
+
+    def collate(batch):
+        return {k: torch.stack([r[k] for r in batch]) for k in ("input_ids", "labels")}
+
+    loop = LoopConfig(
+        steps=args.steps, batch_size=args.batch, learning_rate=1e-3, strategy=args.strategy, log_steps=10**9
+    )
+    wrapped, result = train_loop(model, allocator, rows, collate, loop)
+    params = list(wrapped.parameters())
+    frozen = [p for p in params if not p.requires_grad]
+    trainable = [p for p in params if p.requires_grad]
+    state = result.optimizer.state
+    optimizer_state = [t for p in trainable for t in state.get(p, {}).values() if torch.is_tensor(t)]
+    scores = [t for s in allocator.scores.values() for t in s.values()]
+    mib = 2**20
+    return {
+        "strategy": args.strategy,
+        "world_size": int(os.environ["WORLD_SIZE"]),
+        "rank": int(os.environ["RANK"]),
+        "model": args.model,
+        "base_params": sum(p.numel() for p in frozen),
+        "adapter_params": sum(p.numel() for p in trainable),
+        "base_MiB": round(local_bytes(frozen) / mib, 2),
+        "adapters_MiB": round(local_bytes(trainable) / mib, 2),
+        "grads_MiB": round(local_bytes(trainable) / mib, 2),
+        "optimizer_MiB": round(local_bytes(optimizer_state) / mib, 2),
+        "scores_MiB": round(local_bytes(scores) / mib, 2),
+        "rss_end_MiB": round(rss_mib(), 1),
+        "rss_trimmed_MiB": round(rss_mib(trim=True), 1),
+        "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategy", choices=["fsdp2", "ddp"])
+    parser.add_argument("--model", default="smollm2", help="an embedded model name or folder (config only is read)")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL written by earlier runs")
+    args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
+    record = measure(args)
+    print(json.dumps(record), flush=True)
+    if args.out and record["rank"] == 0:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def table(records: list[dict]) -> str:
+    keys = [
+        "base_MiB",
+        "adapters_MiB",
+        "grads_MiB",
+        "optimizer_MiB",
+        "scores_MiB",
+        "rss_end_MiB",
+        "rss_trimmed_MiB",
+        "peak_rss_MiB",
+    ]
+    lines = ["| strategy | processes | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for r in records:
+        lines.append(f"| {r['strategy']} | {r['world_size']} | " + " | ".join(str(r[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

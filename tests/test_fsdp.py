@@ -1,0 +1,168 @@
+"""FSDP2 (issue 19), on CPU with gloo under torchrun: the adapters really are sharded DTensors while
+training; 2 sharded processes allocate exactly like 1 process on the same global batches and like 2 DDP
+processes; a run killed mid-decay resumes to the uninterrupted result; `adarank train
+distributed.strategy=fsdp2` writes the run directory once, with an export that loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_tiny_model
+from test_distributed import ROOT, _torchrun
+
+from adarank.config import ConfigError, load_config
+
+WORKER = Path(__file__).parent / "fsdp_worker.py"
+FINAL_TOLERANCE = 1e-4
+"""Max abs difference allowed between the final adapters of 2 sharded processes and 1 process (fp32;
+the reductions are summed in another order). Measured: 4e-6."""
+
+
+def _record(folder: Path, rank: int = 0) -> dict:
+    return json.loads((folder / f"rank{rank}.json").read_text())
+
+
+def _masks(run: dict) -> list:
+    return [(e["step"], e["kept"], e["rank_mask"]) for e in run["events"]]
+
+
+def _final(folder: Path, rank: int = 0) -> dict[str, torch.Tensor]:
+    return torch.load(folder / f"final{rank}.pt", map_location="cpu")
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_allocate_like_one_process_and_like_ddp(tmp_path) -> None:
+    _torchrun(2, str(WORKER), "fsdp2", str(tmp_path / "fsdp2"), "8")
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "single"), "16")  # the same global batch of 16
+    _torchrun(2, str(WORKER), "ddp", str(tmp_path / "ddp"), "8")
+    rank0, rank1 = _record(tmp_path / "fsdp2", 0), _record(tmp_path / "fsdp2", 1)
+    single, ddp = _record(tmp_path / "single"), _record(tmp_path / "ddp")
+    # FSDP was on: every adapter parameter was a DTensor at every step, lambda's 5 triplets split 3 + 2
+    assert len(rank0["sharded"]) == 24 and all(rank0["sharded"]) and all(rank1["sharded"])
+    assert not any(single["sharded"]) and not any(ddp["sharded"])
+    assert set(rank0["events"][0]["local_lambda"]) == {3} and set(rank1["events"][0]["local_lambda"]) == {2}
+    steps = [e["step"] for e in single["events"]]
+    assert steps == [10, 12, 14, 16, 18] and [e["step"] for e in rank0["events"]] == steps
+    for event0, event1 in zip(rank0["events"], rank1["events"], strict=True):  # one set of scores and masks
+        assert (event0["scores"], event0["kept"], event0["rank_mask"]) == (
+            event1["scores"],
+            event1["kept"],
+            event1["rank_mask"],
+        )
+    assert _masks(rank0) == _masks(single), "sharded masks equal the one-process masks at every masking step"
+    assert _masks(ddp) == _masks(rank0), "and equal DDP's on the same data"
+    for two, one in zip(rank0["events"], single["events"], strict=True):
+        for name, scores in one["scores"].items():
+            assert two["scores"][name] == pytest.approx(scores, rel=1e-4)
+    assert rank0["final_ranks"] == single["final_ranks"]
+    assert len(set(single["final_ranks"].values())) > 1, "allocation must have moved rank between modules"
+    sharded, whole = _final(tmp_path / "fsdp2"), _final(tmp_path / "single")
+    assert sorted(sharded) == sorted(whole) and any("classifier" in n for n in whole)
+    worst = max(float((sharded[n] - whole[n]).abs().max()) for n in whole)
+    assert worst <= FINAL_TOLERANCE, f"final adapters differ by {worst}"
+    for name, tensor in _final(tmp_path / "fsdp2", 1).items():
+        assert torch.equal(tensor, sharded[name]), "both processes gather the same final adapter"
+
+
+@pytest.mark.slow
+def test_sharded_run_killed_mid_decay_resumes_to_the_uninterrupted_result(tmp_path) -> None:
+    _torchrun(2, str(WORKER), "fsdp2", str(tmp_path / "whole"), "8")
+    out = tmp_path / "stopped"
+    with pytest.raises(AssertionError):  # the worker kills itself right after step 15
+        _torchrun(2, str(WORKER), "fsdp2", str(out), "8", "--save-steps", "6", "--stop-at", "15")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    assert not (out / "rank0.json").exists()
+    _torchrun(2, str(WORKER), "fsdp2", str(out), "8", "--save-steps", "6", "--resume")
+    whole, resumed = _record(tmp_path / "whole"), _record(out)
+    assert [e["step"] for e in resumed["events"]] == [14, 16, 18]  # masking steps after the checkpoint at 12
+    for key in ("history", "trace", "log", "train_loss", "final_ranks"):
+        assert resumed[key] == whole[key], key
+    for name, tensor in _final(tmp_path / "whole").items():
+        assert torch.equal(_final(out)[name], tensor), name
+
+
+@pytest.mark.slow
+def test_train_cli_with_fsdp2_writes_the_run_once_with_an_export_that_loads(tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from adarank import load_adapter
+
+    model = tmp_path / "model"
+    save_tiny_model(model, llama=False)
+    out = tmp_path / "run"
+    done = _torchrun(
+        2, "-m", "adarank", "train", f"output_dir={out}", f"model.name_or_path={model}", "train.max_steps=8",
+        "train.batch_size=8", "data.max_train_samples=128", "data.max_eval_samples=32", "budget.init_rank=3",
+        "budget.target_rank=2", "budget.t_init=2", "budget.t_final=2", "budget.mask_interval=2",
+        "wandb.mode=disabled", "distributed.strategy=fsdp2", cwd=ROOT,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 8
+    assert metrics["total_rank_final"] == metrics["target_total_rank"] == 16
+    assert done.stdout.count("run directory:") == 1, "only process 0 reports and writes"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
+        "loss_curve.png", "metrics.json", "rank_heatmap.png", "rank_over_time.png", "rank_trace.json", "report.html",
+        "score_distribution.png", "train_log.json",
+    ]  # fmt: skip
+    trace = json.loads((out / "rank_trace.json").read_text())
+    assert [p["step"] for p in trace] == list(range(9)) and trace[-1]["live_rank"] == 16
+    ranks = json.loads((out / "allocation.json").read_text())
+    fresh = AutoModelForSequenceClassification.from_pretrained(model)
+    loaded = load_adapter(fresh, out / "adapter")
+    assert {n: a.live_rank() for n, a in loaded.items()} == {n: r for n, r in ranks.items() if r}
+    assert all(a.singular_values.abs().min() > 0 for a in loaded.values()), "trained, gathered lambdas"
+
+
+def test_fsdp2_without_torchrun_or_with_an_unknown_strategy_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["distributed.strategy=fsdp2", "train.eval_steps=5", f"output_dir={tmp_path}"])
+    assert len(refused.value.problems) == 2
+    assert "torchrun --nproc_per_node N -m adarank train" in refused.value.problems[0]
+    assert "train.eval_steps" in refused.value.problems[1]
+    with pytest.raises(ConfigError, match="distributed.strategy `zero3` is not one of ddp, fsdp2"):
+        load_config(None, ["distributed.strategy=zero3", f"output_dir={tmp_path}"])
+    assert not any(tmp_path.iterdir()), "validation writes nothing"
+
+
+def _torchrun_env(nproc: int, env: dict[str, str], *args: str) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    done = subprocess.run(
+        [torchrun, "--standalone", f"--nproc_per_node={nproc}", *args],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fsdp2_loop_on_cuda_with_nccl_allocates_like_the_cpu_run(tmp_path) -> None:
+    _torchrun_env(1, {}, str(WORKER), "fsdp2", str(tmp_path / "cuda"), "16")
+    _torchrun_env(1, {"CUDA_VISIBLE_DEVICES": ""}, str(WORKER), "none", str(tmp_path / "cpu"), "16")
+    cuda, cpu = _record(tmp_path / "cuda"), _record(tmp_path / "cpu")
+    assert all(cuda["sharded"]) and _masks(cuda) == _masks(cpu)
+    worst = max(float((_final(tmp_path / "cuda")[n] - t).abs().max()) for n, t in _final(tmp_path / "cpu").items())
+    assert worst <= FINAL_TOLERANCE
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_trainer_with_accelerate_fsdp2_on_gpu_allocates_on_sharded_parameters(tmp_path) -> None:
+    nproc = max(1, min(2, torch.cuda.device_count()))
+    _torchrun_env(nproc, {}, str(WORKER), "trainer-fsdp2", str(tmp_path / "trainer"), str(16 // nproc))
+    run = _record(tmp_path / "trainer")
+    assert len(run["sharded"]) == 24 and all(run["sharded"]), "FSDP2 must be on: DTensor parameters"
+    assert [e["step"] for e in run["events"]] == [10, 12, 14, 16, 18]
+    assert sum(run["final_ranks"].values()) == 16 and run["trace"][-1]["live_rank"] == 16
