@@ -34,6 +34,7 @@ _EXPORTS = {
     "SVDLinear": "adarank.layers",
     "orthogonality_penalty": "adarank.regularization",
     "BudgetPlan": "adarank.schedule",
+    "shrink_": "adarank.shrink",
     "budget_at": "adarank.schedule",
     "plan_budget": "adarank.schedule",
     "AdaRankTrainer": "adarank.trainer",
@@ -66,6 +67,7 @@ __all__ = [
     "param_groups",
     "plan_budget",
     "save_adapter",
+    "shrink_",
     "swap_adapter",
 ]
 
@@ -100,4 +102,5 @@ if TYPE_CHECKING:
     from adarank.layers import SVDLinear
     from adarank.regularization import orthogonality_penalty
     from adarank.schedule import BudgetPlan, budget_at, plan_budget
+    from adarank.shrink import shrink_
     from adarank.trainer import AdaRankTrainer, param_groups

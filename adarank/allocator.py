@@ -101,6 +101,10 @@ class RankAllocator:
         base_params: int | None = None,
     ):
         self.adapters = dict(adapters)
+        """The adapters still in the model (a shrink removes those left at rank 0)."""
+        self.initial_ranks = {name: a.rank for name, a in self.adapters.items()}
+        """Every adapted module's initial rank, in adapter order, whatever was shrunk since."""
+        self.triplet_costs = {name: a.triplet_cost for name, a in self.adapters.items()}
         self.base_params = base_params
         self.budget = budget
         self.importance = importance or ImportanceConfig()
@@ -120,13 +124,16 @@ class RankAllocator:
         self.last_step = 0
         self.skipped_steps = 0
         self.finalized = False
+        self.shrunk = False
         self.last_event: dict[str, Any] | None = None
+        self.masked_scores: list[float] = []
+        """Every triplet's score at the last masking step (the report's score distribution)."""
         if total_steps is not None:
             self.set_total_steps(total_steps)
 
     def set_total_steps(self, total_steps: int) -> BudgetPlan:
         """Resolve the schedule for a run of ``total_steps`` optimizer steps."""
-        costs = [a.triplet_cost for a in self.adapters.values()]
+        costs = list(self.triplet_costs.values())  # every module adapted at the start, shrunk or not
         plan = plan_budget(self.budget, total_steps, costs, self.base_params)
         if self.plan is not None and self.plan != plan:
             raise ConfigError(
@@ -244,6 +251,7 @@ class RankAllocator:
                     reset_optimizer_state_(optimizer, adapter, turned_off)
         kept_all = torch.cat(keep)
         kept_scores = scores[kept_all]
+        self.masked_scores = scores.float().cpu().tolist()
         live = int(kept_all.sum()) if costs is None else int(costs[kept_all].sum())
         self.finalized = final
         self.last_event = {
@@ -273,8 +281,15 @@ class RankAllocator:
             )
 
     def ranks(self) -> dict[str, int]:
-        """Current forward-pass rank of every adapter (rank-mask entries equal to 1)."""
-        return {name: adapter.live_rank() for name, adapter in self.adapters.items()}
+        """Current forward-pass rank of every adapted module (rank-mask entries equal to 1); 0 for one a
+        shrink turned back into its plain layer."""
+        return {name: self.adapters[name].live_rank() if name in self.adapters else 0 for name in self.initial_ranks}
+
+    def remove_adapters(self, names: list[str]) -> None:
+        """Forget adapters a shrink turned back into plain layers (``ranks`` reports them at 0)."""
+        for name in names:
+            self.adapters.pop(name)
+            self.scores.pop(name, None)
 
     def state_dict(self) -> dict[str, Any]:
         """Score EMAs and counters (masks live on the adapters, in ``model.state_dict()``)."""
@@ -282,12 +297,20 @@ class RankAllocator:
             "last_step": self.last_step,
             "skipped_steps": self.skipped_steps,
             "finalized": self.finalized,
+            "shrunk_ranks": self.ranks() if self.shrunk else None,
+            "masked_scores": self.masked_scores,
             "plan": asdict(self.plan) if self.plan else None,
             "scores": {n: {k: v.clone() for k, v in s.items()} for n, s in self.scores.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output; the adapters must be the same modules by name."""
+        """Restore ``state_dict()`` output; the adapters must be the same modules by name (after a shrink:
+        the same shrunk shapes, see ``adarank.shrink.shrink_to_ranks_``)."""
+        if state.get("shrunk_ranks") and not self.shrunk:
+            raise ValueError(
+                "this allocator state was saved after the final-phase shrink: rebuild the shrunk shapes first "
+                "with adarank.shrink.shrink_to_ranks_(model, allocator, state['shrunk_ranks']) (AdaRankTrainer does)."
+            )
         if state["scores"] and set(state["scores"]) != set(self.adapters):
             raise ValueError(
                 "allocator state is for other adapters than this model's: differs in "
@@ -297,6 +320,7 @@ class RankAllocator:
         self.last_step = int(state["last_step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.finalized = bool(state["finalized"])
+        self.masked_scores = list(state.get("masked_scores", []))
         self.scores = {  # in adapter order, whatever order the saved state used
             name: {k: v.to(self.adapters[name].singular_values.device) for k, v in state["scores"][name].items()}
             for name in self.adapters

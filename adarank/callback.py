@@ -116,6 +116,10 @@ class AdaRankCallback(TrainerCallback):
         self.allocator = allocator
         self.history: list[dict[str, Any]] = []
         self.trace: list[dict[str, int]] = []
+        self.shrunk_at: int | None = None
+        """The step after which the adapters were shrunk to their live triplets (``budget.shrink``)."""
+        self.rewraps_ddp = False
+        """Set by AdaRankTrainer, which rebuilds a DDP wrapper around a shrunk model."""
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -131,6 +135,14 @@ class AdaRankCallback(TrainerCallback):
                     "RankAllocator from inject_adapters(model, ...) on the same model object."
                 )
         self.allocator.set_total_steps(state.max_steps)
+        if self.allocator.budget.shrink and self.allocator.plan and self.allocator.plan.adapts:
+            if getattr(args, "fsdp", None):
+                print("adarank: budget.shrink is not applied under FSDP2 (yet): the final phase keeps all triplets.")
+            elif args.world_size > 1 and not self.rewraps_ddp:
+                raise RuntimeError(
+                    "budget.shrink under DDP needs AdaRankTrainer (it rebuilds the DDP wrapper around the shrunk "
+                    "model); with another Trainer set budget.shrink=false."
+                )
         if not self.trace:  # not resumed: the start, at init_rank with lambda = 0
             self.trace.append(trace_point(self.allocator, state.global_step))
 
@@ -141,7 +153,20 @@ class AdaRankCallback(TrainerCallback):
         event = self.allocator.step(state.global_step + 1, kwargs.get("optimizer"))
         if event is not None:
             self.history.append(event)
+        model = kwargs.get("model")
+        if self._shrink_due(args) and model is not None:
+            from adarank.shrink import shrink_
+
+            shrink_(model, self.allocator, kwargs.get("optimizer"))
+            self.shrunk_at = state.global_step + 1
         self.trace.append(trace_point(self.allocator, state.global_step + 1))
+
+    def _shrink_due(self, args: Any) -> bool:
+        """Shrink once, right after the final masks are fixed, when budget.shrink is on (not under FSDP)."""
+        allocator = self.allocator
+        return (
+            allocator.budget.shrink and allocator.finalized and not allocator.shrunk and not getattr(args, "fsdp", None)
+        )
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if state.is_world_process_zero:
@@ -159,11 +184,13 @@ class AdaRankCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         save_file(scores, str(folder / ALLOCATOR_SCORES))
         tmp = folder / (ALLOCATOR_STATE + ".tmp")
-        tmp.write_text(json.dumps({**state, "history": self.history, "trace": self.trace}))
+        payload = {**state, "history": self.history, "trace": self.trace, "shrunk_at": self.shrunk_at}
+        tmp.write_text(json.dumps(payload))
         os.replace(tmp, folder / ALLOCATOR_STATE)
 
-    def load_checkpoint(self, folder: Path) -> None:
-        """Restore what ``save_checkpoint`` wrote (reads safetensors and JSON only).
+    def load_checkpoint(self, folder: Path, model: Any = None) -> None:
+        """Restore what ``save_checkpoint`` wrote (reads safetensors and JSON only). A checkpoint taken
+        after the final-phase shrink first gives ``model`` the shrunk shapes, before its weights load.
 
         Raises:
             FileNotFoundError: the folder holds no complete allocator state.
@@ -182,6 +209,13 @@ class AdaRankCallback(TrainerCallback):
             scores.setdefault(name, {})[part] = tensor
         self.history = state.pop("history")
         self.trace = state.pop("trace", [])  # absent in checkpoints written before the trace existed
+        self.shrunk_at = state.pop("shrunk_at", None)
+        if state.get("shrunk_ranks") and not self.allocator.shrunk:
+            if model is None:
+                raise ValueError("this checkpoint was taken after the shrink: pass the model to rebuild its shapes")
+            from adarank.shrink import shrink_to_ranks_
+
+            shrink_to_ranks_(model, self.allocator, state["shrunk_ranks"])
         self.allocator.load_state_dict({**state, "scores": scores})
 
     def on_train_end(

@@ -129,6 +129,10 @@ class BudgetConfig:
     """Steps between masking steps during the decay."""
     strict: bool = False
     """Mask in the forward pass too, updated whenever b(t) drops: the live rank never exceeds b(t)."""
+    shrink: bool = True
+    """When the final phase fixes the masks, cut every adapter to its live triplets (P, lambda, Q and their
+    optimizer state; rank-0 modules become plain layers), so the final phase trains at b(T)'s cost. Not
+    applied under FSDP2 (a note says so)."""
 
 
 @dataclass(frozen=True)

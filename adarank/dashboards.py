@@ -21,7 +21,6 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from adarank.allocator import RankAllocator
-from adarank.importance import triplet_scores
 from adarank.regularization import orthogonality_penalty
 from adarank.report import plot_heatmap, rank_grid
 from adarank.schedule import budget_at
@@ -97,9 +96,9 @@ class WandbDashboard(TrainerCallback):
     def _log_event(self, event: dict[str, Any]) -> None:
         wandb = self._wandb
         with torch.no_grad():
-            penalty = float(orthogonality_penalty(self.allocator.adapters.values()))
-            kind = self.allocator.importance.score
-            scores = torch.cat([triplet_scores(s, kind) for s in self.allocator.scores.values()]).cpu().numpy()
+            adapters = self.allocator.adapters.values()
+            penalty = float(orthogonality_penalty(adapters, live_only=self.allocator.finalized)) if adapters else 0.0
+            scores = self.allocator.masked_scores  # every triplet's score at this masking step
         payload: dict[str, Any] = {
             STEP_KEY: event["step"],
             "adarank/budget": event["budget"],
@@ -155,9 +154,9 @@ class WandbDashboard(TrainerCallback):
                 xname="step",
             )
         wandb.log(payload)
-        adapters = self.allocator.adapters
-        initial = sum(a.rank * a.triplet_cost for a in adapters.values())
-        final = sum(r * adapters[n].triplet_cost for n, r in ranks.items())
+        costs = self.allocator.triplet_costs
+        initial = sum(r * costs[n] for n, r in self.allocator.initial_ranks.items())
+        final = sum(r * costs[n] for n, r in ranks.items())
         wandb.run.summary.update(
             {
                 "adarank/final_ranks": json.dumps(ranks),

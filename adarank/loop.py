@@ -273,7 +273,9 @@ def train_loop(
             loss = wrapped(**batch).loss / cfg.grad_accum_steps
             step_loss += loss.detach()
             if cfg.orth_weight and adapters:
-                loss = loss + (cfg.orth_weight / cfg.grad_accum_steps) * orthogonality_penalty(adapters).to(loss.dtype)
+                loss = loss + (cfg.orth_weight / cfg.grad_accum_steps) * orthogonality_penalty(
+                    adapters, live_only=allocator.finalized
+                ).to(loss.dtype)
             loss.backward()
         norm = full(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)) if trainable else torch.zeros(())
         optimizer.step()
@@ -301,7 +303,7 @@ def train_loop(
             }
             if cfg.orth_weight and adapters:
                 with torch.no_grad():
-                    entry["orth_penalty"] = float(orthogonality_penalty(adapters))
+                    entry["orth_penalty"] = float(orthogonality_penalty(adapters, live_only=allocator.finalized))
             result.log_history.append(entry)
             window = []
             if rank == 0:

@@ -381,6 +381,8 @@ def _train_fsdp2(
         _write_start(cfg, allocator, out)
         if _wandb_mode(cfg) != "disabled":
             print("adarank: wandb dashboards are not wired to the FSDP2 loop yet; report.html has the run's figures.")
+        if cfg.budget.shrink:
+            print("adarank: budget.shrink is not applied under FSDP2 (yet): the final phase keeps all triplets.")
     trainable_initial = count_trainable(model)
     tr = cfg.train
     if tr.gradient_checkpointing:
@@ -440,14 +442,13 @@ def _finish(
     scores = _evaluate(model, trained.classify, tokenizer, cfg, task, data, ("test", "validation"))
     if "test_accuracy" in scores:
         scores["eval_accuracy"] = scores["test_accuracy"]  # the same test accuracy, under the name outside checks read
-    triplet_scores = [float(v) for s in allocator.triplet_scores().values() for v in s]  # a collective under FSDP2
     with gathered_trainables(model):  # a collective under FSDP2; the export below reads whole tensors
         metrics = {
             **scores,
             **trained.before,
             "trainable_params_initial": trained.trainable_initial,
             "trainable_params_final": count_live_parameters(model),
-            "adapter_params_final": sum(r * allocator.adapters[n].triplet_cost for n, r in ranks.items()),
+            "adapter_params_final": sum(r * allocator.triplet_costs[n] for n, r in ranks.items()),
             "total_rank_final": sum(ranks.values()),
             "target_total_rank": plan.target_budget if plan.unit == "triplets" else None,
             "budget_unit": plan.unit,
@@ -470,13 +471,13 @@ def _finish(
     record = RunRecord(
         plan=plan,
         history=trained.history,
-        initial_ranks={n: a.rank for n, a in allocator.adapters.items()},
+        initial_ranks=dict(allocator.initial_ranks),
         ranks=ranks,
         metrics=metrics,
         trace=trained.trace,
         log=trained.log,
-        scores=triplet_scores,
-        description=run_description(cfg, task, data, plan, len(allocator.adapters)),
+        scores=list(allocator.masked_scores),
+        description=run_description(cfg, task, data, plan, len(allocator.initial_ranks)),
         config_text=(out / "config.yaml").read_text(),
     )
     report = write_report(out, record)

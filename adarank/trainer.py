@@ -83,8 +83,9 @@ class AdaRankTrainer(Trainer):
         self.orth_weight = orth_weight
         self.singular_lr_multiplier = singular_lr_multiplier
         assert self.model is not None
-        self._adapters = list(find_adapters(self.model).values())
-        if not self._adapters and not hasattr(self.model, RECORD_ATTR):  # an empty target list leaves a record
+        if not find_adapters(self.model) and not hasattr(
+            self.model, RECORD_ATTR
+        ):  # an empty target list leaves a record
             raise ValueError("AdaRankTrainer got a model without adarank adapters; call inject_adapters first.")
         self._last_penalty: float | None = None
         self._callback = next((c for c in self.callback_handler.callbacks if isinstance(c, AdaRankCallback)), None)
@@ -94,6 +95,30 @@ class AdaRankTrainer(Trainer):
                 "fixed-rank SVD LoRA. Pass callbacks=[AdaRankCallback(allocator)].",
                 stacklevel=2,
             )
+        else:
+            self._callback.rewraps_ddp = True  # training_step below rebuilds a DDP wrapper after a shrink
+        self._rewrapped: nn.Module | None = None
+
+    @property
+    def _adapters(self) -> list[Any]:
+        """The adapters in the model now (a shrink removes those left at rank 0)."""
+        if self._callback is not None:
+            return list(self._callback.allocator.adapters.values())
+        assert self.model is not None
+        return list(find_adapters(self.model).values())
+
+    def training_step(self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        """``Trainer.training_step``; after a shrink under DDP, through a DDP wrapper rebuilt around the
+        shrunk model (DDP's reducer holds the parameters it was built with)."""
+        if isinstance(model, nn.parallel.DistributedDataParallel) and self._callback and self._callback.shrunk_at:
+            if self._rewrapped is None:
+                self._rewrapped = nn.parallel.DistributedDataParallel(
+                    model.module, device_ids=model.device_ids, output_device=model.output_device,
+                    find_unused_parameters=model.find_unused_parameters,
+                )  # fmt: skip
+                self.model_wrapped = self._rewrapped
+            model = self._rewrapped
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def train(  # type: ignore[override]
         self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
@@ -113,7 +138,8 @@ class AdaRankTrainer(Trainer):
             if folder is None:
                 raise FileNotFoundError(f"no complete checkpoint under `{self.args.output_dir}` to resume from.")
             if self._callback is not None:
-                self._callback.load_checkpoint(folder)
+                assert self.model is not None
+                self._callback.load_checkpoint(folder, model=self.model)
             resume_from_checkpoint = str(folder)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -144,7 +170,8 @@ class AdaRankTrainer(Trainer):
         loss: torch.Tensor
         outputs: Any
         loss, outputs = result if return_outputs else (result, None)  # type: ignore[assignment]
-        penalty = orthogonality_penalty(self._adapters)
+        final = self._callback is not None and self._callback.allocator.finalized
+        penalty = orthogonality_penalty(self._adapters, live_only=final)
         self._last_penalty = float(penalty.detach())
         # Mirror Trainer.training_step: a loss already normalized over the accumulated batch is not
         # divided by the accumulation steps there, so the penalty must be divided here.

@@ -3,6 +3,12 @@ adarank AdaLoRA against adarank LoRA at the same initial rank, PEFT's AdaLoRA an
 allocator's own time per step; allocator state size; merged-model inference latency against the base.
 
     OMP_NUM_THREADS=2 python scripts/bench.py [--repeats 3] [--steps 15]
+    OMP_NUM_THREADS=2 python scripts/bench.py --final-phase [--repeats 5] [--steps 15]
+
+``--final-phase`` measures the cost of the final phase (masks fixed) instead: adarank AdaLoRA 12 -> 4
+with ``budget.shrink`` against the same without it, and adarank LoRA at the target rank (4) and at the
+initial rank (12): the optimizer-state bytes (exact) and the step time of the steps after the final
+masks, in paired interleaved rounds.
 
 Every configuration runs in its own subprocess (so peak RSS is per configuration), repeats are
 interleaved (A B C D A B C D ...), and medians are reported. Same model (MiniLM), data (Rotten
@@ -23,6 +29,8 @@ import time
 from typing import Any
 
 CONFIGS = ("adarank-adalora", "adarank-lora", "peft-adalora", "peft-lora")
+FINAL_CONFIGS = ("adalora-shrink", "adalora-no-shrink", "lora-target-rank", "lora-initial-rank")
+TARGET_RANK, FINAL_START = 4, 10
 TARGETS = ["query", "key", "value", "attention.output.dense"]
 RANK, BATCH, LENGTH, TOTAL = 12, 32, 64, 1000
 
@@ -118,6 +126,69 @@ def worker(config: str, warmup: int, steps: int) -> dict[str, float]:
     }
 
 
+def final_phase_worker(config: str, warmup: int, steps: int) -> dict[str, float]:
+    """Train ``warmup + steps`` steps, the final masks fixed at step FINAL_START <= warmup; time the last
+    ``steps`` and count the optimizer state's bytes at the end."""
+    import torch
+
+    from adarank import BudgetConfig, RankAllocator, inject_adapters, orthogonality_penalty, param_groups
+    from adarank.shrink import shrink_
+
+    assert warmup >= FINAL_START + 2, "time steps after the final masks (and the shrink)"
+    tokenizer, model = _model()
+    batches = _batches(tokenizer, warmup + steps)
+    adaptive = config.startswith("adalora")
+    rank = TARGET_RANK if config == "lora-target-rank" else RANK
+    adapters = inject_adapters(model, TARGETS, rank=rank, alpha=16, modules_to_save=["classifier"], seed=0)
+    total = warmup + steps
+    budget = BudgetConfig(schedule="cubic" if adaptive else "constant", init_rank=rank,
+                          target_rank=TARGET_RANK if adaptive else rank, t_init=0, t_final=total - FINAL_START,
+                          mask_interval=2, shrink=config == "adalora-shrink")  # fmt: skip
+    allocator = RankAllocator(adapters, budget, total_steps=total)
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-3, singular_lr_multiplier=10))
+    model.train()
+    step_times = []
+    for step, batch in enumerate(batches, start=1):
+        start = time.perf_counter()
+        penalty = orthogonality_penalty(allocator.adapters.values(), live_only=allocator.finalized)
+        loss = model(**batch).loss + 0.1 * penalty
+        loss.backward()
+        optimizer.step()
+        allocator.step(step, optimizer)
+        if budget.shrink and allocator.finalized and not allocator.shrunk:
+            shrink_(model, allocator, optimizer)
+        optimizer.zero_grad()
+        if step > warmup:
+            step_times.append(time.perf_counter() - start)
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return {
+        "step_s": statistics.median(step_times),
+        "optimizer_state_bytes": sum(v.numel() * v.element_size() for v in state),
+        "live_triplets": sum(allocator.ranks().values()),
+        "trained_triplets": sum(a.rank for a in allocator.adapters.values()),
+    }
+
+
+def final_phase(args: argparse.Namespace) -> None:
+    """Paired interleaved rounds of the four final-phase configurations; a table of medians and spreads."""
+    results: dict[str, list[dict]] = {c: [] for c in FINAL_CONFIGS}
+    for repeat in range(args.repeats):
+        for config in FINAL_CONFIGS:
+            run = _spawn(["--worker", config, "--steps", str(args.steps), "--warmup", str(args.warmup)])
+            results[config].append(run)
+            print(f"round {repeat + 1}/{args.repeats} {config}: {run}", flush=True)
+    print(f"\nfinal phase: {args.steps} timed steps after step {args.warmup} (final masks fixed at step {FINAL_START})")
+    print("| configuration | triplets trained / live | optimizer state (bytes) | step time (s, median; min-max) |"
+          " vs LoRA r=4: median ratio per round (min-max) |\n|---|---|---|---|---|")  # fmt: skip
+    for config, runs in results.items():
+        times = [r["step_s"] for r in runs]
+        ratios = [r["step_s"] / b["step_s"] for r, b in zip(runs, results["lora-target-rank"], strict=True)]
+        timing = f"{statistics.median(times):.4f} ({min(times):.4f}-{max(times):.4f})"
+        print(f"| {config} | {runs[0]['trained_triplets']} / {runs[0]['live_triplets']} | "
+              f"{runs[0]['optimizer_state_bytes']:,} | {timing} | "
+              f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |")  # fmt: skip
+
+
 def inference_worker(repeats: int) -> dict[str, float]:
     """Forward latency (batch 32 x 64, eval, no grad) of the base model, the adapted model, and its merge."""
     import torch
@@ -159,8 +230,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--worker", choices=[*CONFIGS, "inference"], help=argparse.SUPPRESS)
+    parser.add_argument("--final-phase", action="store_true", help="the final phase's cost, with and without shrink")
+    parser.add_argument("--worker", choices=[*CONFIGS, *FINAL_CONFIGS, "inference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker in FINAL_CONFIGS:
+        print(json.dumps(final_phase_worker(args.worker, args.warmup, args.steps)))
+        return
+    if args.final_phase:
+        final_phase(args)
+        return
     if args.worker == "inference":
         print(json.dumps(inference_worker(30)))
         return

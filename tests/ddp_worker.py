@@ -102,7 +102,7 @@ def main() -> None:
         args=args,
         train_dataset=data,
         data_collator=collator,
-        callbacks=[AdaRankCallback(allocator), recorder],
+        callbacks=[callback := AdaRankCallback(allocator), recorder],
         orth_weight=0.1,
         singular_lr_multiplier=10,
     )
@@ -119,6 +119,9 @@ def main() -> None:
         "events": recorder.events,
         "final_ranks": allocator.ranks(),
         "adapter_sha256": digest.hexdigest(),
+        "shrunk_at": callback.shrunk_at,
+        "trainable_after": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "ddp_rebuilt": trainer._rewrapped is not None,
     }
     (out_dir / f"rank{args.process_index}.json").write_text(json.dumps(record))
 

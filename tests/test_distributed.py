@@ -62,6 +62,12 @@ def test_two_processes_hold_identical_masks_equal_to_one_process(tmp_path) -> No
         for name, scores in one["scores"].items():
             assert two["scores"][name] == pytest.approx(scores, rel=1e-4)
     assert rank0["final_ranks"] == single["final_ranks"]
+    # budget.shrink (on by default) cut the adapters at step 18 in every process; under DDP the wrapper
+    # was rebuilt around the shrunk model, and the processes still ended with identical adapters
+    assert rank0["shrunk_at"] == rank1["shrunk_at"] == single["shrunk_at"] == 18
+    assert rank0["ddp_rebuilt"] and rank1["ddp_rebuilt"]
+    live = sum(r * (32 + 32 + 1) for r in single["final_ranks"].values())
+    assert rank0["trainable_after"] == single["trainable_after"] == live + 32 * 2 + 2  # live triplets + head
     assert len(set(single["final_ranks"].values())) > 1, "allocation must have moved rank between modules"
     # the masks depend on the data: a one-process run on other global batches allocates differently,
     # so the agreement above is the gradients' agreement, not a coincidence of seeds
