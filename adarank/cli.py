@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", type=Path, nargs="+", help="two or more run directories; the first is the reference")
     compare.add_argument("--out", type=Path, default=Path("compare"),
                          help="folder for compare.html and its PNGs (default: ./compare)")  # fmt: skip
+    analyze = sub.add_parser("analyze", help="what an adapter learned: spectra, effective rank, amplification, "
+                             "and subspace similarity to a second adapter")  # fmt: skip
+    analyze.add_argument("path", type=Path, help="a run directory or a native adapter folder")
+    analyze.add_argument("other", type=Path, nargs="?", help="a second one on the same base (similarity)")
+    analyze.add_argument("--out", type=Path, help="folder for analysis.json/.html and PNGs (default: RUN/analysis "
+                         "for a run, else ./analysis)")  # fmt: skip
     export = sub.add_parser("export", help="export a run's adapter: native, PEFT LoRA or merged weights")
     export.add_argument("source", type=Path, help="a run directory (its adapter/) or a native adapter folder")
     export.add_argument("--format", choices=("native", "peft", "merged"), required=True)
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args.source, args.format, args.out, args.overwrite)
     if args.command == "compare":
         return _compare(args.runs, args.out)
+    if args.command == "analyze":
+        return _analyze(args.path, args.other, args.out)
     try:
         config, overrides = _resume_items(*_split(args.items))
         cfg = load_config(config, _repeat_items(config, overrides), check_model=True)
@@ -163,6 +171,21 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{fmt} export written to {out} ({size:,} bytes)")
+    return 0
+
+
+def _analyze(path: Path, other: Path | None, out: Path | None) -> int:
+    from adarank.analyze import analysis_table, analyze, write_analysis
+    from adarank.export import ExportError
+
+    try:
+        result = analyze(path, other)
+    except (ExportError, ConfigError, ValueError) as err:
+        print(f"adarank: {err}", file=sys.stderr)
+        return 2
+    print(analysis_table(result))
+    default = path / "analysis" if (path / "metrics.json").is_file() else Path("analysis")
+    print(f"written: {write_analysis(result, out or default)}")
     return 0
 
 

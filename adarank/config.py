@@ -65,7 +65,8 @@ class DataConfig:
     """Configuration (subset) of a hub dataset, e.g. `sst2` of `nyu-mll/glue`."""
     format: str = "classification"
     """`classification` (a sequence-classification head; accuracy and macro-F1), `generation` (a causal LM
-    writes the label word after the text; loss on the answer tokens only; exact match) or
+    writes the label word after the text, or the responses of prompt / response pairs or chats (see
+    prompt_field, messages_field); loss on the answer tokens only) or
     `language_modeling` (a causal LM on plain text packed into blocks of max_length; loss, perplexity)."""
     text_field: str = "text"
     """Column holding the text (the document, for language_modeling)."""
@@ -92,6 +93,25 @@ class DataConfig:
     max_eval_samples: int | None = None
     """Use at most this many validation and test examples (documents, for language_modeling) each
     (None = all)."""
+    prompt_field: str | None = None
+    """generation from prompt / response pairs: the column holding the prompt (or use prompt_template)."""
+    response_field: str | None = None
+    """generation from prompt / response pairs: the column holding the response the model learns to write
+    (the label column: the label's name)."""
+    prompt_template: str | None = None
+    """generation: a Python format string over the data's columns that builds the prompt, e.g.
+    `"Question: {question}\nAnswer:"`; the response follows after a space."""
+    messages_field: str | None = None
+    """generation from chat: the column holding each conversation, a list of {role, content}, rendered with
+    the tokenizer's chat template; the loss covers every assistant turn."""
+    chat_template: str | None = None
+    """A Jinja chat template for a tokenizer without one (or to replace its own)."""
+    max_answer_tokens: int | None = None
+    """generation: also score exact match, generating this many tokens greedily for each prompt (short-answer
+    tasks); null = loss and perplexity only (label-word tasks always score it)."""
+    packing: bool = False
+    """generation: pack several training examples into each row of max_length tokens (less padding);
+    attention then crosses example boundaries (the loss stays on the responses)."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +344,23 @@ def _unknown_key_problems(keys: list[str], source: str) -> list[str]:
     return problems
 
 
+VERBATIM_KEYS = ("data.prompt_template", "data.chat_template")
+"""Keys whose command-line value is taken as written, not parsed as YAML (`{field}`, `: ` and quotes are
+template syntax); `\\n` in a prompt template means a line break there (a YAML config writes "\\n")."""
+
+
+def _verbatim(key: str, value: str) -> DictConfig:
+    """A one-key config holding ``value`` as a string (prompt templates: `\\n` turned into a newline)."""
+    if key == "data.prompt_template":
+        value = value.replace("\\n", "\n").replace("\\t", "\t")
+    node: Any = value
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    created = OmegaConf.create(node, flags={"allow_objects": False})
+    assert isinstance(created, DictConfig)
+    return created
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, check_model: bool = False
 ) -> RunConfig:
@@ -353,11 +390,19 @@ def load_config(
             continue
         bad = _unknown_key_problems([key.strip()], "command line")
         problems += bad
+        if not bad and key.strip() in VERBATIM_KEYS:  # templates: braces, colons and quotes are their own
+            parsed = _verbatim(key.strip(), item.partition("=")[2])
+            merged = _merge_or_report(merged, parsed, f"`{item}`", problems)
+            continue
         if not bad:
             try:
                 parsed = OmegaConf.from_dotlist([item])
             except Exception as err:  # yaml scanner/reader errors on hostile text
                 problems.append(f"`{item}`: the value is not valid YAML ({str(err).splitlines()[0]}).")
+                continue
+            leaf = OmegaConf.select(parsed, key.strip())
+            if _schema_fields()[key.strip()][2] is bool and not isinstance(leaf, bool):
+                problems.append(f"`{item}`: {key.strip()} is true or false, not `{leaf}`.")
                 continue
             _wrap_single_strings(parsed)
             merged = _merge_or_report(merged, parsed, f"`{item}`", problems)
@@ -659,6 +704,7 @@ def data_problems(data: DataConfig) -> list[str]:
         )
     if data.split_seed < 0:
         problems.append(f"data.split_seed ({data.split_seed}) must be >= 0.")
+    problems += sft_problems(data)
     if data.label_names is not None:
         names = list(data.label_names)
         if len(set(names)) != len(names):
@@ -666,6 +712,72 @@ def data_problems(data: DataConfig) -> list[str]:
             problems.append(f"data.label_names repeats {', '.join(f'`{n}`' for n in dupes)}; list each label once.")
         if data.format != "language_modeling" and len(names) < 2:
             problems.append("data.label_names needs at least two labels for classification or generation.")
+    return problems
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a prompt template formats, in order, once each.
+
+    Raises:
+        ValueError: the template is not a valid format string, or uses positional or attribute fields.
+    """
+    import string
+
+    fields: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name or name.isdigit() or "." in name or "[" in name:
+            raise ValueError(f"field `{{{name}}}` is not a column name")
+        if name not in fields:
+            fields.append(name)
+    return fields
+
+
+def sft_mode(data: DataConfig) -> str | None:
+    """`pairs` (prompt / response), `chat` (messages) or None (label-word generation, other formats)."""
+    if data.messages_field:
+        return "chat"
+    if data.prompt_field or data.prompt_template or data.response_field:
+        return "pairs"
+    return None
+
+
+def sft_problems(data: DataConfig) -> list[str]:
+    """Problems with the instruction / chat keys (data.prompt_field ... data.packing)."""
+    problems = []
+    keys = ("prompt_field", "response_field", "prompt_template", "messages_field", "chat_template",
+            "max_answer_tokens")  # fmt: skip
+    used = [k for k in keys if getattr(data, k) is not None]
+    if data.packing:
+        used.append("packing")
+    if used and data.format != "generation":
+        return [f"data.{', data.'.join(used)} apply to data.format=generation only; set it or remove them."]
+    if data.messages_field and (data.prompt_field or data.prompt_template or data.response_field):
+        problems.append(
+            "data.messages_field (chat) and data.prompt_field / prompt_template / response_field (pairs) are two "
+            "ways to give the data; keep one."
+        )
+    if data.chat_template and not data.messages_field:
+        problems.append("data.chat_template applies to chat data only: name its column in data.messages_field.")
+    if sft_mode(data) == "pairs":
+        if not data.response_field:
+            problems.append("data.response_field is missing: name the column holding the responses to learn.")
+        if not data.prompt_field and not data.prompt_template:
+            problems.append("name the prompt: data.prompt_field (a column) or data.prompt_template (a format string).")
+        if data.prompt_field and data.prompt_template:
+            problems.append(
+                "data.prompt_field and data.prompt_template both build the prompt; keep one (a template may use "
+                f"`{{{data.prompt_field}}}`)."
+            )
+        if data.prompt_template:
+            try:
+                if not template_fields(data.prompt_template):
+                    problems.append("data.prompt_template uses no column; write the fields as {column}.")
+            except ValueError as err:
+                problems.append(f"data.prompt_template: {err}; write fields as {{column}} and braces as {{{{ }}}}.")
+    if data.max_answer_tokens is not None and data.max_answer_tokens < 1:
+        problems.append(f"data.max_answer_tokens ({data.max_answer_tokens}) must be >= 1, or null for no exact match.")
     return problems
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from adarank.assets import BUNDLED_DATASETS, missing_data_package
 from adarank.assets import default_model_path as default_model_path  # re-exported: the README imports it here
-from adarank.config import DataConfig
+from adarank.config import DataConfig, template_fields
 from adarank.sources import LABEL_NAMES as LABEL_NAMES  # re-exported: the run and the scripts read it here
 from adarank.sources import SPLITS, Table, read_source, task_columns
 from adarank.sources import DataError as DataError  # re-exported for callers of load_task
@@ -42,11 +42,26 @@ Splits = dict[str, tuple[list[str], list[int]]]
 
 @dataclass(frozen=True)
 class Split:
-    """One split: texts, optional second texts (pair tasks) and label ids (empty for language modeling)."""
+    """One split: texts, optional second texts (pair tasks) and label ids (empty for language modeling);
+    for generation the prompts and responses, or the conversations (lists of {role, content})."""
 
     texts: list[str]
     labels: list[int] = field(default_factory=list)
     pairs: list[str] | None = None
+    prompts: list[str] | None = None
+    responses: list[str] | None = None
+    messages: list[list[dict[str, str]]] | None = None
+
+
+PROMPTS = {"rotten_tomatoes": ("Review", "Sentiment"), "bbc_news": ("Article", "Topic")}
+"""The label-word prompt of the embedded tasks: `<Field>: <text>\n<Question>:` (others: Text / Answer)."""
+
+
+def label_prompt_template(data: DataConfig) -> str:
+    """The prompt template of label-word generation (no data.prompt_template given): for Rotten Tomatoes
+    `Review: {text}\nSentiment:`, the model answers with the label's name."""
+    field_name, question = PROMPTS.get(data.dataset, ("Text", "Answer"))
+    return f"{field_name}: {{{data.text_field}}}\n{question}:"
 
 
 @dataclass(frozen=True)
@@ -92,15 +107,49 @@ VALUE_PROBLEMS = {  # kind -> (what, fix), formatted with the column, its role's
         "label `{sample}` is neither text nor a whole number (column `{column}`)",
         "make labels text or whole numbers",
     ),
+    "empty response": ("empty response (column `{column}`)", "write the responses or remove those rows"),
+    "not a conversation": (
+        "column `{column}` holds a non-conversation ({sample})",
+        "give each conversation as a list of {{role, content}} messages",
+    ),
+    "bad message": (
+        "a message without a text `role` and `content` (column `{column}`: {sample})",
+        "give every message a role (system, user, assistant) and its text content",
+    ),
+    "empty content": ("a message with empty content (column `{column}`)", "fill in or remove those messages"),
+    "no assistant turn": (
+        "a conversation with no assistant turn (column `{column}`)",
+        "add the assistant's reply (the model learns those turns) or remove those rows",
+    ),
 }
+
+
+def conversation_problem(value: Any) -> str | None:
+    """The kind of problem of one conversation (a key of VALUE_PROBLEMS), or None."""
+    if not isinstance(value, list | tuple) or not value:
+        return "not a conversation"
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or "content" not in message:
+            return "bad message"
+        if not isinstance(message["content"], str):
+            return "bad message"
+    if any(not m["content"].strip() for m in value):
+        return "empty content"
+    if not any(m["role"] == "assistant" for m in value):
+        return "no assistant turn"
+    return None
 
 
 def _value_problem(role: str, value: Any) -> str | None:
     """The kind of problem (a key of VALUE_PROBLEMS) of one value in a column of ``role``, or None."""
     if _missing(value):
         return "missing"
-    if role in ("text", "pair") and not isinstance(value, str):
+    if role == "messages":
+        return conversation_problem(value)
+    if (role in ("text", "pair", "response") or role.startswith("prompt")) and not isinstance(value, str):
         return "not text"
+    if role == "response" and not value.strip():
+        return "empty response"
     if role == "label" and _label_value(value) is None:
         return "not a label"
     return None
@@ -119,7 +168,7 @@ def _value_problems(tables: dict[str, Table], roles: dict[str, str]) -> list[str
             for kind, where in rows.items():
                 fields = {
                     "column": column,
-                    "word": role if role in ("label", "group") else "text",
+                    "word": role if role in ("label", "group", "response") else "text",
                     "sample": repr(values[where[0]])[:40],
                 }
                 what, fix = (text.format(**fields) for text in VALUE_PROBLEMS[kind])
@@ -134,13 +183,17 @@ def _column_problems(tables: dict[str, Table], roles: dict[str, str], source: st
         "pair": "data.text_pair_field",
         "label": "data.label_field",
         "group": "data.group_field",
+        "prompt": "data.prompt_field",
+        "response": "data.response_field",
+        "messages": "data.messages_field",
     }
     for split, table in tables.items():
         available = ", ".join(f"`{c}`" for c in table.available)
         for role, column in roles.items():
             if column not in table.columns:
+                key = keys.get(role, "the data.prompt_template field")
                 problems.append(
-                    f"{keys[role]} `{column}` is not a column of `{source}` ({split} split); its columns: {available}."
+                    f"{key} `{column}` is not a column of `{source}` ({split} split); its columns: {available}."
                 )
     return sorted(set(problems), key=problems.index)
 
@@ -293,10 +346,12 @@ def load_task(data: DataConfig) -> TaskData:
         raise DataError(problems)
     names: list[str] = []
     ids: dict[str, list[int]] = {s: [] for s in SPLITS}
-    if data.format != "language_modeling":
+    if "label" in roles:
         ids, names, problems = _label_ids(tables, data.label_field, data)
         if problems:
             raise DataError(problems)
+    if data.format == "generation":
+        return TaskData({s: _generation_split(tables[s], data, ids[s], names) for s in SPLITS}, names)
     splits = {
         s: Split(
             texts=tables[s].columns[data.text_field],
@@ -306,6 +361,24 @@ def load_task(data: DataConfig) -> TaskData:
         for s in SPLITS
     }
     return TaskData(splits, names)
+
+
+def _generation_split(table: Table, data: DataConfig, ids: list[int], names: list[str]) -> Split:
+    """Prompts and responses (the label's name when the response is the label) or conversations."""
+    if data.messages_field:
+        conversations = [[{"role": m["role"], "content": m["content"]} for m in c] for c in
+                         table.columns[data.messages_field]]  # fmt: skip
+        shown = ["\n".join(f"{m['role']}: {m['content']}" for m in c) for c in conversations]
+        return Split(texts=shown, messages=conversations)
+    if data.prompt_field and not data.prompt_template:
+        prompts = list(table.columns[data.prompt_field])
+    else:
+        template = data.prompt_template or label_prompt_template(data)
+        fields = template_fields(template)
+        prompts = [template.format_map({f: table.columns[f][i] for f in fields}) for i in range(len(table.rows))]
+    labelled = bool(names) and (not data.response_field or data.response_field == data.label_field)
+    responses = [names[y] for y in ids] if labelled else list(table.columns[str(data.response_field)])
+    return Split(texts=prompts, labels=ids if labelled else [], prompts=prompts, responses=responses)
 
 
 def load_splits(dataset: str) -> Splits:

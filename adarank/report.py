@@ -264,6 +264,8 @@ METRIC_NAMES = {
     "total_rank_final": "total rank at the end", "target_total_rank": "target total rank", "budget_unit": "budget unit",
     "target_params": "target parameters", "train_seconds": "training time (s)", "steps": "optimizer steps",
     "train_loss": "mean training loss", "test_examples": "test examples", "world_size": "processes",
+    "test_loss_before": "test loss before training", "truncated_prompt_rows": "rows whose prompt lost its start",
+    "cut_response_rows": "rows with response tokens cut",
 }  # fmt: skip
 
 
@@ -298,6 +300,21 @@ class RunRecord:
     scores: Sequence[float] = ()  # triplet scores at the end
     description: Mapping[str, str] = field(default_factory=dict)  # model, dataset, method, ...
     config_text: str = ""
+    samples: Sequence[Mapping[str, str]] = ()  # generation: a few test prompts, references and outputs
+
+
+def samples_html(samples: Sequence[Mapping[str, str]]) -> str:
+    """The generation samples as a table (prompt end, reference, generated), or nothing."""
+    if not samples:
+        return ""
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td><pre>{html.escape(s[k])}</pre></td>" for k in ("prompt", "reference", "generated"))
+        + "</tr>"
+        for s in samples
+    )
+    return ("<h2>Generation samples (test, greedy)</h2><table><tr><th>prompt (its end)</th><th>reference</th>"
+            f"<th>generated</th></tr>{rows}</table>")  # fmt: skip
 
 
 def figure_html(name: str, caption: str) -> str:
@@ -359,6 +376,7 @@ def write_report(run_dir: Path, record: RunRecord) -> Path:
 <h2>Metrics</h2><table>{metrics}</table>
 <h2>Final rank (layers x weight types)</h2><pre>{html.escape(ranks)}</pre>
 {body}
+{samples_html(record.samples)}
 <h2>Configuration</h2>{config}
 </body></html>
 """

@@ -31,11 +31,13 @@ from adarank.report import RunRecord, write_report
 from adarank.schedule import BudgetPlan, constant_rank_budget
 from adarank.tasks import (
     GenerationCollator,
+    answer_tokens,
     build_datasets,
     classification_accuracy,
-    generation_accuracy,
+    exact_match,
     mean_token_loss,
     model_columns,
+    training_rows,
 )
 from adarank.trainer import AdaRankTrainer
 
@@ -110,6 +112,29 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
         adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params
     )
     return tokenizer, model, allocator
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\\n{{ m['content'] }}<|im_end|>\\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}"
+)
+
+
+def check_chat_template(tokenizer: Any, cfg: RunConfig) -> None:
+    """Chat data needs a chat template: data.chat_template (installed on the tokenizer) or the tokenizer's.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    if not cfg.data.messages_field:
+        return
+    if cfg.data.chat_template:
+        tokenizer.chat_template = cfg.data.chat_template
+    elif not getattr(tokenizer, "chat_template", None):
+        raise ConfigError([
+            f"the tokenizer of `{cfg.model.name_or_path}` has no chat template, so data.messages_field cannot be "
+            f"rendered; give one as data.chat_template (a Jinja template), e.g. ChatML: {CHATML}"
+        ])  # fmt: skip
 
 
 def _has_wandb_login() -> bool:
@@ -246,7 +271,11 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     tokenizer, model, allocator = prepare(cfg, task.label_names)
     plan = allocator.plan
     assert plan is not None
-    data = build_datasets(tokenizer, cfg, task)
+    check_chat_template(tokenizer, cfg)
+    try:
+        data = build_datasets(tokenizer, cfg, task)
+    except ValueError as err:  # a chat template whose renderings cannot be aligned
+        raise ConfigError([f"data.chat_template: {err}."]) from err
     out = Path(cfg.output_dir)
     if cfg.distributed.strategy == "fsdp2":
         from adarank.loop import init_distributed
@@ -304,7 +333,8 @@ def _floor(
         return {}
     if cfg.data.format == "generation":
         floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("test",))
-        return {"eval_accuracy_before": floor["test_accuracy"], "test_answer_loss_before": floor["test_answer_loss"]}
+        before = {"test_loss_before": floor["test_loss"], "test_answer_loss_before": floor["test_answer_loss"]}
+        return before | ({"eval_accuracy_before": floor["test_accuracy"]} if "test_accuracy" in floor else {})
     floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("validation",))
     return {f"{k}_before": v for k, v in floor.items()}
 
@@ -339,7 +369,7 @@ def _train(
     trainer = AdaRankTrainer(
         model=model,
         args=args,
-        train_dataset=model_columns(data["train"]),
+        train_dataset=training_rows(data["train"], cfg.data),
         eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
         data_collator=_collator(cfg, tokenizer),
         compute_metrics=None if _causal(cfg) else classification_accuracy,
@@ -388,7 +418,7 @@ def _train_fsdp2(
     if tr.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     collate = _collator(cfg, tokenizer)
-    train_rows = model_columns(data["train"])
+    train_rows = training_rows(data["train"], cfg.data)
     loop = LoopConfig(
         steps=tr.max_steps,
         batch_size=tr.batch_size,
@@ -442,6 +472,8 @@ def _finish(
     scores = _evaluate(model, trained.classify, tokenizer, cfg, task, data, ("test", "validation"))
     if "test_accuracy" in scores:
         scores["eval_accuracy"] = scores["test_accuracy"]  # the same test accuracy, under the name outside checks read
+    samples = _samples(model, tokenizer, cfg, task, data) if cfg.data.format == "generation" else []
+    scores |= _truncation_counts(data)
     with gathered_trainables(model):  # a collective under FSDP2; the export below reads whole tensors
         metrics = {
             **scores,
@@ -479,6 +511,7 @@ def _finish(
         scores=list(allocator.masked_scores),
         description=run_description(cfg, task, data, plan, len(allocator.initial_ranks)),
         config_text=(out / "config.yaml").read_text(),
+        samples=samples,
     )
     report = write_report(out, record)
     _write_json_atomic(out / "metrics.json", metrics)
@@ -489,6 +522,10 @@ def _finish(
             figures = sorted(report.parent.glob("*.png"))
             wandb.log({f"report/{png.stem}": wandb.Image(str(png)) for png in figures if png.stem != "budget_plan"})
             wandb.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+            if samples:
+                keys = ["prompt", "reference", "generated"]
+                table: list[list[Any]] = [[s[k] for k in keys] for s in samples]
+                wandb.log({"report/samples": wandb.Table(columns=list(keys), data=table)})
             wandb.finish()
     shown = (
         "test_accuracy",
@@ -509,6 +546,34 @@ def _finish(
     print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2))
     print(f"run directory: {out}")
     return metrics
+
+
+SAMPLES = 3
+
+
+def _samples(model: nn.Module, tokenizer: Any, cfg: RunConfig, task: TaskData, data: dict) -> list[dict[str, str]]:
+    """The first test prompts (their last 400 characters), references and greedy outputs (exact match's
+    length, or 48 tokens)."""
+    rows = data["test"].select(range(min(SAMPLES, len(data["test"]))))
+    tokens = answer_tokens(tokenizer, cfg.data, task) or 48
+    prompt_ids, references = [list(p) for p in rows["prompt_ids"]], list(rows["reference"])
+    _, generated = exact_match(model, tokenizer, prompt_ids, references, tokens, SAMPLES)
+    prompts = [tokenizer.decode(p) for p in prompt_ids]
+    return [
+        {"prompt": p[-400:], "reference": r, "generated": g}
+        for p, r, g in zip(prompts, references, generated, strict=True)
+    ]
+
+
+def _truncation_counts(data: dict) -> dict[str, int]:
+    """Generation: rows (all splits) whose prompt lost its start and rows with response tokens cut."""
+    splits = [d for d in data.values() if "truncated" in d.column_names]
+    if not splits:
+        return {}
+    return {
+        "truncated_prompt_rows": sum(int(sum(d["truncated"])) for d in splits),
+        "cut_response_rows": sum(int(sum(d["cut"])) for d in splits),
+    }
 
 
 def run_description(cfg: RunConfig, task: TaskData, data: dict, plan: BudgetPlan, adapters: int) -> dict[str, str]:
@@ -593,18 +658,16 @@ def _evaluate(
             out[f"{split}_accuracy"] = float(scores["accuracy"])
             out[f"{split}_macro_f1"] = float(scores["macro_f1"])
         elif cfg.data.format == "generation":
-            out[f"{split}_accuracy"] = generation_accuracy(
-                model,
-                tokenizer,
-                cfg.data.dataset,
-                task.label_names,
-                data[split]["text"],
-                data[split]["label"],
-                cfg.data.max_length,
-                cfg.train.eval_batch_size,
-            )
-            answers = model_columns(data[split])
-            out[f"{split}_answer_loss"] = mean_token_loss(model, answers, pad, batch, f"{split} answer loss")
+            rows = data[split]
+            loss = mean_token_loss(model, model_columns(rows), pad, batch, f"{split} loss")
+            out[f"{split}_loss"] = loss
+            out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
+            out[f"{split}_answer_loss"] = loss  # the same loss, under its earlier name
+            answer = answer_tokens(tokenizer, cfg.data, task)
+            if answer:
+                prompts, references = [list(p) for p in rows["prompt_ids"]], list(rows["reference"])
+                accuracy, _ = exact_match(model, tokenizer, prompts, references, answer, batch)
+                out[f"{split}_accuracy"] = accuracy
         else:
             loss = mean_token_loss(model, data[split], pad, batch, f"{split} loss")
             out[f"{split}_loss"] = loss

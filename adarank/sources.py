@@ -73,7 +73,25 @@ def data_problem(message: str, *hints: str) -> DataError:
 
 
 def task_columns(data: DataConfig, group: str | None) -> dict[str, str]:
-    """Role -> column name of every column the format needs."""
+    """Role -> column name of every column the format needs. Instruction data: `prompt` (or `prompt
+    <field>` per template field) and `response` (`label` when the response is the label column); chat
+    data: `messages`."""
+    from adarank.config import sft_mode, template_fields
+
+    mode = sft_mode(data)
+    if mode is not None:
+        roles: dict[str, str] = {}
+        if mode == "chat":
+            roles["messages"] = str(data.messages_field)
+        elif data.prompt_template:
+            roles |= {f"prompt {name}": name for name in template_fields(data.prompt_template)}
+        elif data.prompt_field:
+            roles["prompt"] = data.prompt_field
+        if mode == "pairs" and data.response_field:
+            roles["label" if data.response_field == data.label_field else "response"] = data.response_field
+        if group:
+            roles["group"] = group
+        return roles
     roles = {"text": data.text_field}
     if data.text_pair_field:
         roles["pair"] = data.text_pair_field

@@ -44,11 +44,13 @@ from adarank.run import training_arguments
 from adarank.schedule import constant_rank_budget, plan_budget
 from adarank.tasks import (
     GenerationCollator,
+    answer_tokens,
     build_datasets,
     classification_accuracy,
-    generation_accuracy,
+    exact_match,
     mean_token_loss,
     model_columns,
+    training_rows,
 )
 
 
@@ -141,7 +143,7 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     trainer = Trainer(
         model=model,
         args=training_arguments(cfg, out, []),
-        train_dataset=model_columns(data["train"]),
+        train_dataset=training_rows(data["train"], cfg.data),
         data_collator=GenerationCollator(tokenizer.pad_token_id) if causal else DataCollatorWithPadding(tokenizer),
         compute_metrics=None if causal else classification_accuracy,
         callbacks=[AllocateEachStep()] if method == "adalora" else [],
@@ -155,8 +157,10 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     for split in ("test", "validation"):
         if causal:
             rows = data[split]
-            scores[f"{split}_accuracy"] = generation_accuracy(model, tokenizer, cfg.data.dataset, names, rows["text"],
-                rows["label"], cfg.data.max_length, cfg.train.eval_batch_size)  # fmt: skip
+            tokens = answer_tokens(tokenizer, cfg.data, task) or 1
+            batch = cfg.train.eval_batch_size
+            accuracy, _ = exact_match(model, tokenizer, rows["prompt_ids"], rows["reference"], tokens, batch)
+            scores[f"{split}_accuracy"] = accuracy
             scores[f"{split}_answer_loss"] = mean_token_loss(
                 model, model_columns(rows), tokenizer.pad_token_id, cfg.train.eval_batch_size
             )

@@ -24,6 +24,8 @@ SKIPPED = {
     "# 1. install, then run the main job": "installs the package and trains for minutes; CI runs the test command",
     "torchrun --standalone": "multi-process and multi-node launches; tests/test_distributed.py runs the 2-process one",
     "make lint": "the development commands; CI runs `make test` itself",
+    "# prompt / response pairs": "needs the user's qa.jsonl and chats.jsonl; tests/test_chat.py trains both kinds "
+    "end to end through the CLI",
     "$ adarank inspect runs/default": "needs the default run's directory; "
     "test_inspect_example_is_the_default_run checks its numbers against reports/default_run.md",
 }
