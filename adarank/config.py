@@ -346,13 +346,12 @@ def _unknown_key_problems(keys: list[str], source: str) -> list[str]:
 
 VERBATIM_KEYS = ("data.prompt_template", "data.chat_template")
 """Keys whose command-line value is taken as written, not parsed as YAML (`{field}`, `: ` and quotes are
-template syntax); `\\n` in a prompt template means a line break there (a YAML config writes "\\n")."""
+template syntax); `\\n` means a line break there, as in a YAML config's double-quoted "\\n"."""
 
 
 def _verbatim(key: str, value: str) -> DictConfig:
-    """A one-key config holding ``value`` as a string (prompt templates: `\\n` turned into a newline)."""
-    if key == "data.prompt_template":
-        value = value.replace("\\n", "\n").replace("\\t", "\t")
+    """A one-key config holding ``value`` as a string, `\\n` and `\\t` turned into a line break and a tab."""
+    value = value.replace("\\n", "\n").replace("\\t", "\t")
     node: Any = value
     for part in reversed(key.split(".")):
         node = {part: node}

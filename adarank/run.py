@@ -115,8 +115,8 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
 
 
 CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\\n{{ m['content'] }}<|im_end|>\\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -133,7 +133,7 @@ def check_chat_template(tokenizer: Any, cfg: RunConfig) -> None:
     elif not getattr(tokenizer, "chat_template", None):
         raise ConfigError([
             f"the tokenizer of `{cfg.model.name_or_path}` has no chat template, so data.messages_field cannot be "
-            f"rendered; give one as data.chat_template (a Jinja template), e.g. ChatML: {CHATML}"
+            f"rendered; give one as data.chat_template (a Jinja template), e.g. ChatML: {json.dumps(CHATML)}"
         ])  # fmt: skip
 
 

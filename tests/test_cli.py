@@ -128,6 +128,12 @@ FEW_STEPS = [
 ]
 
 
+def _rt_chat(out: Path) -> Path:
+    """scripts/rt_chat.py run as a user runs it (subprocess), writing the chat data folder."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "rt_chat.py"), str(out)], check=True, capture_output=True)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
@@ -138,6 +144,11 @@ def test_every_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     if cfg.model.name_or_path == "smollm2":
         save_tiny_model(tmp_path / "llama", llama=True)
         overrides.append(f"model.name_or_path={tmp_path / 'llama'}")
+    if cfg.data.messages_field:  # the chat config reads what scripts/rt_chat.py writes; the tiny model's
+        # tokenizer has no chat template of its own, so ChatML is given as data.chat_template
+        from adarank.run import CHATML
+
+        overrides += [f"data.dataset={_rt_chat(tmp_path / 'rt-chat')}", f"data.chat_template={CHATML}"]
     assert main(["train", str(path), *overrides]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
