@@ -127,6 +127,11 @@ FIGURES = [
     ("80.5", "budget_curves.md"),
     ("14.8", "budget_curves.md"),
     ("1 of its 52", "README.md"),  # reports/README.md says the curves are in progress
+    ("257 vs 513 MiB", "fsdp2.md"),
+    ("28 vs 56 MiB", "fsdp2.md"),
+    ("7.5e-9", "cost.md"),
+    ("37.0%", "rt_chat.md"),
+    ("84.3%", "rt_chat.md"),
 ]
 
 
