@@ -22,6 +22,20 @@ ALLOCATOR_SCORES = "adarank_scores.safetensors"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def flat_scores(scores: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Score EMAs keyed `<adapter>/<part>.<kind>`, one flat mapping for a checkpoint file."""
+    return {f"{name}/{key}": t for name, parts in scores.items() for key, t in parts.items()}
+
+
+def nested_scores(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``flat_scores`` undone: adapter -> its EMA buffers."""
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        name, part = key.rsplit("/", 1)
+        scores.setdefault(name, {})[part] = tensor
+    return scores
+
+
 def latest_complete_checkpoint(folder: str | Path) -> Path | None:
     """The highest-step ``checkpoint-N`` under ``folder`` that holds the allocator state (written after
     everything else), so a checkpoint half-written by a killed process is never picked."""
@@ -178,9 +192,7 @@ class AdaRankCallback(TrainerCallback):
         from safetensors.torch import save_file
 
         state = self.allocator.state_dict()
-        scores = {
-            f"{name}/{key}": t.contiguous() for name, parts in state.pop("scores").items() for key, t in parts.items()
-        }
+        scores = {key: t.contiguous() for key, t in flat_scores(state.pop("scores")).items()}
         folder.mkdir(parents=True, exist_ok=True)
         save_file(scores, str(folder / ALLOCATOR_SCORES))
         tmp = folder / (ALLOCATOR_STATE + ".tmp")
@@ -203,10 +215,7 @@ class AdaRankCallback(TrainerCallback):
                 "AdaRankCallback, or the process died while writing it; resume from an earlier checkpoint."
             )
         state = json.loads((folder / ALLOCATOR_STATE).read_text())
-        scores: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in load_file(str(folder / ALLOCATOR_SCORES)).items():
-            name, part = key.rsplit("/", 1)
-            scores.setdefault(name, {})[part] = tensor
+        scores = nested_scores(load_file(str(folder / ALLOCATOR_SCORES)))
         self.history = state.pop("history")
         self.trace = state.pop("trace", [])  # absent in checkpoints written before the trace existed
         self.shrunk_at = state.pop("shrunk_at", None)

@@ -19,7 +19,6 @@ complete checkpoint (``latest_complete_checkpoint``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from adarank.allocator import RankAllocator
-from adarank.callback import ALLOCATOR_STATE, trace_point
+from adarank.callback import ALLOCATOR_STATE, flat_scores, latest_complete_checkpoint, nested_scores, trace_point
 from adarank.importance import init_importance
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
@@ -147,8 +146,7 @@ def _checkpoint_state(inner: nn.Module, allocator: RankAllocator) -> dict[str, A
     training), and the score EMAs. Loading writes into these same tensors in place."""
     trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
     model_state = {k: v for k, v in inner.state_dict().items() if k in trainable or k.endswith("rank_mask")}
-    scores = {f"{n}/{k}": t for n, s in allocator.scores.items() for k, t in s.items()}
-    return {"model": model_state, "scores": scores}
+    return {"model": model_state, "scores": flat_scores(allocator.scores)}
 
 
 def save_checkpoint(
@@ -172,7 +170,7 @@ def save_checkpoint(
             "history": result.history,
             "trace": result.trace,
             "log_history": result.log_history,
-            "loss_sum": result.train_loss,
+            "train_loss": result.train_loss,
         }
         tmp = folder / (ALLOCATOR_STATE + ".tmp")
         tmp.write_text(json.dumps(payload))
@@ -203,29 +201,14 @@ def load_checkpoint(
     rng = folder / f"rng_{dist.get_rank()}.pt"
     if rng.is_file():
         torch.set_rng_state(torch.load(rng))
-    allocator.load_state_dict({**payload, "scores": {}})
-    allocator.scores = {n: allocator.scores.get(n) or s for n, s in _scores_from(state["scores"]).items()}
+    allocator.load_state_dict({**payload, "scores": nested_scores(state["scores"])})  # the tensors loaded in place
     return LoopResult(
         log_history=payload["log_history"],
         history=payload["history"],
         trace=payload["trace"],
-        train_loss=payload["loss_sum"],
+        train_loss=payload["train_loss"],
         global_step=int(payload["last_step"]),
     )
-
-
-def _scores_from(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    scores: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in flat.items():
-        name, part = key.rsplit("/", 1)
-        scores.setdefault(name, {})[part] = tensor
-    return scores
-
-
-def _latest_checkpoint(root: Path) -> Path | None:
-    from adarank.callback import latest_complete_checkpoint
-
-    return latest_complete_checkpoint(root)
 
 
 def train_loop(
@@ -255,7 +238,7 @@ def train_loop(
     checkpoints = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     result = LoopResult()
     if cfg.resume:
-        folder = _latest_checkpoint(checkpoints) if checkpoints else None
+        folder = latest_complete_checkpoint(checkpoints) if checkpoints else None
         if folder is None:
             raise FileNotFoundError(f"no complete checkpoint under `{checkpoints}` to resume from.")
         result = load_checkpoint(folder, inner, optimizer, scheduler, allocator)
@@ -267,15 +250,15 @@ def train_loop(
     wrapped.train()
     for step in range(result.global_step + 1, cfg.steps + 1):
         step_loss = torch.zeros((), device=device)
+        penalty = None
         for micro in range(cfg.grad_accum_steps):
             rows = batch_indices(len(dataset), cfg.seed, step, micro, rank, world, cfg.batch_size, cfg.grad_accum_steps)
             batch = {k: v.to(device) for k, v in collate([dataset[i] for i in rows]).items()}
             loss = wrapped(**batch).loss / cfg.grad_accum_steps
             step_loss += loss.detach()
             if cfg.orth_weight and adapters:
-                loss = loss + (cfg.orth_weight / cfg.grad_accum_steps) * orthogonality_penalty(
-                    adapters, live_only=allocator.finalized
-                ).to(loss.dtype)
+                penalty = orthogonality_penalty(adapters, live_only=allocator.finalized)
+                loss = loss + (cfg.orth_weight / cfg.grad_accum_steps) * penalty.to(loss.dtype)
             loss.backward()
         norm = full(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)) if trainable else torch.zeros(())
         optimizer.step()
@@ -301,9 +284,8 @@ def train_loop(
                 "live_rank": result.trace[-1]["live_rank"],
                 "step": step,
             }
-            if cfg.orth_weight and adapters:
-                with torch.no_grad():
-                    entry["orth_penalty"] = float(orthogonality_penalty(adapters, live_only=allocator.finalized))
+            if penalty is not None:  # the step's own (last micro-batch's), before the optimizer moved P and Q
+                entry["orth_penalty"] = float(penalty.detach())
             result.log_history.append(entry)
             window = []
             if rank == 0:
@@ -314,8 +296,6 @@ def train_loop(
             save_checkpoint(checkpoints / f"checkpoint-{step}", inner, optimizer, scheduler, allocator, result)
     allocator.check_finished()
     result.optimizer = optimizer
-    if math.isnan(result.train_loss):
-        result.train_loss = loss_sum / max(1, result.global_step)
     return wrapped, result
 
 

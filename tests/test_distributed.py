@@ -17,12 +17,20 @@ from conftest import save_tiny_model
 from adarank.run import OutputLock, check_launch
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
+RUN_FILES = [
+    "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
+    "loss_curve.png", "metrics.json", "rank_heatmap.png", "rank_over_time.png", "rank_trace.json", "report.html",
+    "score_distribution.png", "train_log.json",
+]  # fmt: skip
+"""The files of a finished run directory (the adapter/ folder aside), written by process 0 alone."""
 ROOT = Path(__file__).parent.parent
 
 
-def _torchrun(nproc: int, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _torchrun(
+    nproc: int, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **(env or {})}
     done = subprocess.run(
         [torchrun, "--standalone", f"--nproc_per_node={nproc}", *args],
         capture_output=True,
@@ -102,11 +110,7 @@ def test_adarank_train_under_torchrun_writes_once(tmp_path) -> None:
     assert metrics["world_size"] == 2 and metrics["steps"] == 8
     assert metrics["total_rank_final"] == metrics["target_total_rank"] == 16  # rank 2 x 8 adapters
     assert done.stdout.count("run directory:") == 1, "only process 0 reports and writes"
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
-        "loss_curve.png", "metrics.json", "rank_heatmap.png", "rank_over_time.png", "rank_trace.json", "report.html",
-        "score_distribution.png", "train_log.json",
-    ]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == RUN_FILES
     assert sorted(p.name for p in (out / "adapter").iterdir()) == [
         "adapter.safetensors", "adarank_adapter.json", "adarank_export.json"
     ]  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import save_tiny_model
-from test_distributed import ROOT, _torchrun
+from test_distributed import ROOT, RUN_FILES, _torchrun
 
 from adarank.config import ConfigError, load_config
 
@@ -103,11 +103,7 @@ def test_train_cli_with_fsdp2_writes_the_run_once_with_an_export_that_loads(tmp_
     assert metrics["world_size"] == 2 and metrics["steps"] == 8
     assert metrics["total_rank_final"] == metrics["target_total_rank"] == 16
     assert done.stdout.count("run directory:") == 1, "only process 0 reports and writes"
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "allocation.json", "allocation_history.json", "budget_curve.png", "budget_plan.png", "config.yaml",
-        "loss_curve.png", "metrics.json", "rank_heatmap.png", "rank_over_time.png", "rank_trace.json", "report.html",
-        "score_distribution.png", "train_log.json",
-    ]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == RUN_FILES
     trace = json.loads((out / "rank_trace.json").read_text())
     assert [p["step"] for p in trace] == list(range(9)) and trace[-1]["live_rank"] == 16
     ranks = json.loads((out / "allocation.json").read_text())
@@ -129,28 +125,14 @@ def test_fsdp2_without_torchrun_or_with_an_unknown_strategy_is_refused(tmp_path,
     assert not any(tmp_path.iterdir()), "validation writes nothing"
 
 
-def _torchrun_env(nproc: int, env: dict[str, str], *args: str) -> None:
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    done = subprocess.run(
-        [torchrun, "--standalone", f"--nproc_per_node={nproc}", *args],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_fsdp2_loop_on_cuda_with_nccl_allocates_like_the_cpu_run(tmp_path) -> None:
-    _torchrun_env(1, {}, str(WORKER), "fsdp2", str(tmp_path / "cuda"), "16")
-    _torchrun_env(1, {"CUDA_VISIBLE_DEVICES": ""}, str(WORKER), "none", str(tmp_path / "cpu"), "16")
+    _torchrun(1, str(WORKER), "fsdp2", str(tmp_path / "cuda"), "16")
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "cpu"), "16", env={"CUDA_VISIBLE_DEVICES": ""})
     cuda, cpu = _record(tmp_path / "cuda"), _record(tmp_path / "cpu")
     assert all(cuda["sharded"]) and _masks(cuda) == _masks(cpu)
     worst = max(float((_final(tmp_path / "cuda")[n] - t).abs().max()) for n, t in _final(tmp_path / "cpu").items())
@@ -161,7 +143,7 @@ def test_fsdp2_loop_on_cuda_with_nccl_allocates_like_the_cpu_run(tmp_path) -> No
 @needs_cuda
 def test_trainer_with_accelerate_fsdp2_on_gpu_allocates_on_sharded_parameters(tmp_path) -> None:
     nproc = max(1, min(2, torch.cuda.device_count()))
-    _torchrun_env(nproc, {}, str(WORKER), "trainer-fsdp2", str(tmp_path / "trainer"), str(16 // nproc))
+    _torchrun(nproc, str(WORKER), "trainer-fsdp2", str(tmp_path / "trainer"), str(16 // nproc))
     run = _record(tmp_path / "trainer")
     assert len(run["sharded"]) == 24 and all(run["sharded"]), "FSDP2 must be on: DTensor parameters"
     assert [e["step"] for e in run["events"]] == [10, 12, 14, 16, 18]
