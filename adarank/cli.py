@@ -1,5 +1,5 @@
 """Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`,
-`adarank compare RUN_DIR RUN_DIR ...`,
+`adarank compare RUN_DIR RUN_DIR ...`, `adarank intrinsic-dim [CONFIG] [key=value ...]`,
 `adarank export RUN_DIR --format native|peft|merged --out DIR`."""
 
 from __future__ import annotations
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_args(plan)
     plan.add_argument("--png", type=Path, help="also write the b(t) plot to this file (default: write nothing)")
+    intrinsic = sub.add_parser(
+        "intrinsic-dim",
+        help="the task's intrinsic dimension: the smallest random subspace of the target modules' weights that "
+        "reaches intrinsic_dim.fraction of the way from the head-only floor to a full fine-tune",
+        formatter_class=raw,
+        epilog=keys,
+    )
+    _add_config_args(intrinsic)
     inspect = sub.add_parser("inspect", help="print the final rank table (layers x weight types) of a run")
     inspect.add_argument("path", type=Path, help="a run directory, its allocation.json, or a native adapter folder")
     compare = sub.add_parser("compare", help="compare finished runs: a table here and compare.html with their heatmaps")
@@ -121,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"adarank: warning: {warning}", file=sys.stderr)
         if args.command == "plan":
             _plan(cfg, args.png)
+        elif args.command == "intrinsic-dim":
+            from adarank.intrinsic import intrinsic_dimension
+
+            intrinsic_dimension(cfg)
         else:
             from adarank.run import train as run_train
 
@@ -184,8 +196,15 @@ def _analyze(path: Path, other: Path | None, out: Path | None) -> int:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
     print(analysis_table(result))
-    default = path / "analysis" if (path / "metrics.json").is_file() else Path("analysis")
-    print(f"written: {write_analysis(result, out or default)}")
+    is_run = (path / "metrics.json").is_file()
+    page = write_analysis(result, out or (path / "analysis" if is_run else Path("analysis")))
+    print(f"written: {page}")
+    if is_run:
+        from adarank.dashboards import log_analysis
+
+        run_id = log_analysis(path, result, sorted(page.parent.glob("*.png")))
+        if run_id:
+            print(f"logged to the run's wandb run {run_id} (analysis/modules and the figures)")
     return 0
 
 

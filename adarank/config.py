@@ -215,6 +215,42 @@ class DistributedConfig:
     training loop; launch with torchrun --nproc_per_node N -m adarank train ...)."""
 
 
+HEAD_MODES = ("subspace", "fixed")
+
+
+@dataclass(frozen=True)
+class IntrinsicDimConfig:
+    min_dim: int = 16
+    """`adarank intrinsic-dim`: the smallest subspace dimension d of the geometric grid."""
+    max_dim: int = 65536
+    """The largest d of the grid; a d90 above it is reported as not reached."""
+    grid_factor: float = 2.0
+    """Ratio of neighbouring grid points (> 1): min_dim, min_dim * factor, ... up to max_dim."""
+    fraction: float = 0.9
+    """The point measured: floor + fraction * (reference - floor) on the validation metric (0.9: d90)."""
+    reference: str | None = None
+    """The reference: a number, or a run directory (its metrics.json); null = fine-tune the target modules'
+    weights (and a new head) in full first, at intrinsic_dim.reference_learning_rate."""
+    reference_learning_rate: float = 5e-5
+    """Learning rate of that full fine-tune."""
+    floor_run: str | None = None
+    """A run directory of the head trained alone (adapter.target_modules=[]): its validation metric is the floor
+    and, with head=fixed, its head is used; null = train the head alone first. Causal LMs: the untrained base."""
+    head: str = "subspace"
+    """A new classification head: subspace (its parameters move inside the subspace too) | fixed (frozen at the
+    head-only optimum)."""
+    learning_rate: float = 0.01
+    """Learning rate of theta_d (AdamW, the train.* schedule); P's columns have unit norm."""
+    nonzeros: int = 1
+    """Nonzeros of the sparse projection P per weight (adarank/subspace.py says why sparse)."""
+    layer_scaling: bool = False
+    """Aghajanyan et al.'s structure-aware variant: one trainable scale per weight tensor."""
+    seeds: int = 3
+    """Seeds at the two grid points around d90 (the rest of the bisection uses one)."""
+    metric: str | None = None
+    """The validation metric: accuracy | loss; null = accuracy where the format has one, else loss."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = "runs/default"
@@ -233,6 +269,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    intrinsic_dim: IntrinsicDimConfig = field(default_factory=IntrinsicDimConfig)
 
 
 def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[type, Any, type]]:
@@ -637,6 +674,7 @@ def validate(cfg: RunConfig) -> list[str]:
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
     problems += distributed_problems(cfg)
+    problems += intrinsic_dim_problems(cfg.intrinsic_dim, cfg.data.format)
     if tr.save_steps is not None and tr.save_steps < 1:
         problems.append(f"train.save_steps ({tr.save_steps}) must be >= 1, or null for no checkpoints.")
     if cfg.resume is not None:
@@ -672,6 +710,46 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
             "train.eval_steps (the validation curve during training) is not implemented in the FSDP2 loop; "
             "leave it unset (validation and test are still evaluated after training) or use strategy ddp."
         )
+    return problems
+
+
+def intrinsic_dim_problems(idim: IntrinsicDimConfig, data_format: str) -> list[str]:
+    """Problems with the ``intrinsic_dim.*`` keys (checked for every command; they only act there)."""
+    problems = []
+    if not 1 <= idim.min_dim <= idim.max_dim:
+        problems.append(
+            f"intrinsic_dim.min_dim ({idim.min_dim}) must be >= 1 and <= intrinsic_dim.max_dim ({idim.max_dim})."
+        )
+    if idim.grid_factor <= 1:
+        problems.append(f"intrinsic_dim.grid_factor ({idim.grid_factor}) must be > 1, e.g. 2.")
+    if not 0 < idim.fraction <= 1:
+        problems.append(f"intrinsic_dim.fraction ({idim.fraction}) must be in (0, 1], e.g. 0.9.")
+    if idim.reference is not None:
+        try:
+            float(idim.reference)
+        except ValueError:
+            if not (Path(idim.reference) / "metrics.json").is_file():
+                problems.append(
+                    f"intrinsic_dim.reference `{idim.reference}` is neither a number nor a run directory with "
+                    "metrics.json; give e.g. 0.82, a finished run, or null to fine-tune in full first."
+                )
+    if idim.floor_run is not None and not (Path(idim.floor_run) / "metrics.json").is_file():
+        problems.append(
+            f"intrinsic_dim.floor_run `{idim.floor_run}` is not a finished run (no metrics.json); give a head-only "
+            "run's directory or null to train the head alone first."
+        )
+    if idim.head not in HEAD_MODES:
+        problems.append(f"intrinsic_dim.head `{idim.head}` is not one of {', '.join(HEAD_MODES)}.")
+    if idim.learning_rate <= 0 or idim.reference_learning_rate <= 0:
+        problems.append("intrinsic_dim.learning_rate and intrinsic_dim.reference_learning_rate must be > 0.")
+    if idim.nonzeros < 1 or idim.seeds < 1:
+        problems.append(
+            f"intrinsic_dim.nonzeros ({idim.nonzeros}) and intrinsic_dim.seeds ({idim.seeds}) must be >= 1."
+        )
+    if idim.metric is not None and idim.metric not in ("accuracy", "loss"):
+        problems.append(f"intrinsic_dim.metric `{idim.metric}` is not one of accuracy, loss (or null).")
+    if idim.metric == "accuracy" and data_format == "language_modeling":
+        problems.append("intrinsic_dim.metric=accuracy: language_modeling has no accuracy; use loss.")
     return problems
 
 

@@ -168,3 +168,50 @@ class WandbDashboard(TrainerCallback):
         )
         if self._owns_run:
             wandb.finish()
+
+
+ANALYSIS_COLUMNS = ["module", "rank", "effective_rank", "energy_rank_90", "relative_norm", "amplification",
+                    "phi_output", "phi_input", "phi_chance"]  # fmt: skip
+
+
+def log_analysis(run_dir: Path, result: dict[str, Any], figures: list[Path]) -> str | None:
+    """Log an ``adarank analyze`` result into the wandb run of ``run_dir`` (the newest under its wandb/
+    folder), resumed by id in the mode it ran in: the table ``analysis/modules``, the figures as
+    ``analysis/<name>`` images and summary means. Returns the run id; None where the run had no wandb
+    run, wandb is missing or disabled (WANDB_MODE=disabled), or logging failed (reported, never raised).
+    An offline run gets a second offline folder with the same id: `wandb sync` both.
+    """
+    import os
+
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"), key=lambda p: p.name.split("run-", 1)[1])
+    runs = [p for p in runs if p.is_dir() and not p.is_symlink()]
+    if not runs or os.environ.get("WANDB_MODE") == "disabled" or importlib.util.find_spec("wandb") is None:
+        return None
+    newest = runs[-1].name
+    run_id, mode = newest.rsplit("-", 1)[1], "offline" if newest.startswith("offline-") else "online"
+    try:
+        import wandb
+        from omegaconf import OmegaConf
+
+        project = OmegaConf.select(OmegaConf.load(run_dir / "config.yaml"), "wandb.project", default="adarank")
+        run = wandb.init(id=run_id, resume="allow", project=project, dir=str(run_dir), mode=mode)  # type: ignore[arg-type]
+        rows = []
+        for name, m in result["modules"].items():
+            sim = m.get("similarity") or {}
+            out, inp = sim.get("output") or {}, sim.get("input") or {}
+            rows.append([name, m["rank"], m["effective_rank"], m["energy_rank_90"], m["relative_norm"],
+                         m["amplification"], out.get("phi_at_min_rank"), inp.get("phi_at_min_rank"),
+                         out.get("chance_at_min_rank")])  # fmt: skip
+        logged: dict[str, Any] = {"analysis/modules": wandb.Table(columns=list[Any](ANALYSIS_COLUMNS), data=rows)}
+        logged |= {f"analysis/{png.stem}": wandb.Image(str(png)) for png in figures}
+        run.log(logged)
+        modules = list(result["modules"].values())
+        run.summary.update({
+            "analysis/mean_effective_rank": sum(m["effective_rank"] for m in modules) / max(len(modules), 1),
+            "analysis/modules": len(modules),
+        })  # fmt: skip
+        run.finish()
+    except Exception as err:  # wandb must never fail the command
+        print(f"adarank: logging the analysis to wandb failed ({type(err).__name__}: {err}); the files are written.")
+        return None
+    return run_id

@@ -47,6 +47,8 @@ archive() {
         run=${run%/metrics.json}
         mkdir -p "$ARCHIVE/${run#"$OUT"/}"
         cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
+        # the native adapter (tens of kB) too, for `adarank analyze` (issue 22)
+        [ -d "$run/adapter" ] && cp -r "$run/adapter" "$ARCHIVE/${run#"$OUT"/}/"
     done
 }
 mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/

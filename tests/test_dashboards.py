@@ -239,3 +239,41 @@ def test_importing_adarank_never_imports_wandb() -> None:
     code = "import sys, adarank, adarank.run, adarank.dashboards; print('wandb' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-1000:]
+
+
+@pytest.mark.slow
+def test_analysis_is_logged_to_the_runs_wandb_run(offline_run: Path, tmp_path: Path) -> None:
+    """`adarank analyze RUN` on a run that had an (offline) wandb run logs into the same run id: a second
+    offline folder with that id holds the module table (one row per module, as analysis.json) and the
+    spectra image; the run's own files are untouched. With WANDB_MODE=disabled nothing is logged."""
+    from adarank.dashboards import ANALYSIS_COLUMNS
+
+    run = tmp_path / "run"
+    shutil.copytree(offline_run, run)
+    first = run_file(run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    env.pop("WANDB_MODE", None)
+    done = subprocess.run([sys.executable, "-m", "adarank", "analyze", str(run)], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = first.stem.removeprefix("run-")
+    assert f"logged to the run's wandb run {run_id}" in done.stdout
+    files = sorted(run.rglob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and {f.name for f in files} == {first.name}
+    second = next(f for f in files if f != first)
+    rows = history(second)
+    logged = next(row for row in rows if "analysis/modules" in row)
+    assert logged["analysis/spectra"]["_type"] == "image-file"
+    table = json.loads((second.parent / "files" / logged["analysis/modules"]["path"]).read_text())
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert table["columns"] == ANALYSIS_COLUMNS
+    assert [row[0] for row in table["data"]] == list(analysis["modules"])
+    assert [row[2] for row in table["data"]] == pytest.approx(
+        [m["effective_rank"] for m in analysis["modules"].values()]
+    )
+    assert summary(second)["analysis/modules"] == len(analysis["modules"])
+    env["WANDB_MODE"] = "disabled"
+    again = subprocess.run([sys.executable, "-m", "adarank", "analyze", str(run), "--out", str(tmp_path / "a2")],
+                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0 and "logged to" not in again.stdout
+    assert len(sorted(run.rglob("offline-run-*/run-*.wandb"))) == 2

@@ -26,6 +26,8 @@ SKIPPED = {
     "make lint": "the development commands; CI runs `make test` itself",
     "# prompt / response pairs": "needs the user's qa.jsonl and chats.jsonl; tests/test_chat.py trains both kinds "
     "end to end through the CLI",
+    "adarank intrinsic-dim configs/": "every grid point is a training run (an hour here); "
+    "tests/test_intrinsic.py runs the command on a tiny model with a new head",
     "$ adarank inspect runs/default": "needs the default run's directory; "
     "test_inspect_example_is_the_default_run checks its numbers against reports/default_run.md",
 }

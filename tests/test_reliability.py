@@ -175,13 +175,14 @@ def _case_names(text: str, overrides: list[str], path: Path | None) -> list[str]
 # counted each outcome after the fact, so it could not fail). Issue 15 moved them from (445, 55): its
 # 11 new keys change which keys the fuzzer draws, and 3 of them are numeric (30 more sweep cases:
 # 0, 0.5 and 1e-30 are valid fractions, 0 a valid split seed).
-FUZZ_REFUSED, FUZZ_ACCEPTED = 460, 70
+# Issue 22 moved them from (460, 70): the 12 intrinsic_dim.* keys, 8 of them numeric (80 more sweep cases).
+FUZZ_REFUSED, FUZZ_ACCEPTED = 535, 75
 
 
 def _insane(cfg) -> list[str]:
     """What is wrong with an accepted config, judged independently of adarank's validate(): the
     ranges the README promises are checked before training."""
-    b, t, d, a, i = cfg.budget, cfg.train, cfg.data, cfg.adapter, cfg.importance
+    b, t, d, a, i, s = cfg.budget, cfg.train, cfg.data, cfg.adapter, cfg.importance, cfg.intrinsic_dim
     floats = [a.alpha, a.dropout, a.orth_weight, b.t_init, b.t_final, i.beta_sensitivity, i.beta_uncertainty,
               t.learning_rate, t.singular_lr_multiplier, t.warmup_ratio, t.weight_decay]  # fmt: skip
     steps = [round(v * t.max_steps) if v < 1 else v for v in (b.t_init, b.t_final)]
@@ -198,6 +199,12 @@ def _insane(cfg) -> list[str]:
         and (bool(a.target_modules) or d.format == "classification"),  # [] = the head alone
         "choices": b.schedule in ("cubic", "linear", "constant")
         and d.format in ("classification", "generation", "language_modeling"),
+        "intrinsic_dim": 1 <= s.min_dim <= s.max_dim
+        and s.grid_factor > 1
+        and 0 < s.fraction <= 1
+        and min(s.learning_rate, s.reference_learning_rate) > 0
+        and min(s.nonzeros, s.seeds) >= 1
+        and s.head in ("subspace", "fixed"),
         "splits": 0 <= d.validation_fraction < 1
         and 0 <= d.test_fraction < 1
         and d.validation_fraction + d.test_fraction < 1
