@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -158,6 +159,8 @@ def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
     from adarank.run import OutputLock
 
     out = Path(cfg.output_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(["adarank intrinsic-dim runs in one process; launch it without torchrun."])
     if (out / RESULT_FILE).exists() and not cfg.overwrite:
         raise ConfigError([f"output_dir `{out}` already holds {RESULT_FILE}; choose another or pass overwrite=true."])
     trainer = _Runner(cfg)  # loads and checks data and model before anything is written
@@ -349,11 +352,18 @@ class _Runner:
         return select_modules(model, self.cfg.adapter.target_modules)
 
     def _fresh(self, seed: int) -> Any:
+        from transformers.utils import logging as hf_logging
+
         from adarank.models import load_model
 
         torch.manual_seed(seed)  # a new head's initialisation
         names = self.task.label_names
-        _, model, _ = load_model(self.cfg.model, self.causal, len(names) or 2, names or None)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the new-head notice was shown once, when the task was checked
+        try:
+            _, model, _ = load_model(self.cfg.model, self.causal, len(names) or 2, names or None)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return model
 
     def floor(self) -> float:
