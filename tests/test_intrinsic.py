@@ -185,3 +185,40 @@ def test_command_on_a_model_with_a_new_head(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert f"resuming from {len(result['points'])} measurement(s)" in text and "seed 0:" not in text
     assert json.loads((out / "intrinsic_dim.json").read_text()) == result
+
+
+@pytest.mark.slow
+def test_fixed_head_is_the_probes_and_frozen(tmp_path, monkeypatch) -> None:
+    """head=fixed without floor_run: the floor trains the new head alone (it moves from its initialisation),
+    and every subspace run starts from exactly that head, frozen, with only θ_d trainable. After a resume
+    (the floor read from the points file) the head is trained again to the same values (same seed)."""
+    import torch
+    from conftest import save_tiny_model
+
+    from adarank.intrinsic import _Runner
+
+    save_tiny_model(tmp_path / "llama", llama=True)
+    cfg = load_config(None, [f"model.name_or_path={tmp_path / 'llama'}", "train.max_steps=4", "train.batch_size=8",
+                             "data.max_train_samples=32", "data.max_eval_samples=16", "intrinsic_dim.head=fixed",
+                             "adapter.target_modules=[q_proj]", f"output_dir={tmp_path / 'out'}"])  # fmt: skip
+    runner = _Runner(cfg)
+    assert runner.head_modules == ["score"]
+    runner.floor()
+    head = runner.head_state
+    assert head is not None and set(head) == {"score.weight"}
+    initial = runner._fresh(cfg.seed).score.weight
+    assert not torch.equal(head["score.weight"], initial), "the probe trained the head"
+    seen = {}
+
+    def capture(model, learning_rate, seed, steps=True):  # noqa: ANN001, ANN202
+        seen["head"] = model.score.weight.detach().clone()
+        seen["trainable"] = [n for n, p in model.named_parameters() if p.requires_grad]
+        return 0.5
+
+    monkeypatch.setattr(runner, "_train", capture)
+    runner.subspace(2, 1)
+    assert torch.equal(seen["head"], head["score.weight"])
+    assert len(seen["trainable"]) == 1 and seen["trainable"][0].endswith("coords")
+    resumed = _Runner(cfg)
+    resumed.floor_head()
+    assert resumed.head_state is not None and torch.equal(resumed.head_state["score.weight"], head["score.weight"])
