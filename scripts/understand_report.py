@@ -184,12 +184,12 @@ def intrinsic_section(archive: Path) -> list[str]:
         "## 4. Intrinsic dimension (`adarank intrinsic-dim`)",
         "",
         f"Setting: the MiniLM budget curve's (configs/rt-minilm-curve.yaml: all 36 linears, "
-        f"{result['subspace_size']:,} weights in the subspace), but 200 training steps instead of 400 for every "
+        f"{result['subspace_size']:,} weights in the subspace), but 150 training steps instead of 400 for every "
         f"run here (the floor, the reference and each subspace), for the time this session had. Head: "
         f"{result['head']} (trained alone first, then frozen). Projection: {result['projection']}.",
         "",
-        f"- floor (head alone, 200 steps): {result['floor']:.4f} validation accuracy",
-        f"- reference (full fine-tune of the 36 linears and the head, lr 1e-4, 200 steps): {result['reference']:.4f}",
+        f"- floor (head alone, 150 steps): {result['floor']:.4f} validation accuracy",
+        f"- reference (full fine-tune of the 36 linears and the head, lr 1e-4, 150 steps): {result['reference']:.4f}",
         f"- target, 90% of the way: {result['target']:.4f}",
     ]
     if found is None:
