@@ -294,7 +294,8 @@ def main() -> None:
         "",
         "*Left, middle: subspace similarity φ(i, j) between LoRA r=8's and r=32's updates (1 = the top-i "
         "directions lie inside the top-j; chance about j/384; the colour scale stops at 0.3, the largest cell is "
-        f"{largest:.3f}). Right: per module, AdaLoRA's final rank against how well its top direction agrees across seeds.*",
+        f"{largest:.3f}). Right: per module, AdaLoRA's final rank against how well its top direction agrees "
+        "across seeds.*",
         "",
         *updates_section(args.archive),
         "",
