@@ -133,6 +133,12 @@ FIGURES = [
     ("28 vs 56 MiB", "fsdp2.md"),
     ("7.5e-9", "cost.md"),
     ("37.0%", "rt_chat.md"),
+    ("0.027", "understand.md"),
+    ("0.186", "understand.md"),
+    ("+0.37", "understand.md"),
+    ("p = 0.079", "understand.md"),
+    ("+0.41", "understand.md"),
+    ("p = 0.045", "understand.md"),
     ("84.3%", "rt_chat.md"),
 ]
 
