@@ -139,6 +139,15 @@ FIGURES = [
     ("p = 0.079", "understand.md"),
     ("+0.41", "understand.md"),
     ("p = 0.045", "understand.md"),
+    ("10,616,832", "understand.md"),
+    ("0.6112", "understand.md"),
+    ("0.8096", "understand.md"),
+    ("0.7898", "understand.md"),
+    ("0.7843", "understand.md"),
+    ("0.8157", "understand.md"),
+    ("20,864", "understand.md"),
+    ("0.8032", "understand.md"),
+    ("4,614", "minilm_curves.md"),
     ("84.3%", "rt_chat.md"),
 ]
 
