@@ -138,10 +138,9 @@ class _Points:
 
     def add(self, measurement: Measurement) -> None:
         self.items.append(measurement)
-        payload = {"config": self.config_text, "points": [asdict(m) for m in self.items]}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(self.path)
+        from adarank.run import _write_json_atomic
+
+        _write_json_atomic(self.path, {"config": self.config_text, "points": [asdict(m) for m in self.items]})
 
 
 def _config_text(cfg: RunConfig) -> str:
@@ -156,7 +155,7 @@ def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ConfigError: the data, model or targets are invalid, or the output directory holds another result.
     """
-    from adarank.run import OutputLock
+    from adarank.run import OutputLock, _write_json_atomic
 
     out = Path(cfg.output_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -168,9 +167,7 @@ def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
         points = _Points(out / POINTS_FILE, _config_text(cfg))
         result = _measure(cfg, trainer, points)
         _plot(result, out / PLOT_FILE)
-        tmp = out / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out / RESULT_FILE)
+        _write_json_atomic(out / RESULT_FILE, result)
     print(_summary(result))
     print(f"output: {out / RESULT_FILE}, {out / PLOT_FILE}")
     return result
@@ -336,8 +333,8 @@ class _Runner:
             raise ConfigError(["intrinsic_dim.metric=accuracy needs exact match: set data.max_answer_tokens."])
         self.metric = f"validation_{kind}"
         self.higher_is_better = kind == "accuracy"
-        self.subspace_size = sum(self._covered(model).values())
-        self.layer_scales = len(self._covered(model))
+        covered = self._covered(model)
+        self.subspace_size, self.layer_scales = sum(covered.values()), len(covered)
         self.head_state: dict[str, torch.Tensor] | None = None
 
     def _covered(self, model: Any) -> dict[str, int]:
