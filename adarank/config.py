@@ -705,11 +705,6 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
             "distributed.strategy=fsdp2 shards the model across processes: launch with "
             "`torchrun --nproc_per_node N -m adarank train ...` (N >= 1), or use the default strategy ddp."
         )
-    if cfg.train.eval_steps is not None:
-        problems.append(
-            "train.eval_steps (the validation curve during training) is not implemented in the FSDP2 loop; "
-            "leave it unset (validation and test are still evaluated after training) or use strategy ddp."
-        )
     return problems
 
 

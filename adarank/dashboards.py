@@ -1,7 +1,9 @@
 """wandb panels for rank allocation; the only module that imports wandb (lazily, on process 0).
 
 ``WandbDashboard`` is a Trainer callback placed after ``AdaRankCallback``. It logs into the run that
-transformers' own WandbCallback opened (one run, not two), or opens one itself in a plain loop.
+transformers' own WandbCallback opened (one run, not two), or opens one itself. Without the Trainer
+(``adarank.loop``, the FSDP2 path of ``adarank train``) call its methods: ``begin``, ``log_event`` at
+each masking step, ``log_train`` per log entry, ``end``.
 At each masking step: budget b(t), live budget, score threshold, orthogonality penalty, per-module
 rank ``rank/<module>``, a histogram of triplet scores and the rank heatmap (a Table drawn by the
 Vega-Lite spec in ``adarank/vega/rank_heatmap.json`` plus an Image that renders anywhere), all
@@ -42,7 +44,8 @@ def heatmap_rows(ranks: dict[str, int]) -> list[list[Any]]:
 
 
 class WandbDashboard(TrainerCallback):
-    """Rank-allocation panels in wandb. Add it after ``AdaRankCallback``; it never changes training.
+    """Rank-allocation panels in wandb. Add it after ``AdaRankCallback``, or call ``begin`` /
+    ``log_event`` / ``log_train`` / ``end`` from a loop; it never changes training.
 
     Args:
         allocator: the allocator the AdaRankCallback drives.
@@ -58,8 +61,10 @@ class WandbDashboard(TrainerCallback):
         self._wandb: Any = None
         self._owns_run = False
 
-    def _start(self, args: TrainingArguments, state: TrainerState) -> None:
-        if not state.is_world_process_zero or self._wandb is not None:
+    def begin(self) -> None:
+        """Join the open wandb run, or open one in ``project`` (then ``end`` finishes it). Call it on
+        process 0 only; the Trainer hook does."""
+        if self._wandb is not None:
             return
         if importlib.util.find_spec("wandb") is None:
             print("adarank: wandb is not installed (pip install 'adarank[wandb]'): no dashboards; training goes on.")
@@ -72,66 +77,53 @@ class WandbDashboard(TrainerCallback):
                 wandb.init(project=self.project)
                 self._owns_run = True
             wandb.define_metric(STEP_KEY)
-            wandb.define_metric("adarank/*", step_metric=STEP_KEY)
-            wandb.define_metric("rank/*", step_metric=STEP_KEY)
+            for prefix in ("adarank", "rank", "train", "eval"):
+                wandb.define_metric(f"{prefix}/*", step_metric=STEP_KEY)
             self._wandb = wandb
         except Exception as err:  # no login, no network: say so once, train on
             print(f"adarank: wandb could not start ({err}); no dashboards, training goes on.")
             self._wandb = False
 
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        self._start(args, state)
-
-    def on_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        event = self.allocator.last_event
-        if not self._wandb or event is None or event["step"] != state.global_step + 1:
+    def log_event(self, event: dict[str, Any], penalty: float | None = None) -> None:
+        """The panels of one masking step (``allocator.last_event``). ``penalty``: the orthogonality
+        penalty after it; left out, it is computed here from the whole adapters, which under FSDP2 is a
+        collective every process must join: there compute it on every process and pass it."""
+        if not self._wandb:
             return
         self.history.append(event)
-        self._log_event(event)
-
-    def _log_event(self, event: dict[str, Any]) -> None:
         wandb = self._wandb
-        with torch.no_grad():
-            adapters = self.allocator.adapters.values()
-            penalty = float(orthogonality_penalty(adapters, live_only=self.allocator.finalized)) if adapters else 0.0
-            scores = self.allocator.masked_scores  # every triplet's score at this masking step
+        adapters = self.allocator.adapters.values()
+        if penalty is None and adapters:
+            with torch.no_grad():
+                penalty = float(orthogonality_penalty(adapters, live_only=self.allocator.finalized))
         payload: dict[str, Any] = {
             STEP_KEY: event["step"],
             "adarank/budget": event["budget"],
             "adarank/live": event["live"],
             "adarank/live_rank": sum(event["ranks"].values()),
             "adarank/threshold": event["threshold"],
-            "adarank/orth_penalty": penalty,
-            "adarank/triplet_scores": wandb.Histogram(scores),
+            "adarank/orth_penalty": penalty or 0.0,
+            "adarank/triplet_scores": wandb.Histogram(self.allocator.masked_scores),  # every triplet's score
             **{f"rank/{name}": rank for name, rank in event["ranks"].items()},
             **self._heatmap(event["ranks"], f"rank at step {event['step']}", "adarank/"),
         }
         wandb.log(payload)
 
-    def _heatmap(self, ranks: dict[str, int], title: str, prefix: str) -> dict[str, Any]:
-        wandb = self._wandb
-        table = wandb.Table(columns=["layer", "type", "rank"], data=heatmap_rows(ranks))
-        chart = wandb.plot_table(HEATMAP_PRESET, table, {"layer": "layer", "type": "type", "rank": "rank"})
-        from PIL import Image  # wandb's own dependency
-
-        with (
-            tempfile.TemporaryDirectory() as folder,
-            Image.open(plot_heatmap(ranks, Path(folder) / "h.png", title)) as png,
-        ):
-            image = wandb.Image(png.convert("RGB"))  # in memory: wandb reads files lazily
-        return {
-            f"{prefix}rank_heatmap_table": table,
-            f"{prefix}rank_heatmap": chart,
-            f"{prefix}rank_heatmap_image": image,
+    def log_train(self, entry: dict[str, Any]) -> None:
+        """One log entry of a loop without the Trainer (``adarank.loop``): ``eval_<name>`` as
+        ``eval/<name>``, the rest as ``train/<name>``, against ``train/global_step`` (the names the
+        Trainer's own wandb logging uses)."""
+        if not self._wandb:
+            return
+        values = {
+            (f"eval/{k.removeprefix('eval_')}" if k.startswith("eval_") else f"train/{k}"): v
+            for k, v in entry.items()
+            if k != "step"
         }
+        self._wandb.log({STEP_KEY: entry["step"], **values})
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def end(self, step: int) -> None:
+        """The final panels and summary at ``step``; finishes the run if ``begin`` opened it."""
         if not self._wandb or not self.allocator.adapters:  # the head alone: no rank to show
             return
         wandb = self._wandb
@@ -140,7 +132,7 @@ class WandbDashboard(TrainerCallback):
         steps = [e["step"] for e in self.history]
         final_table = wandb.Table(columns=["module", "rank"], data=[[n, r] for n, r in ranks.items()])
         payload: dict[str, Any] = {
-            STEP_KEY: state.global_step,
+            STEP_KEY: step,
             **self._heatmap(ranks, "final rank", "final/"),
             "final/rank_table": final_table,
             "final/rank_bar": wandb.plot.bar(final_table, "module", "rank", title="final rank per module"),
@@ -168,6 +160,41 @@ class WandbDashboard(TrainerCallback):
         )
         if self._owns_run:
             wandb.finish()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            self.begin()
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        event = self.allocator.last_event
+        if event is not None and event["step"] == state.global_step + 1:
+            self.log_event(event)
+
+    def _heatmap(self, ranks: dict[str, int], title: str, prefix: str) -> dict[str, Any]:
+        wandb = self._wandb
+        table = wandb.Table(columns=["layer", "type", "rank"], data=heatmap_rows(ranks))
+        chart = wandb.plot_table(HEATMAP_PRESET, table, {"layer": "layer", "type": "type", "rank": "rank"})
+        from PIL import Image  # wandb's own dependency
+
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            Image.open(plot_heatmap(ranks, Path(folder) / "h.png", title)) as png,
+        ):
+            image = wandb.Image(png.convert("RGB"))  # in memory: wandb reads files lazily
+        return {
+            f"{prefix}rank_heatmap_table": table,
+            f"{prefix}rank_heatmap": chart,
+            f"{prefix}rank_heatmap_image": image,
+        }
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.end(state.global_step)
 
 
 ANALYSIS_COLUMNS = ["module", "rank", "effective_rank", "energy_rank_90", "relative_norm", "amplification",

@@ -62,6 +62,8 @@ class LoopConfig:
     resume: bool = False
     """Continue from the latest complete checkpoint under checkpoint_dir."""
     log_steps: int = 1
+    eval_steps: int | None = None
+    """Call ``train_loop``'s ``evaluate`` every this many steps (on every process, in lockstep)."""
 
 
 @dataclass
@@ -218,10 +220,15 @@ def train_loop(
     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
     config: LoopConfig,
     on_step: Callable[[int, RankAllocator], None] | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, LoopResult]:
     """Train ``model`` (adapters injected, ``allocator`` built on them) for ``config.steps`` optimizer
     steps under torchrun; returns the wrapped model (sharded in place for fsdp2, a DDP wrapper for ddp)
     and the result. ``on_step(step, allocator)`` runs after each step's allocation on every process.
+    Every ``config.eval_steps`` steps ``evaluate()`` runs on every process (the model in eval mode is
+    the caller's to set) and its scores join the log as ``eval_<name>``; ``on_log(entry)`` sees every
+    log entry (training and evaluation) on every process.
 
     Raises:
         RuntimeError: not under torchrun; or the allocation did not finish (``check_finished``).
@@ -286,10 +293,11 @@ def train_loop(
             }
             if penalty is not None:  # the step's own (last micro-batch's), before the optimizer moved P and Q
                 entry["orth_penalty"] = float(penalty.detach())
-            result.log_history.append(entry)
             window = []
-            if rank == 0:
-                print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+            _log(result, entry, rank, on_log)
+        if evaluate is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
+            scores = evaluate()
+            _log(result, {**{f"eval_{k}": v for k, v in scores.items()}, "step": step}, rank, on_log)
         result.global_step = step
         result.train_loss = loss_sum / step
         if checkpoints is not None and cfg.save_steps and step % cfg.save_steps == 0:
@@ -299,6 +307,15 @@ def train_loop(
     return wrapped, result
 
 
+def _log(result: LoopResult, entry: dict[str, Any], rank: int, on_log: Callable[[dict[str, Any]], None] | None) -> None:
+    """Append ``entry`` to the log history, print it on process 0 and hand it to ``on_log``."""
+    result.log_history.append(entry)
+    if rank == 0:
+        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+    if on_log is not None:
+        on_log(entry)
+
+
 @torch.no_grad()
 def classify_split(
     model: nn.Module,
@@ -306,20 +323,22 @@ def classify_split(
     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of a classifier on every row of ``dataset`` (with `labels`). Under FSDP2
-    every process must call it on the same rows: the forward passes gather the shards."""
+    """Accuracy, macro-F1 and mean cross-entropy (``loss``) of a classifier on every row of ``dataset``
+    (with `labels`). Under FSDP2 every process must call it on the same rows: the forward passes gather
+    the shards."""
     import numpy as np
 
     from adarank.tasks import evaluating, macro_f1
 
     device = next(model.parameters()).device
-    predicted, gold = [], []
+    predicted, gold, loss = [], [], 0.0
     with evaluating(model):
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             labels = batch.pop("labels")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            loss += float(nn.functional.cross_entropy(logits.float().cpu(), labels, reduction="sum"))
             predicted.append(logits.argmax(-1).cpu().numpy())
             gold.append(labels.numpy())
     p, g = np.concatenate(predicted), np.concatenate(gold)
-    return {"accuracy": float((p == g).mean()), "macro_f1": macro_f1(p, g)}
+    return {"accuracy": float((p == g).mean()), "macro_f1": macro_f1(p, g), "loss": loss / max(1, len(g))}

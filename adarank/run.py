@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
 from adarank.models import hf_folder, load_model, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
+from adarank.regularization import orthogonality_penalty
 from adarank.report import RunRecord, write_report
 from adarank.schedule import BudgetPlan, constant_rank_budget
 from adarank.tasks import (
@@ -403,17 +404,18 @@ def _train_fsdp2(
     cfg: RunConfig, task: TaskData, tokenizer: Any, model: nn.Module, allocator: RankAllocator, data: dict, out: Path
 ) -> dict[str, Any]:
     """The FSDP2 phase in adarank's own loop (``adarank.loop``), then ``_finish``. Every process
-    evaluates every split in lockstep on the sharded model (the forward passes gather the shards)."""
+    evaluates every split in lockstep on the sharded model (the forward passes gather the shards);
+    process 0 logs to wandb."""
     from adarank.loop import LoopConfig, classify_split, train_loop
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
         _write_start(cfg, allocator, out)
-        if _wandb_mode(cfg) != "disabled":
-            print("adarank: wandb dashboards are not wired to the FSDP2 loop yet; report.html has the run's figures.")
         if cfg.budget.shrink:
             print("adarank: budget.shrink is not applied under FSDP2 (yet): the final phase keeps all triplets.")
     trainable_initial = count_trainable(model)
+    logging = bool(_setup_wandb(cfg, out))  # the same answer on every process: they compute the penalty together
+    dashboard = _loop_dashboard(cfg, allocator, out, trainable_initial) if logging and main_process else None
     tr = cfg.train
     if tr.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
@@ -434,14 +436,43 @@ def _train_fsdp2(
         checkpoint_dir=str(out / "trainer"),
         resume=bool(cfg.resume),
         log_steps=max(1, tr.max_steps // 20),
+        eval_steps=tr.eval_steps,
     )
 
     def classify(split: str) -> dict[str, float]:
         return classify_split(model, model_columns(data[split]), collate, tr.eval_batch_size)
 
+    def validation() -> dict[str, float]:  # the curve during training: loss (and accuracy for a classifier)
+        if cfg.data.format == "classification":
+            return classify("validation")
+        rows = model_columns(data["validation"]) if cfg.data.format == "generation" else data["validation"]
+        return {"loss": mean_token_loss(model, rows, tokenizer.pad_token_id, tr.eval_batch_size, "validation loss")}
+
+    def on_step(step: int, allocator: RankAllocator) -> None:
+        event = allocator.last_event
+        if not logging or event is None or event["step"] != step:
+            return
+        penalty = 0.0
+        if allocator.adapters:  # gathers P and Q: every process, before process 0 logs
+            with torch.no_grad():
+                penalty = float(orthogonality_penalty(allocator.adapters.values(), live_only=allocator.finalized))
+        if dashboard is not None:
+            dashboard.log_event(event, penalty)
+
     before = _floor(cfg, model, classify, tokenizer, task, data)  # unsharded: every process holds it whole here
     start = time.perf_counter()
-    model, result = train_loop(model, allocator, train_rows, collate, loop)
+    model, result = train_loop(
+        model,
+        allocator,
+        train_rows,
+        collate,
+        loop,
+        on_step=on_step,
+        evaluate=validation,
+        on_log=dashboard.log_train if dashboard is not None else None,
+    )
+    if dashboard is not None:
+        dashboard.end(result.global_step)
     trained = _Trained(
         model=model,
         classify=classify,
@@ -455,8 +486,27 @@ def _train_fsdp2(
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         main_process=main_process,
         trainable_initial=trainable_initial,
+        wandb=dashboard is not None,
     )
     return _finish(cfg, task, tokenizer, allocator, data, out, trained)
+
+
+def _loop_dashboard(cfg: RunConfig, allocator: RankAllocator, out: Path, trainable_initial: int) -> Any:
+    """Open the run's wandb run (in ``out``/wandb, named after the run directory, the resolved config
+    attached; ``_finish`` logs the report into it and finishes it) and a dashboard joined to it. None
+    where wandb cannot start: said once, training goes on."""
+    import wandb
+
+    from adarank.dashboards import WandbDashboard
+
+    try:
+        wandb.init(project=cfg.wandb.project, dir=str(out.resolve()), name=out.name, config=asdict(cfg))
+    except Exception as err:  # no network for online mode, a broken install: never fail the run over wandb
+        print(f"adarank: wandb could not start ({err}); no dashboards, training goes on.")
+        return None
+    dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)
+    dashboard.begin()
+    return dashboard
 
 
 def _finish(
