@@ -34,7 +34,7 @@ from adarank.callback import ALLOCATOR_STATE, flat_scores, latest_complete_check
 from adarank.importance import init_importance
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
-from adarank.sharding import full, shard_model
+from adarank.sharding import full, is_fully_sharded, shard_model
 from adarank.trainer import param_groups
 
 STRATEGIES = ("fsdp2", "ddp", "none")
@@ -124,7 +124,8 @@ def _wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy `{strategy}` is not one of {', '.join(STRATEGIES)}")
     if strategy == "fsdp2":  # fully_shard moves each process's shards to its device, never the whole model
-        shard_model(model)
+        if not is_fully_sharded(model):  # adarank train shards while loading (sharding.shard_from_rank0_)
+            shard_model(model)
         return model
     model.to(device)
     if strategy == "ddp":

@@ -25,7 +25,7 @@ from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
 from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
-from adarank.models import hf_folder, load_model, model_skeleton, train_in_fp32
+from adarank.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
 from adarank.regularization import orthogonality_penalty
 from adarank.report import RunRecord, write_report
@@ -80,14 +80,17 @@ def describe(cfg: RunConfig) -> tuple[str, Any]:
 
 def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, nn.Module, RankAllocator]:
     """Load the model (a classifier over ``label_names`` or a causal LM), inject adapters and build the
-    allocator; every problem raised before training.
+    allocator; every problem raised before training. Under ``distributed.strategy=fsdp2`` (the process
+    group initialised) a collective: process 0 alone loads the weights, the others build the model on the
+    meta device (``load_model_sharded``) and get their shards in training.
 
     Raises:
         ConfigError: the model folder, target modules, head or budget are invalid.
     """
     torch.manual_seed(cfg.seed)
     names = label_names or _config_label_names(cfg)
-    tokenizer, model, new_modules = load_model(cfg.model, _causal(cfg), len(names) or 2, names or None)
+    load = load_model_sharded if cfg.distributed.strategy == "fsdp2" else load_model
+    tokenizer, model, new_modules = load(cfg.model, _causal(cfg), len(names) or 2, names or None)
     base_params = sum(p.numel() for p in model.parameters())
     shapes = _targets_or_raise(model, cfg)
     budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
@@ -269,6 +272,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         ConfigError: the data (``adarank.data.DataError``), model, targets or budget are invalid.
     """
     task = load_task(cfg.data)
+    if cfg.distributed.strategy == "fsdp2":
+        from adarank.loop import init_distributed
+
+        init_distributed()  # prepare() loads the weights on process 0 alone
     tokenizer, model, allocator = prepare(cfg, task.label_names)
     plan = allocator.plan
     assert plan is not None
@@ -406,7 +413,8 @@ def _train_fsdp2(
     """The FSDP2 phase in adarank's own loop (``adarank.loop``), then ``_finish``. Every process
     evaluates every split in lockstep on the sharded model (the forward passes gather the shards);
     process 0 logs to wandb."""
-    from adarank.loop import LoopConfig, classify_split, train_loop
+    from adarank.loop import LoopConfig, classify_split, init_distributed, train_loop
+    from adarank.sharding import shard_from_rank0_
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
@@ -459,7 +467,8 @@ def _train_fsdp2(
         if dashboard is not None:
             dashboard.log_event(event, penalty)
 
-    before = _floor(cfg, model, classify, tokenizer, task, data)  # unsharded: every process holds it whole here
+    shard_from_rank0_(model, init_distributed()[2])  # process 0 alone loaded the weights
+    before = _floor(cfg, model, classify, tokenizer, task, data)  # sharded: every process in lockstep
     start = time.perf_counter()
     model, result = train_loop(
         model,

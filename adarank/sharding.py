@@ -103,6 +103,36 @@ def shard_model(model: nn.Module) -> int:
     return len(blocks)
 
 
+def is_fully_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` has been applied to ``model`` (its root)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@torch.no_grad()
+def shard_from_rank0_(model: nn.Module, device: torch.device) -> int:
+    """Shard ``model`` (``shard_model``) where process 0 holds its weights and every other process the
+    same modules on the meta device (``adarank.models.load_model_sharded``), so that no process but 0
+    ever holds a whole copy: the others allocate their own shards on ``device`` and receive them from
+    process 0 one tensor at a time (each parameter whole, then sliced to the local rows; each buffer
+    whole, non-persistent ones such as rotary frequencies included). Peak memory: process 0 the model
+    plus its shards, the others their shards plus the largest tensor. A collective. Returns the number
+    of blocks sharded."""
+    rank = dist.get_rank()
+    whole = {name: param.detach() for name, param in model.named_parameters()} if rank == 0 else {}
+    blocks = shard_model(model)
+    if rank != 0:
+        model.to_empty(device=device)
+    for name, param in model.named_parameters():  # the same names in the same order on every process
+        source = whole.pop(name).to(device) if rank == 0 else torch.empty(param.shape, dtype=param.dtype, device=device)
+        dist.broadcast(source, src=0)
+        local(param).copy_(source[local_rows(param)])
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return blocks
+
+
 @contextmanager
 def gathered_trainables(model: nn.Module) -> Iterator[None]:
     """Within the block, every trainable DTensor parameter of ``model`` (adapters, a new head) is replaced

@@ -4,11 +4,18 @@ types, a few steps of adarank's own loop on random tokens, then the bytes each p
 exactly from the tensors' local storage: the base weights, the adapters (and any new head), the
 optimizer state and the allocator's score EMAs; gradients are as large as the trainable parameters.
 Also the process's resident memory at the end (RSS; it includes Python, torch and the activations'
-allocator cache, so it is an upper bound).
+allocator cache, so it is an upper bound) and at its peak. Every process writes its own row.
 
-    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy fsdp2 --out reports/fsdp2/memory.jsonl
-    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy ddp --out reports/fsdp2/memory.jsonl
-    python scripts/fsdp_memory.py --table reports/fsdp2/memory.jsonl
+With ``--load rank0`` (FSDP2 only; what ``adarank train distributed.strategy=fsdp2`` does) process 0
+builds the model and the others build it on the meta device and receive their shards from process 0
+(``adarank.sharding.shard_from_rank0_``); with ``--load every`` each process builds the whole model
+and ``fully_shard`` keeps its shards (the earlier behaviour).
+
+    OUT=reports/fsdp2/memory_loading.jsonl
+    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy fsdp2 --load rank0 --out $OUT
+    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy fsdp2 --load every --out $OUT
+    torchrun --standalone --nproc_per_node 2 scripts/fsdp_memory.py --strategy ddp --out $OUT
+    python scripts/fsdp_memory.py --table $OUT
 """
 
 from __future__ import annotations
@@ -48,14 +55,23 @@ def measure(args: argparse.Namespace) -> dict:
 
     from adarank import BudgetConfig, RankAllocator, inject_adapters
     from adarank.config import ModelConfig
-    from adarank.loop import LoopConfig, train_loop
+    from adarank.loop import LoopConfig, init_distributed, train_loop
     from adarank.models import read_config
+    from adarank.sharding import shard_from_rank0_, shard_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    rank, _, device = init_distributed()
     config = read_config(ModelConfig(args.model))
-    model = AutoModelForCausalLM.from_config(config)
+    meta = args.strategy == "fsdp2" and args.load == "rank0" and rank != 0
+    with torch.device("meta" if meta else "cpu"):
+        model = AutoModelForCausalLM.from_config(config)
     adapters = inject_adapters(model, ATTENTION_AND_MLP, rank=args.rank, alpha=2 * args.rank, seed=0)
+    if args.strategy == "fsdp2" and args.load == "rank0":
+        shard_from_rank0_(model, device)
+    elif args.strategy == "fsdp2":
+        shard_model(model)  # train_loop would; here first, to read the peak of loading alone
+    loaded_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     budget = BudgetConfig(init_rank=args.rank, target_rank=args.rank // 2, t_init=1, t_final=1, mask_interval=1)
     allocator = RankAllocator(adapters, budget)
     generator = torch.Generator().manual_seed(0)
@@ -78,6 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
     mib = 2**20
     return {
         "strategy": args.strategy,
+        "load": args.load if args.strategy == "fsdp2" else "every",
         "world_size": int(os.environ["WORLD_SIZE"]),
         "rank": int(os.environ["RANK"]),
         "model": args.model,
@@ -91,6 +108,7 @@ def measure(args: argparse.Namespace) -> dict:
         "rss_end_MiB": round(rss_mib(), 1),
         "rss_trimmed_MiB": round(rss_mib(trim=True), 1),
         "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_loaded_MiB": round(loaded_peak, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
@@ -100,6 +118,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategy", choices=["fsdp2", "ddp"])
     parser.add_argument("--model", default="smollm2", help="an embedded model name or folder (config only is read)")
+    parser.add_argument(
+        "--load",
+        choices=["rank0", "every"],
+        default="rank0",
+        help="fsdp2: who builds the whole model (rank0: the others on the meta device)",
+    )
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
@@ -112,7 +136,7 @@ def main() -> None:
         return
     record = measure(args)
     print(json.dumps(record), flush=True)
-    if args.out and record["rank"] == 0:
+    if args.out:  # one line per process (appends of one short line each do not interleave)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -127,11 +151,15 @@ def table(records: list[dict]) -> str:
         "scores_MiB",
         "rss_end_MiB",
         "rss_trimmed_MiB",
+        "peak_rss_loaded_MiB",
         "peak_rss_MiB",
     ]
-    lines = ["| strategy | processes | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    lines = ["| strategy | loaded by | processes | process | " + " | ".join(keys) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(keys)]  # fmt: skip
     for r in records:
-        lines.append(f"| {r['strategy']} | {r['world_size']} | " + " | ".join(str(r[k]) for k in keys) + " |")
+        load = {"rank0": "process 0", "every": "every process"}[r.get("load", "every")]
+        cells = [r["strategy"], load, r["world_size"], r["rank"], *(r.get(k, "") for k in keys)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -59,9 +59,10 @@ def bert() -> BertForSequenceClassification:
     return tiny_bert()
 
 
-def save_tiny_model(folder: Path, llama: bool, gpt2: bool = False) -> None:
+def save_tiny_model(folder: Path, llama: bool, gpt2: bool = False, **fields: object) -> None:
     """Save a 2-layer model with hidden size 32 and MiniLM's tokenizer to ``folder``: a BERT classifier
-    (its head in the checkpoint), a Llama base LM, or (``gpt2``) a GPT-2 LM, whose linears are Conv1D."""
+    (its head in the checkpoint), a Llama base LM, or (``gpt2``) a GPT-2 LM, whose linears are Conv1D.
+    ``fields`` override the BERT / Llama config (e.g. tie_word_embeddings=True, as SmolLM2's)."""
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     if llama or gpt2:
         tokenizer.eos_token = "[SEP]"  # a causal LM needs one to end its answers
@@ -71,7 +72,7 @@ def save_tiny_model(folder: Path, llama: bool, gpt2: bool = False) -> None:
                                                             n_embd=32, n_layer=2, n_head=2))  # fmt: skip
     else:
         kv_heads = {"num_key_value_heads": 1} if llama else {}
-        config = tiny_config(llama, vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **kv_heads)
+        config = tiny_config(llama, vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **kv_heads, **fields)
         # the Llama checkpoint is a base LM, without a classification head
         model = LlamaForCausalLM(config) if llama else BertForSequenceClassification(config)
     model.save_pretrained(folder)

@@ -114,6 +114,41 @@ def test_train_cli_with_fsdp2_writes_the_run_once_with_an_export_that_loads(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "generation"])
+def test_only_process_0_loads_the_weights_and_two_processes_train_like_one(tmp_path, task) -> None:
+    """A Llama with tied embeddings (as SmolLM2): as a classifier its `score` head is new (drawn on process
+    0 only), as an LM its lm_head is tied and its rotary frequencies are a non-persistent buffer. Process 1
+    builds the model on the meta device and receives its shards: a wrong or missing tensor would change
+    the untrained floor or the trained adapters against the one-process run on the same global batches."""
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    save_tiny_model(model, llama=True, tie_word_embeddings=True)
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"run{nproc}"
+        done = _torchrun(
+            nproc, "-m", "adarank", "train", f"output_dir={out}", f"model.name_or_path={model}",
+            f"data.format={task}", "train.max_steps=8", f"train.batch_size={16 // nproc}",
+            "data.max_train_samples=128", "data.max_eval_samples=32", "budget.init_rank=3", "budget.target_rank=2",
+            "budget.t_init=2", "budget.t_final=2", "budget.mask_interval=2", "wandb.mode=disabled",
+            "distributed.strategy=fsdp2", "adapter.target_modules=[q_proj,v_proj]", cwd=ROOT,
+        )  # fmt: skip
+        assert done.stdout.count("run directory:") == 1
+        metrics = json.loads((out / "metrics.json").read_text())
+        runs[nproc] = (metrics, load_file(out / "adapter" / "adapter.safetensors"))
+    (one, one_tensors), (two, two_tensors) = runs[1], runs[2]
+    if task == "generation":
+        assert two["test_answer_loss_before"] == pytest.approx(one["test_answer_loss_before"], rel=1e-6)
+        assert two["test_answer_loss"] == pytest.approx(one["test_answer_loss"], rel=1e-4)
+    else:
+        assert any(".score." in name for name in one_tensors), "the new head is exported"
+    assert sorted(two_tensors) == sorted(one_tensors)
+    for name, tensor in one_tensors.items():
+        assert torch.allclose(two_tensors[name], tensor, atol=FINAL_TOLERANCE), name
+
+
+@pytest.mark.slow
 def test_fsdp2_run_logs_allocation_training_and_validation_to_one_wandb_run(tmp_path) -> None:
     """wandb offline (the default without a login) under torchrun: process 0 logs the masking steps, the
     loop's loss entries and the validation curve (train.eval_steps) into one run in the run directory."""

@@ -131,6 +131,8 @@ FIGURES = [
     ("1 of its 52", "README.md"),  # reports/README.md says the curves are in progress
     ("257 vs 513 MiB", "fsdp2.md"),
     ("28 vs 56 MiB", "fsdp2.md"),
+    ("726 MiB", "fsdp2.md"),
+    ("1,063 MiB", "fsdp2.md"),
     ("7.5e-9", "cost.md"),
     ("37.0%", "rt_chat.md"),
     ("0.027", "understand.md"),
