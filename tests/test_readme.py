@@ -133,6 +133,8 @@ FIGURES = [
     ("28 vs 56 MiB", "fsdp2.md"),
     ("726 MiB", "fsdp2.md"),
     ("1,063 MiB", "fsdp2.md"),
+    ("1,133 MiB", "fsdp2.md"),
+    ("1,479 MiB", "fsdp2.md"),
     ("7.5e-9", "cost.md"),
     ("37.0%", "rt_chat.md"),
     ("0.027", "understand.md"),
