@@ -46,7 +46,6 @@ STUDIES = {
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
                     {"1/32": 1 / 32, "1/8": 1 / 8, "1/2": 1 / 2, "1": 1.0}, ("test_accuracy", "accuracy")),
 }  # fmt: skip
-STUDY = STUDIES["smollm2"]  # set by main()
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95% t quantiles by degrees of freedom
 LABELS = {
     "adalora": "adarank AdaLoRA",
@@ -68,6 +67,7 @@ class Run:
     seed: int
     metrics: dict
     commit: str
+    study: Study  # the study it belongs to: its fractions and LoRA r=1 size place the run on the curve
 
     @property
     def params(self) -> int:
@@ -77,11 +77,11 @@ class Run:
     def fraction(self) -> str:
         if self.params == 0:
             return "0"
-        ratio = self.params / STUDY.lora_r1
-        return min(STUDY.fractions, key=lambda f: abs(math.log(ratio / STUDY.fractions[f])))
+        ratio = self.params / self.study.lora_r1
+        return min(self.study.fractions, key=lambda f: abs(math.log(ratio / self.study.fractions[f])))
 
 
-def load_runs(folder: Path) -> list[Run]:
+def load_runs(folder: Path, study: Study) -> list[Run]:
     runs = []
     for marker in sorted(folder.glob("*/*/*/seed*/metrics.json")):
         point = json.loads((marker.parent / "sweep.json").read_text())
@@ -90,7 +90,7 @@ def load_runs(folder: Path) -> list[Run]:
         method = marker.relative_to(folder).parts[0]
         metrics = json.loads(marker.read_text())
         runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
-                        point.get("commit", "not recorded")))  # fmt: skip
+                        point.get("commit", "not recorded"), study))  # fmt: skip
     return runs
 
 
@@ -147,13 +147,13 @@ def curves(runs: list[Run], lrs: dict[str, float]) -> dict[tuple[str, str], dict
     return out
 
 
-def table(points: dict[tuple[str, str], dict[int, Run]]) -> list[str]:
+def table(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[str]:
     lines = [
-        f"| budget | method | seeds | adapter params | {STUDY.primary[1]} % | answer loss | Δ {STUDY.primary[1]} vs "
+        f"| budget | method | seeds | adapter params | {study.primary[1]} % | answer loss | Δ {study.primary[1]} vs "
         "AdaLoRA (points) | Δ answer loss vs AdaLoRA |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for fraction in ["0", *STUDY.fractions]:
+    for fraction in ["0", *study.fractions]:
         base = points.get(("adalora", fraction), {})
         for method in LABELS:
             seeds = points.get((method, fraction))
@@ -174,7 +174,9 @@ def table(points: dict[tuple[str, str], dict[int, Run]]) -> list[str]:
     return lines
 
 
-def plot(points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor: dict[str, float], path: Path) -> None:
+def plot(
+    points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor: dict[str, float], path: Path, study: Study
+) -> None:
     """The curves at the chosen lrs, and ``others`` (runs at an lr not chosen, or not chosen yet) as
     grey crosses."""
     import matplotlib
@@ -182,7 +184,7 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("test_accuracy", 100, f"{STUDY.primary[1]} on test (%)", "eval_accuracy_before")]
+    panels = [("test_accuracy", 100, f"{study.primary[1]} on test (%)", "eval_accuracy_before")]
     if any("test_answer_loss" in r.metrics for r in others) or any(
         "test_answer_loss" in r.metrics for seeds in points.values() for r in seeds.values()
     ):
@@ -195,7 +197,7 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor
     for ax, (key, scale, title, floor_key) in zip(axes, panels, strict=True):
         for method, label in LABELS.items():
             xs, ys, errs = [], [], []
-            for fraction in STUDY.fractions:
+            for fraction in study.fractions:
                 seeds = points.get((method, fraction))
                 if not seeds:
                     continue
@@ -211,29 +213,29 @@ def plot(points: dict[tuple[str, str], dict[int, Run]], others: list[Run], floor
         if floor_key in floor:
             what = "head only (linear probe)" if ("head-only", "0") in points else "untrained base"
             ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label=f"{what}: the floor")
-        ax.axvline(STUDY.lora_r1, color="black", linewidth=0.6, linestyle=":")
+        ax.axvline(study.lora_r1, color="black", linewidth=0.6, linestyle=":")
         ax.set_xscale("log")
-        ax.set_xlim(STUDY.lora_r1 * min(STUDY.fractions.values()) / 1.6, STUDY.lora_r1 * 1.6)  # every budget
-        ax.set_xlabel(f"final adapter parameters (log scale; dotted: LoRA r=1 on every module, {STUDY.lora_r1:,})")
+        ax.set_xlim(study.lora_r1 * min(study.fractions.values()) / 1.6, study.lora_r1 * 1.6)  # every budget
+        ax.set_xlabel(f"final adapter parameters (log scale; dotted: LoRA r=1 on every module, {study.lora_r1:,})")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{STUDY.title}:\nquality vs adapter size (mean ± sd over seeds, each method at its chosen lr)",
+    fig.suptitle(f"{study.title}:\nquality vs adapter size (mean ± sd over seeds, each method at its chosen lr)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def report(runs: list[Run], out: Path, command: str) -> str:
+def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
     lrs = best_lrs(runs)
     points = curves(runs, lrs)
     floor = next((r.metrics for r in runs if "eval_accuracy_before" in r.metrics), {})
     figure = out.with_name(out.stem + ".png")
     chosen = {id(r) for seeds in points.values() for r in seeds.values()}
-    plot(points, [r for r in runs if id(r) not in chosen and r.params], floor, figure)
-    name = STUDY.primary[1]
+    plot(points, [r for r in runs if id(r) not in chosen and r.params], floor, figure, study)
+    name = study.primary[1]
     grid = [
         f"| method | lr | budget (params) | validation answer loss | validation {name} % | test answer loss "
         f"| test {name} % |",
@@ -255,18 +257,18 @@ def report(runs: list[Run], out: Path, command: str) -> str:
     else:
         floor_text = "floor not measured yet"
     return "\n".join([
-        f"# Budget curves: {STUDY.title}",
+        f"# Budget curves: {study.title}",
         "",
-        f"Written by `{command}` from the runs of {STUDY.script} (setup, methods and protocol in its",
-        f"header). {STUDY.rows} Commits: {', '.join(commits)}.",
+        f"Written by `{command}` from the runs of {study.script} (setup, methods and protocol in its",
+        f"header). {study.rows} Commits: {', '.join(commits)}.",
         "",
-        f"**Runs finished: {len(runs)} of the study's {STUDY.planned}**"
+        f"**Runs finished: {len(runs)} of the study's {study.planned}**"
         + (" (in progress: the tables hold what has finished; nothing is concluded from them yet)."
-           if len(runs) < STUDY.planned else "."),
+           if len(runs) < study.planned else "."),
         "",
         f"![quality vs adapter parameters]({figure.name})",
         "",
-        f"*Figure: {STUDY.primary[1]} (left) and, for generation, answer-token loss (right) against the final "
+        f"*Figure: {study.primary[1]} (left) and, for generation, answer-token loss (right) against the final "
         f"adapter parameters; {floor_text}.*",
         "",
         "## Chosen learning rates",
@@ -277,7 +279,7 @@ def report(runs: list[Run], out: Path, command: str) -> str:
         "",
         "Δ = method − adarank AdaLoRA, paired by seed, mean [95% t-interval]; * = the interval excludes 0.",
         "",
-        *table(points),
+        *table(points, study),
         "",
         "## Every seed-0 run",
         "",
@@ -293,9 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", choices=sorted(STUDIES), default="smollm2")
     parser.add_argument("--best-lr", metavar="METHOD", help="print METHOD's chosen learning rate and exit")
     args = parser.parse_args(argv)
-    global STUDY
-    STUDY = STUDIES[args.study]
-    runs = load_runs(args.runs)
+    study = STUDIES[args.study]
+    runs = load_runs(args.runs, study)
     if args.best_lr:
         lrs = best_lrs(runs)
         if args.best_lr not in lrs:
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lrs[args.best_lr]:g}")
         return 0
     command = f"python scripts/budget_report.py {args.runs} --study {args.study} --out {args.out}"
-    text = report(runs, args.out, command)
+    text = report(runs, args.out, command, study)
     args.out.with_suffix(".md.tmp").write_text(text)
     args.out.with_suffix(".md.tmp").replace(args.out)
     print(f"wrote {args.out} ({len(runs)} runs)")

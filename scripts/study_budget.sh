@@ -55,16 +55,9 @@ declare -A CONFIG=([adalora]=$ADA [vo-top]=$LORA [v-spread]=$LORA [lora]=$LORA [
 GRID=(5e-4 2e-3 8e-3)
 
 failed=0
-archive() {
-    local run
-    for run in "$OUT"/*/*/*/seed*/metrics.json; do
-        [ -f "$run" ] || continue
-        run=${run%/metrics.json}
-        mkdir -p "$ARCHIVE/${run#"$OUT"/}"
-        cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
-    done
-}
-mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/
+source scripts/study_lib.sh
+archive() { archive_runs "$OUT" "$ARCHIVE"; }
+restore_runs "$OUT" "$ARCHIVE"
 floor="train.evaluate_before=true" # the first run measures the untrained base once
 # one run: METHOD FRACTION LR SEED; the method's name is its folder under $OUT
 point() {

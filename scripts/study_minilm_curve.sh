@@ -40,18 +40,9 @@ declare -A BUDGET=(
 )
 declare -A CONFIG=([head-only]=$LORA [adalora]=$ADA [value-top]=$LORA [qv-top]=$LORA [lora]=$LORA)
 failed=0
-archive() {
-    local run
-    for run in "$OUT"/*/*/*/seed*/metrics.json; do
-        [ -f "$run" ] || continue
-        run=${run%/metrics.json}
-        mkdir -p "$ARCHIVE/${run#"$OUT"/}"
-        cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
-        # the native adapter (tens of kB) too, for `adarank analyze` (issue 22)
-        [ -d "$run/adapter" ] && cp -r "$run/adapter" "$ARCHIVE/${run#"$OUT"/}/"
-    done
-}
-mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/
+source scripts/study_lib.sh
+archive() { archive_runs "$OUT" "$ARCHIVE" adapters; }
+restore_runs "$OUT" "$ARCHIVE"
 point() { # METHOD FRACTION SEED
     python scripts/sweep.py --out "$OUT/$1" --methods "${CONFIG[$1]}" --seeds "$3" \
         --budgets "${BUDGET[$1/$2]}" --set $COMMON || failed=1

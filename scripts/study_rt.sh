@@ -23,16 +23,9 @@ B8="budget.target_params=147648 budget.init_rank=12" # = LoRA r=8 on the 24 atte
 B2="budget.target_params=36912 budget.init_rank=3"   # = LoRA r=2
 python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }
 failed=0
-archive() {
-    local run
-    for run in "$OUT"/*/*/seed*/metrics.json; do
-        [ -f "$run" ] || continue
-        run=${run%/metrics.json}
-        mkdir -p "$ARCHIVE/${run#"$OUT"/}"
-        cp "$run"/{sweep,metrics,allocation}.json "$ARCHIVE/${run#"$OUT"/}/" 2>/dev/null || true
-    done
-}
-mkdir -p "$OUT" && [ -d "$ARCHIVE" ] && cp -rn "$ARCHIVE"/. "$OUT"/ # restore: finished runs are skipped
+source scripts/study_lib.sh
+archive() { archive_runs "$OUT" "$ARCHIVE"; }
+restore_runs "$OUT" "$ARCHIVE" # finished runs are skipped
 sweep() {
     python scripts/sweep.py --set wandb.mode=disabled --out "$OUT" "$@" || failed=1
     archive

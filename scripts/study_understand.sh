@@ -16,6 +16,7 @@ OUT=${OUT:-runs/understand}
 ARCHIVE=reports/understand
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 python -c "import adarank" || { echo "activate the venv with adarank installed (make install-dev)"; exit 1; }
+source scripts/study_lib.sh
 failed=0
 run() { # NAME CONFIG OVERRIDES...
     local name=$1 config=$2
@@ -25,8 +26,7 @@ run() { # NAME CONFIG OVERRIDES...
         python -m adarank train "$config" "output_dir=$OUT/$name" overwrite=true wandb.mode=disabled "$@" \
             > "$OUT/$name.log" 2>&1 || { failed=1; echo "   failed: see $OUT/$name.log"; return; }
     fi
-    mkdir -p "$ARCHIVE/$name"
-    cp "$OUT/$name"/{metrics,allocation}.json "$ARCHIVE/$name/" && cp -r "$OUT/$name/adapter" "$ARCHIVE/$name/"
+    archive_run "$OUT/$name" "$ARCHIVE/$name" adapters
 }
 mkdir -p "$OUT"
 for seed in 0 1 2; do run "adalora-seed$seed" configs/default.yaml "seed=$seed"; done
