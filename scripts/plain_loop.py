@@ -1,6 +1,7 @@
 """AdaLoRA in a hand-written accelerate loop: the same functions the Trainer callback calls.
 
 python scripts/plain_loop.py --steps 200
+python scripts/plain_loop.py --steps 200 --wandb offline   # + the rank dashboards, as `adarank train` logs them
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--wandb", choices=["online", "offline"], help="log the rank-allocation dashboards")
     args = parser.parse_args()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(0)
@@ -47,6 +49,15 @@ def main() -> None:
         rows[: args.max_train], batch_size=32, shuffle=True, collate_fn=DataCollatorWithPadding(tokenizer)
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    dashboard = None
+    if args.wandb and accelerator.is_main_process:
+        import wandb
+
+        from adarank.dashboards import WandbDashboard
+
+        wandb.init(project="adarank-plain-loop", mode=args.wandb)
+        dashboard = WandbDashboard(allocator)
+        dashboard.begin()  # joins the run just opened
 
     model.train()
     step = 0
@@ -61,10 +72,17 @@ def main() -> None:
             optimizer.zero_grad()
             if event and accelerator.is_main_process:
                 print(f"step {step}: budget {event['budget']}, live ranks {sum(event['ranks'].values())}")
+            if dashboard is not None:
+                if event:
+                    dashboard.log_event(event)
+                dashboard.log_train({"loss": float(loss), "step": step})
             if step == args.steps:
                 break
     allocator.check_finished()
     accelerator.print(f"final ranks: {allocator.ranks()}")
+    if dashboard is not None:
+        dashboard.end(step)
+        wandb.finish()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -102,17 +103,25 @@ def test_local_model_folder(tmp_path, llama) -> None:
 
 
 @pytest.mark.slow
-def test_plain_loop_script() -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_plain_loop_script(tmp_path: Path) -> None:
+    from wandb_offline import history, run_file, summary
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_DIR": str(tmp_path), "WANDB_API_KEY": ""}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plain_loop.py"), "--steps", "12", "--max-train", "256"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+        [sys.executable, str(ROOT / "scripts" / "plain_loop.py"), "--steps", "12", "--max-train", "256",
+         "--wandb", "offline"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step 8: budget" in done.stdout and "final ranks:" in done.stdout
+    printed = {int(line.split()[1].rstrip(":")): int(line.split()[-1]) for line in done.stdout.splitlines()
+               if line.startswith("step ")}  # fmt: skip
+    rows = history(run_file(tmp_path))
+    logged = {row["train/global_step"]: row["adarank/live_rank"] for row in rows if "adarank/live_rank" in row}
+    assert logged == printed, "the dashboard logs every masking step the loop printed"
+    assert sorted(row["train/global_step"] for row in rows if "train/loss" in row) == list(range(1, 13))
+    final = ast.literal_eval(done.stdout.split("final ranks: ", 1)[1].splitlines()[0])
+    assert json.loads(summary(run_file(tmp_path))["adarank/final_ranks"]) == final
 
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
