@@ -164,16 +164,17 @@ def answer_tokens(tokenizer: Any, data: DataConfig, task: TaskData) -> int | Non
     return None
 
 
-def pack_rows(rows: list[Encoded], max_length: int) -> dict[str, list]:
-    """Examples packed in order into rows of at most ``max_length`` tokens (an example never split):
-    less padding. Attention crosses the examples of a row; labels stay on each example's responses."""
+def pack_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int) -> dict[str, list]:
+    """Examples (input ids, labels) packed in order into rows of at most ``max_length`` tokens (an example
+    never split): less padding. Attention crosses the examples of a row; labels stay on each example's
+    responses."""
     packed: list[tuple[list[int], list[int]]] = []
-    for row in rows:
-        if packed and len(packed[-1][0]) + len(row.input_ids) <= max_length:
-            packed[-1][0].extend(row.input_ids)
-            packed[-1][1].extend(row.labels)
+    for input_ids, labels in rows:
+        if packed and len(packed[-1][0]) + len(input_ids) <= max_length:
+            packed[-1][0].extend(input_ids)
+            packed[-1][1].extend(labels)
         else:
-            packed.append((list(row.input_ids), list(row.labels)))
+            packed.append((list(input_ids), list(labels)))
     return {
         "input_ids": [ids for ids, _ in packed],
         "attention_mask": [[1] * len(ids) for ids, _ in packed],
@@ -251,10 +252,7 @@ def training_rows(dataset: Any, data: DataConfig) -> Any:
     if data.format == "generation":
         dataset = dataset.filter(lambda labels: any(x != IGNORE_INDEX for x in labels), input_columns="labels")
         if data.packing:
-            rows = [
-                Encoded(i, y, [], "", False, False)
-                for i, y in zip(dataset["input_ids"], dataset["labels"], strict=True)
-            ]
+            rows = list(zip(dataset["input_ids"], dataset["labels"], strict=True))
             return Dataset.from_dict(pack_rows(rows, data.max_length))
     return model_columns(dataset)
 

@@ -97,7 +97,7 @@ def test_packing_fills_rows_without_splitting_examples_and_keeps_every_label(tok
     rows = encode_generation(
         tokenizer, DataConfig(format="generation", prompt_field="q", response_field="a"), split, []
     )
-    packed = pack_rows(rows, max_length=32)
+    packed = pack_rows([(r.input_ids, r.labels) for r in rows], max_length=32)
     assert len(packed["input_ids"]) < len(rows) and all(len(r) <= 32 for r in packed["input_ids"])
     assert sum(len(r) for r in packed["input_ids"]) == sum(len(r.input_ids) for r in rows)
     assert [y for r in packed["labels"] for y in r] == [y for r in rows for y in r.labels]
