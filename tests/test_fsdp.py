@@ -6,6 +6,8 @@ distributed.strategy=fsdp2` writes the run directory once, with an export that l
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,27 @@ def test_trainer_with_accelerate_fsdp2_on_gpu_allocates_on_sharded_parameters(tm
     assert len(run["sharded"]) == 24 and all(run["sharded"]), "FSDP2 must be on: DTensor parameters"
     assert [e["step"] for e in run["events"]] == [10, 12, 14, 16, 18]
     assert sum(run["final_ranks"].values()) == 16 and run["trace"][-1]["live_rank"] == 16
+
+
+@pytest.mark.slow
+def test_a_model_process_0_cannot_load_is_refused_on_every_process(tmp_path) -> None:
+    """Process 0 alone loads the weights; its ConfigError reaches the others (they wait for it), so
+    every process stops with the same message and nothing hangs or is written."""
+    import shutil
+    import subprocess
+
+    model = tmp_path / "model"
+    save_tiny_model(model, llama=False)
+    for weights in model.glob("*.safetensors"):
+        weights.unlink()  # config and tokenizer readable, weights gone: only loading finds out
+    out = tmp_path / "run"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "adarank", "train", f"output_dir={out}",
+         f"model.name_or_path={model}", "train.max_steps=2", "distributed.strategy=fsdp2", "wandb.mode=disabled"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert (done.stdout + done.stderr).count(f"cannot load `{model}`") == 2, "both processes say why"
+    assert not out.exists() or not any(out.iterdir())
