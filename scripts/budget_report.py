@@ -34,13 +34,15 @@ class Study:
     lora_r1: int  # LoRA r=1 parameters on all the study's modules
     fractions: dict[str, float]
     primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
+    lr_grid: tuple[float, ...] = ()  # the study script's grid: an lr is chosen only once all of it has run
 
 
 STUDIES = {
     "smollm2": Study("SmolLM2-135M-Instruct on Rotten Tomatoes as generation", "scripts/study_budget.sh",
                      "Exact match and answer loss on the first 600 validation and test rows.", 52,
                      305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
-                     {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match")),
+                     {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match"),
+                     (5e-4, 2e-3, 8e-3)),
     "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
                     "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.", 33,
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
@@ -101,9 +103,9 @@ def selection(run: Run) -> float:
     return -float(run.metrics["validation_accuracy"])
 
 
-def best_lrs(runs: list[Run]) -> dict[str, float]:
+def best_lrs(runs: list[Run], lr_grid: tuple[float, ...] = ()) -> dict[str, float]:
     """Per method: the lr with the lowest mean seed-0 validation answer loss over the budgets where
-    every lr of its grid finished (ties: the smaller lr)."""
+    every lr of its grid finished (ties: the smaller lr); none before every lr of ``lr_grid`` has run."""
     out = {}
     for method in sorted({r.method for r in runs}):
         grid = [r for r in runs if r.method == method and r.seed == 0]
@@ -111,7 +113,7 @@ def best_lrs(runs: list[Run]) -> dict[str, float]:
         if lrs == [0.0]:  # no grid: the study fixed this method's lr in its config
             out[method] = 0.0
             continue
-        if len(lrs) < 2:  # a grid not yet run: no choice to make
+        if len(lrs) < 2 or not set(lr_grid) <= set(lrs):  # a grid not yet run: no choice to make
             continue
         budgets = [b for b in {r.budget for r in grid} if {r.lr for r in grid if r.budget == b} == set(lrs)]
         if not budgets:
@@ -229,7 +231,7 @@ def plot(
 
 
 def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
-    lrs = best_lrs(runs)
+    lrs = best_lrs(runs, study.lr_grid)
     points = curves(runs, lrs)
     floor = next((r.metrics for r in runs if "eval_accuracy_before" in r.metrics), {})
     figure = out.with_name(out.stem + ".png")
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     study = STUDIES[args.study]
     runs = load_runs(args.runs, study)
     if args.best_lr:
-        lrs = best_lrs(runs)
+        lrs = best_lrs(runs, study.lr_grid)
         if args.best_lr not in lrs:
             parser.error(f"no finished lr grid for {args.best_lr} under {args.runs}")
         print(f"{lrs[args.best_lr]:g}")
