@@ -168,6 +168,22 @@ def hf_folder(model: ModelConfig) -> Path:
     return cached
 
 
+def _auto_class(generation: bool) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if generation else AutoModelForSequenceClassification
+
+
+def _tokenizer(path: Path) -> Any:
+    """The model folder's tokenizer, with end-of-sequence as padding where it has none (Llama-style)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **_hub_options(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     model: ModelConfig, generation: bool, num_labels: int, label_names: list[str] | None = None
 ) -> tuple[Any, nn.Module, list[str]]:
@@ -178,26 +194,22 @@ def load_model(
     Raises:
         ConfigError: the folder does not hold a loadable model of that kind, or a hub id is out of reach.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
     _checked_config(model, generation)
     path = hf_folder(model)
-    auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification
+    auto = _auto_class(generation)
     extra: dict[str, Any] = {} if generation else {"num_labels": num_labels}
     if label_names and not generation:
         extra["id2label"] = dict(enumerate(label_names))
         extra["label2id"] = {name: i for i, name in enumerate(label_names)}
     hub = _hub_options(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **hub)
-        loaded, info = auto.from_pretrained(  # type: ignore[misc]
+        tokenizer = _tokenizer(path)
+        loaded, info = auto.from_pretrained(
             str(path), output_loading_info=True, dtype=DTYPES[model.dtype], **extra, **hub
         )
     except (OSError, ValueError, KeyError) as err:
         kind = "causal LM" if generation else "sequence classifier"
         raise ConfigError([f"model.name_or_path: cannot load `{path}` as a {kind} ({err})."]) from err
-    if tokenizer.pad_token is None:  # Llama-style tokenizers have none
-        tokenizer.pad_token = tokenizer.eos_token
     loaded.config.pad_token_id = tokenizer.pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     if generation:
@@ -219,7 +231,6 @@ def load_model_sharded(
         ConfigError: as ``load_model``.
     """
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     shared: list[Any] = [None]
     if dist.get_rank() == 0:
@@ -236,13 +247,9 @@ def load_model_sharded(
     dist.broadcast_object_list(shared, src=0)  # waits for process 0's load (and its GGUF cache, if any)
     if "problems" in shared[0]:
         raise ConfigError(shared[0]["problems"])
-    path = hf_folder(model)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **_hub_options(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification
+    tokenizer = _tokenizer(hf_folder(model))
     with torch.device("meta"):
-        skeleton = auto.from_config(shared[0]["config"], dtype=DTYPES[model.dtype])
+        skeleton = _auto_class(generation).from_config(shared[0]["config"], dtype=DTYPES[model.dtype])
     if shared[0]["generation"] is not None:  # generate() in lockstep needs the same stopping rules everywhere
         skeleton.generation_config = shared[0]["generation"]
     new_modules = shared[0]["new_modules"]
@@ -274,11 +281,8 @@ def model_skeleton(model: ModelConfig, generation: bool, num_labels: int) -> nn.
     Raises:
         ConfigError: the config cannot be read, or a causal format meets an encoder model.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     config = _checked_config(model, generation)
     if not generation:
         config.num_labels = num_labels
-    auto = AutoModelForCausalLM if generation else AutoModelForSequenceClassification
     with torch.device("meta"):
-        return auto.from_config(config)
+        return _auto_class(generation).from_config(config)
