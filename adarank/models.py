@@ -228,7 +228,9 @@ def load_model_sharded(
     calls it. A problem loading on process 0 is raised on every process.
 
     Raises:
-        ConfigError: as ``load_model``.
+        ConfigError: as ``load_model``, on every process.
+        RuntimeError: on the other processes, when process 0 failed otherwise (a read error, ...); process
+            0 raises its own exception.
     """
     import torch.distributed as dist
 
@@ -240,6 +242,10 @@ def load_model_sharded(
             shared[0] = {"problems": err.problems}
             dist.broadcast_object_list(shared, src=0)
             raise
+        except Exception as err:  # any other failure: the others must not wait for weights that never come
+            shared[0] = {"failure": f"{type(err).__name__}: {err}"}
+            dist.broadcast_object_list(shared, src=0)
+            raise
         shared[0] = {"config": loaded.config, "generation": getattr(loaded, "generation_config", None),
                      "new_modules": new_modules}  # fmt: skip
         dist.broadcast_object_list(shared, src=0)
@@ -247,6 +253,8 @@ def load_model_sharded(
     dist.broadcast_object_list(shared, src=0)  # waits for process 0's load (and its GGUF cache, if any)
     if "problems" in shared[0]:
         raise ConfigError(shared[0]["problems"])
+    if "failure" in shared[0]:
+        raise RuntimeError(f"process 0 failed to load the model: {shared[0]['failure']}")
     tokenizer = _tokenizer(hf_folder(model))
     with torch.device("meta"):
         skeleton = _auto_class(generation).from_config(shared[0]["config"], dtype=DTYPES[model.dtype])

@@ -36,8 +36,10 @@ from adarank.tasks import (
     build_datasets,
     classification_accuracy,
     exact_match,
+    forced_answers,
     mean_token_loss,
     model_columns,
+    scored_pass,
     training_rows,
 )
 from adarank.trainer import AdaRankTrainer
@@ -718,14 +720,15 @@ def _evaluate(
             out[f"{split}_macro_f1"] = float(scores["macro_f1"])
         elif cfg.data.format == "generation":
             rows = data[split]
-            loss = mean_token_loss(model, model_columns(rows), pad, batch, f"{split} loss")
+            loss, predictions = scored_pass(model, model_columns(rows), pad, batch, f"{split} loss")
             out[f"{split}_loss"] = loss
             out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
             out[f"{split}_answer_loss"] = loss  # the same loss, under its earlier name
             answer = answer_tokens(tokenizer, cfg.data, task)
             if answer:
                 prompts, references = [list(p) for p in rows["prompt_ids"]], list(rows["reference"])
-                accuracy, _ = exact_match(model, tokenizer, prompts, references, answer, batch)
+                known = forced_answers(model, tokenizer, rows, predictions, answer)
+                accuracy, _ = exact_match(model, tokenizer, prompts, references, answer, batch, known)
                 out[f"{split}_accuracy"] = accuracy
         else:
             loss = mean_token_loss(model, data[split], pad, batch, f"{split} loss")

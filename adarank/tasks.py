@@ -8,7 +8,9 @@ label's name as the response) or a column; chat data is rendered with the tokeni
 every assistant turn is learned. Too long an example loses the start of its prompt (the end, with the
 question, is kept); a response that does not fit whole is cut and counted, never silently. Scored by
 the mean loss of the response tokens (and perplexity) and, for short answers, by exact match: the first
-words generated greedily must be the reference's words (lower case, punctuation ignored).
+words generated greedily must be the reference's words (lower case, punctuation ignored). One forward
+pass gives the loss and shows which rows greedy decoding answers with the reference; only the others
+are generated (``scored_pass``, ``forced_answers``).
 
 Language-modeling format: each document's tokens, then end-of-sequence, concatenated and cut into
 blocks of ``data.max_length``; the training split drops the last partial block, evaluation keeps it.
@@ -17,6 +19,7 @@ Loss and perplexity are per token over every evaluated token.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -328,34 +331,133 @@ def by_length(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lengths.__getitem__)
 
 
+def _keeps_some_logits(model: nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs): the output head
+    then runs on the scored positions only (on SmolLM2 it is a fifth of a forward's cost)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.no_grad()
-def mean_token_loss(
+def scored_pass(
     model: nn.Module, dataset: Any, pad_token_id: int, batch_size: int = 32, description: str = "token loss"
-) -> float:
-    """Mean next-token cross-entropy over every labelled token of ``dataset`` (input_ids /
-    attention_mask / labels with -100 for unscored positions): token-weighted, not a mean of batch means.
-    Shows a progress bar named ``description``."""
+) -> tuple[float, list[list[int]]]:
+    """One forward over ``dataset`` (input_ids / attention_mask / labels with -100 for unscored positions):
+    the mean next-token cross-entropy over every labelled token (token-weighted, not a mean of batch
+    means), and for each row the model's argmax prediction of each of its labelled tokens, in order
+    (what greedy decoding would choose there, given the reference before it). Shows a progress bar
+    named ``description``."""
     from tqdm.auto import tqdm
 
     collate = GenerationCollator(pad_token_id)
     device = next(model.parameters()).device
     order = by_length([len(ids) for ids in dataset["input_ids"]])
+    predictions: list[list[int]] = [[] for _ in range(len(dataset))]
+    keep_some = _keeps_some_logits(model)
     total, count = 0.0, 0
     with evaluating(model):
         for start in tqdm(range(0, len(dataset), batch_size), desc=description, unit="batch", leave=False):
-            rows = [dataset[i] for i in order[start : start + batch_size]]
-            batch = {k: v.to(device) for k, v in collate(rows).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
             targets = batch["labels"][:, 1:]
-            losses = nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
+            # the positions whose next token is scored in some row of the batch
+            positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if keep_some:
+                logits = model(**inputs, logits_to_keep=positions).logits
+            else:
+                logits = model(**inputs).logits[:, positions]
+            targets = targets[:, positions]
+            total += float(
+                nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]),
+                    targets.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
             )
-            total += float(losses)
-            count += int((targets != IGNORE_INDEX).sum())
-    return total / max(1, count)
+            scored = targets != IGNORE_INDEX
+            count += int(scored.sum())
+            argmax = logits.argmax(dim=-1).cpu()
+            for row, index in enumerate(chunk):
+                predictions[index] = argmax[row][scored[row].cpu()].tolist()
+    return total / max(1, count), predictions
+
+
+def mean_token_loss(
+    model: nn.Module, dataset: Any, pad_token_id: int, batch_size: int = 32, description: str = "token loss"
+) -> float:
+    """Mean next-token cross-entropy over every labelled token of ``dataset`` (``scored_pass``'s loss)."""
+    return scored_pass(model, dataset, pad_token_id, batch_size, description)[0]
+
+
+# generation settings that make generate() choose other than the argmax token, with their neutral values
+_GREEDY_CHANGERS: dict[str, tuple[Any, ...]] = {
+    **dict.fromkeys(("repetition_penalty", "encoder_repetition_penalty", "guidance_scale"), (None, 1.0)),
+    **dict.fromkeys(
+        ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens"), (None, 0)
+    ),
+    **dict.fromkeys(("num_beams", "num_beam_groups"), (None, 1)),
+    "token_healing": (None, False),
+    **dict.fromkeys(
+        ("bad_words_ids", "force_words_ids", "constraints", "sequence_bias", "suppress_tokens",
+         "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
+         "watermarking_config", "stop_strings", "max_time", "dola_layers", "penalty_alpha"),
+        (None,),
+    ),
+}  # fmt: skip
+
+
+def _greedy_stops(model: nn.Module) -> set[int] | None:
+    """The tokens that end greedy generation (the generation config's end-of-sequence ids), or None when
+    the config changes what greedy decoding picks (a repetition penalty, suppressed tokens, ...) or there
+    is none: then only generate() can say what the model writes."""
+    config = getattr(model, "generation_config", None)
+    if config is None or any(getattr(config, k, None) not in ok for k, ok in _GREEDY_CHANGERS.items()):
+        return None
+    eos = config.eos_token_id
+    return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+
+
+def forced_answers(
+    model: nn.Module, tokenizer: Any, rows: Any, predictions: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[str | None]:
+    """For each generation row, the text greedy generation from its prompt (``prompt_ids``) would write,
+    where the teacher-forced predictions (``scored_pass``) already show it, else None.
+
+    Where the model's argmax at each of the first ``max_new_tokens`` answer tokens is the reference token,
+    greedy decoding writes exactly those tokens (each step sees the same tokens before it), stopping early
+    at an end-of-sequence token: so generate() is needed only for the rows whose prediction leaves the
+    reference somewhere (the wrong answers), which saves most of exact match's cost on a trained model.
+    Rows whose prompt is not the start of their input (a prompt shortened differently), whose answer ends
+    unscored before ``max_new_tokens`` without an end-of-sequence token, or a model whose generation
+    config changes greedy choices: None (generate() decides)."""
+    stops = _greedy_stops(model)
+    answers: list[str | None] = [None] * len(predictions)
+    if stops is None:
+        return answers
+    pads_vanish = tokenizer.pad_token_id in tokenizer.all_special_ids  # a finished row's padding decodes to ""
+    for i, (ids, labels, prompt) in enumerate(zip(rows["input_ids"], rows["labels"], rows["prompt_ids"], strict=True)):
+        n = len(prompt)
+        if n == 0 or list(ids[:n]) != list(prompt):
+            continue
+        written: list[int] = []
+        ended = False
+        for token, label in zip(ids[n : n + max_new_tokens], labels[n : n + max_new_tokens], strict=False):
+            if label != token:  # an unscored continuation: the predictions do not cover it
+                break
+            written.append(token)
+            if token in stops:
+                ended = True
+                break
+        if not written or not (ended and pads_vanish or len(written) == max_new_tokens):
+            continue
+        first = sum(1 for label in labels[1:n] if label != IGNORE_INDEX)  # scored tokens before the answer
+        if list(predictions[i][first : first + len(written)]) == written:
+            answers[i] = tokenizer.decode(written, skip_special_tokens=True)
+    return answers
 
 
 def words_of(text: str) -> list[str]:
@@ -385,14 +487,17 @@ def exact_match(
     references: Sequence[str],
     max_new_tokens: int,
     batch_size: int = 32,
+    known: Sequence[str | None] | None = None,
 ) -> tuple[float, list[str]]:
     """Exact-match accuracy of the greedily generated answers against the references
-    (``answer_matches``), and the generated texts in the prompts' order."""
+    (``answer_matches``), and the generated texts in the prompts' order. ``known``: texts already known
+    for some rows (``forced_answers``), None for the rows to generate."""
     device = next(model.parameters()).device
-    order = by_length([len(p) for p in prompts])
-    generated_texts = [""] * len(prompts)
+    known = list(known) if known is not None else [None] * len(prompts)
+    generated_texts = [text or "" for text in known]
+    order = [i for i in by_length([len(p) for p in prompts]) if known[i] is None]
     with evaluating(model):
-        for start in range(0, len(prompts), batch_size):
+        for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = {
                 k: v.to(device)

@@ -48,8 +48,9 @@ from adarank.tasks import (
     build_datasets,
     classification_accuracy,
     exact_match,
-    mean_token_loss,
+    forced_answers,
     model_columns,
+    scored_pass,
     training_rows,
 )
 
@@ -159,11 +160,11 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
             rows = data[split]
             tokens = answer_tokens(tokenizer, cfg.data, task) or 1
             batch = cfg.train.eval_batch_size
-            accuracy, _ = exact_match(model, tokenizer, rows["prompt_ids"], rows["reference"], tokens, batch)
+            loss, predictions = scored_pass(model, model_columns(rows), tokenizer.pad_token_id, batch)
+            known = forced_answers(model, tokenizer, rows, predictions, tokens)
+            accuracy, _ = exact_match(model, tokenizer, rows["prompt_ids"], rows["reference"], tokens, batch, known)
             scores[f"{split}_accuracy"] = accuracy
-            scores[f"{split}_answer_loss"] = mean_token_loss(
-                model, model_columns(rows), tokenizer.pad_token_id, cfg.train.eval_batch_size
-            )
+            scores[f"{split}_answer_loss"] = loss
         else:
             found = trainer.evaluate(model_columns(data[split]), metric_key_prefix="m")
             scores[f"{split}_accuracy"] = float(found["m_accuracy"])

@@ -11,6 +11,8 @@
 # Cost: the first run took 1,504 s to train (80 steps) and about 25 min more to evaluate, on 1 thread
 # while two other jobs shared the 2 cores: about 50 min a run there, so the 52 runs are days of this
 # machine, not hours. Run it where there are cores to spare; it resumes where it stopped.
+# Evaluation takes about half as long since exact match generates only the rows the model gets wrong
+# (reports/eval_cost.md): the same figures, so runs from before and after compare.
 #   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
 #
 # Methods (each run records the commit it ran in its sweep.json):

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -251,3 +252,52 @@ def test_a_model_process_0_cannot_load_is_refused_on_every_process(tmp_path) -> 
     assert done.returncode != 0
     assert (done.stdout + done.stderr).count(f"cannot load `{model}`") == 2, "both processes say why"
     assert not out.exists() or not any(out.iterdir())
+
+
+def _load_where_process_0_breaks(rank: int, store: str, results: Any) -> None:
+    """One of two processes: load_model_sharded while process 0's read fails with an OSError."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    import adarank.models as models
+    from adarank.config import ModelConfig
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+
+    def broken_disk(*args: object, **kwargs: object) -> None:
+        raise OSError("read error on model.safetensors")
+
+    models.load_model = broken_disk  # type: ignore[assignment]
+    try:
+        models.load_model_sharded(ModelConfig(), True, 2)
+        results.put((rank, "loaded"))
+    except Exception as err:
+        results.put((rank, f"{type(err).__name__}: {err}"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_any_load_failure_on_process_0_stops_the_others_with_its_message(tmp_path) -> None:
+    """Not only a ConfigError: whatever process 0 meets while loading (a read error here) reaches the
+    other processes at once, instead of leaving them in the broadcast until a timeout."""
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_load_where_process_0_breaks, args=(r, str(tmp_path / "store"), results))
+               for r in range(2)]  # fmt: skip
+    start = time.monotonic()
+    for worker in workers:
+        worker.start()
+    found = dict(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    assert found == {
+        0: "OSError: read error on model.safetensors",
+        1: "RuntimeError: process 0 failed to load the model: OSError: read error on model.safetensors",
+    }
+    assert time.monotonic() - start < 50, "process 1 waited for the broadcast's timeout"

@@ -1,15 +1,18 @@
-"""adarank/tasks.py: evaluation batches ordered by length give the same metrics, without autograd."""
+"""adarank/tasks.py: evaluation batches ordered by length give the same metrics, without autograd; exact
+match generates only where the teacher-forced predictions do not already show greedy's answer."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import tiny_config
 from datasets import Dataset
-from transformers import LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
-from adarank.tasks import IGNORE_INDEX, by_length, mean_token_loss
+from adarank.data import default_model_path
+from adarank.tasks import IGNORE_INDEX, by_length, exact_match, forced_answers, mean_token_loss, scored_pass
 
 
 def test_by_length_orders_shortest_first_keeping_ties_in_order() -> None:
@@ -50,3 +53,92 @@ def test_mean_token_loss_is_the_token_weighted_mean_in_any_order_and_builds_no_g
     shuffled = mean_token_loss(model, Dataset.from_list(rows[::-1]), pad_token_id=0, batch_size=3)
     assert math.isclose(found, total / count, rel_tol=1e-5) and math.isclose(shuffled, found, rel_tol=1e-5)
     assert grad_modes == [False] * (3 + 3) and model.training  # 9 rows in batches of 4, then of 3; mode restored
+
+
+class _NoKeep(torch.nn.Module):
+    """The model behind a forward without ``logits_to_keep`` (as PEFT's wrapper): full logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> object:
+        return self.model(**inputs)
+
+
+def test_scored_pass_predicts_each_scored_token_with_or_without_logits_to_keep() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(True, vocab_size=100, max_position_embeddings=64, num_key_value_heads=1))
+    rows = _rows(9)
+    expected = []
+    with torch.no_grad():
+        for row in rows:
+            argmax = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1].argmax(-1)
+            expected.append([int(a) for a, t in zip(argmax, row["labels"][1:], strict=True) if t != IGNORE_INDEX])
+    loss, predicted = scored_pass(model, Dataset.from_list(rows), pad_token_id=0, batch_size=4)
+    full_loss, full_predicted = scored_pass(_NoKeep(model), Dataset.from_list(rows), pad_token_id=0, batch_size=4)
+    assert predicted == expected == full_predicted and [len(p) for p in predicted] == [1, 2] * 4 + [1]
+    assert math.isclose(loss, full_loss, rel_tol=1e-6) and math.isclose(
+        loss, mean_token_loss(model, Dataset.from_list(rows), 0), rel_tol=1e-6
+    )
+
+
+@pytest.fixture(scope="module")
+def greedy_lm() -> tuple[LlamaForCausalLM, object]:
+    """A tiny random Llama with MiniLM's tokenizer; end of sequence [SEP]."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(3)
+    config = tiny_config(True, vocab_size=tokenizer.vocab_size, max_position_embeddings=64, num_key_value_heads=1)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = tokenizer.sep_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def test_forced_answers_skip_generation_exactly_where_greedy_would_write_the_reference(greedy_lm) -> None:
+    """Rows whose reference is the model's own greedy continuation need no generate(); every other row
+    (a wrong token, a prompt shortened unlike the input, an answer that ends unscored early) does, and
+    exact match is the same with and without the shortcut."""
+    model, tokenizer = greedy_lm
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2000, 9000, (4 + i % 5,), generator=generator).tolist() for i in range(10)]
+    greedy = []
+    for prompt in prompts:
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False)
+        greedy.append(out[0, len(prompt) :].tolist())
+    # the stop token for one row: its second greedy token ends generation there (and wherever else it comes)
+    model.generation_config.eos_token_id = [tokenizer.sep_token_id, greedy[8][1]]
+    greedy = [
+        model.generate(torch.tensor([p]), max_new_tokens=3, do_sample=False)[0, len(p) :].tolist() for p in prompts
+    ]
+    assert len(greedy[8]) == 2
+    other = [t + 1 if t + 1 not in (tokenizer.sep_token_id, greedy[8][1]) else t + 2 for t in greedy[6]]
+    answers = (
+        greedy[:4]
+        + [greedy[4][:2] + [tokenizer.sep_token_id]]
+        + [greedy[5][:1]]
+        + [other, greedy[7]]
+        + [greedy[8], greedy[9]]
+    )
+    rows = {
+        "input_ids": [p + a for p, a in zip(prompts, answers, strict=True)],
+        "labels": [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers, strict=True)],
+        "prompt_ids": prompts[:9] + [[prompts[9][0] + 1] + prompts[9][1:]],  # row 9 generates from another prompt
+    }
+    rows["labels"][7][-1] = IGNORE_INDEX  # row 7's last answer token is unscored: nothing shows what follows
+    references = [tokenizer.decode(a[:2]) for a in answers]
+    dataset = Dataset.from_dict({**rows, "attention_mask": [[1] * len(r) for r in rows["input_ids"]]})
+    _, predictions = scored_pass(model, dataset.remove_columns("prompt_ids"), tokenizer.pad_token_id, batch_size=4)
+    known = forced_answers(model, tokenizer, rows, predictions, max_new_tokens=3)
+    # 0-3 greedy; 4 greedy for 2 tokens then [SEP] where greedy goes on; 5 ends after one token without a
+    # stop; 6 a token greedy does not choose; 7 unscored end; 8 greedy up to its stop token; 9 prompt differs
+    assert [k is not None for k in known] == [True] * 4 + [False] * 4 + [True, False]
+    assert known[0] == tokenizer.decode(greedy[0], skip_special_tokens=True)
+    generated = [tokenizer.decode(g, skip_special_tokens=True) for g in greedy]
+    assert [k for k in known if k is not None] == [generated[i] for i in (0, 1, 2, 3, 8)]
+    with_known = exact_match(model, tokenizer, rows["prompt_ids"], references, 3, batch_size=4, known=known)
+    without = exact_match(model, tokenizer, rows["prompt_ids"], references, 3, batch_size=4)
+    assert with_known == without and with_known[1][:9] == generated[:9]
+    model.generation_config.repetition_penalty = 1.3  # greedy then is not the argmax: generate() decides
+    assert forced_answers(model, tokenizer, rows, predictions, max_new_tokens=3) == [None] * 10
+    model.generation_config.repetition_penalty = None
