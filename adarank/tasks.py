@@ -380,9 +380,9 @@ def scored_pass(
             )
             scored = targets != IGNORE_INDEX
             count += int(scored.sum())
-            argmax = logits.argmax(dim=-1).cpu()
+            argmax, scored = logits.argmax(dim=-1).cpu(), scored.cpu()
             for row, index in enumerate(chunk):
-                predictions[index] = argmax[row][scored[row].cpu()].tolist()
+                predictions[index] = argmax[row][scored[row]].tolist()
     return total / max(1, count), predictions
 
 
