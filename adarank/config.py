@@ -397,6 +397,19 @@ def _verbatim(key: str, value: str) -> DictConfig:
     return created
 
 
+def _yaml_hint(item: str) -> str:
+    """How to fix an override whose list value YAML cannot read: brackets, braces or commas inside an
+    item (a regex such as ``re:layers\\.(2[1-9])``) end or split YAML's flow list unless quoted."""
+    value = item.partition("=")[2].strip()
+    if not value.startswith("["):
+        return ""
+    return (
+        " Inside [...], an item with brackets, braces or commas (a regex such as re:layers\\.(2[1-9])) must be in "
+        "single quotes, backslashes kept: e.g. adapter.target_modules=['re:layers\\.(2[1-9])\\.v_proj', q_proj] "
+        "(and the whole override in double quotes for the shell)."
+    )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, check_model: bool = False
 ) -> RunConfig:
@@ -434,7 +447,8 @@ def load_config(
             try:
                 parsed = OmegaConf.from_dotlist([item])
             except Exception as err:  # yaml scanner/reader errors on hostile text
-                problems.append(f"`{item}`: the value is not valid YAML ({str(err).splitlines()[0]}).")
+                reason = str(err).splitlines()[0]
+                problems.append(f"`{item}`: the value is not valid YAML ({reason}).{_yaml_hint(item)}")
                 continue
             leaf = OmegaConf.select(parsed, key.strip())
             if _schema_fields()[key.strip()][2] is bool and not isinstance(leaf, bool):

@@ -35,6 +35,7 @@ from adarank.importance import init_importance
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
 from adarank.sharding import full, is_fully_sharded, shard_model
+from adarank.tasks import only_scored_logits
 from adarank.trainer import param_groups
 
 STRATEGIES = ("fsdp2", "ddp", "none")
@@ -262,7 +263,7 @@ def train_loop(
         for micro in range(cfg.grad_accum_steps):
             rows = batch_indices(len(dataset), cfg.seed, step, micro, rank, world, cfg.batch_size, cfg.grad_accum_steps)
             batch = {k: v.to(device) for k, v in collate([dataset[i] for i in rows]).items()}
-            loss = wrapped(**batch).loss / cfg.grad_accum_steps
+            loss = wrapped(**only_scored_logits(wrapped, batch)).loss / cfg.grad_accum_steps
             step_loss += loss.detach()
             if cfg.orth_weight and adapters:
                 penalty = orthogonality_penalty(adapters, live_only=allocator.finalized)

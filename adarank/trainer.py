@@ -16,6 +16,7 @@ from adarank.callback import AdaRankCallback, latest_complete_checkpoint
 from adarank.inject import RECORD_ATTR, find_adapters
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
+from adarank.tasks import only_scored_logits
 
 
 def param_groups(
@@ -164,6 +165,8 @@ class AdaRankTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
+        if model.training and self.label_smoother is None and self.compute_loss_func is None:
+            inputs = only_scored_logits(model, inputs)  # the model's own loss, the head on scored positions only
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not model.training or self.orth_weight == 0 or not self._adapters:
             return result

@@ -12,7 +12,9 @@
 # while two other jobs shared the 2 cores: about 50 min a run there, so the 52 runs are days of this
 # machine, not hours. Run it where there are cores to spare; it resumes where it stopped.
 # Evaluation takes about half as long since exact match generates only the rows the model gets wrong
-# (reports/eval_cost.md): the same figures, so runs from before and after compare.
+# (reports/eval_cost.md), and a training step 0.82x since the head runs on the answer tokens only
+# (reports/train_step_cost.md): the same figures, so runs from before and after compare.
+# A regex list item must not hold [ ] { } or commas unquoted (YAML's flow list): layers are spelled out.
 #   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
 #
 # Methods (each run records the commit it ran in its sweep.json):
@@ -45,8 +47,8 @@ declare -A BUDGET=(
     [adalora/4]="budget.target_params=76320 budget.init_rank=1"
     [adalora/1]="budget.target_params=305280 budget.init_rank=2"
     [vo-top/64]='adapter.target_modules=[re:model\.layers\.(28|29)\.self_attn\.(v_proj|o_proj)]'
-    [vo-top/16]='adapter.target_modules=[re:model\.layers\.(2[1-9])\.self_attn\.(v_proj|o_proj)]'
-    [vo-top/4]='adapter.target_modules=[re:model\.layers\.(1[1-9]|2[0-9])\.self_attn\.(v_proj|o_proj)] budget.init_rank=2 budget.target_rank=2'
+    [vo-top/16]='adapter.target_modules=[re:model\.layers\.(21|22|23|24|25|26|27|28|29)\.self_attn\.(v_proj|o_proj)]'
+    [vo-top/4]='adapter.target_modules=[re:model\.layers\.(11|12|13|14|15|16|17|18|19|20|21|22|23|24|25|26|27|28|29)\.self_attn\.(v_proj|o_proj)] budget.init_rank=2 budget.target_rank=2'
     [v-spread/64]='adapter.target_modules=[re:model\.layers\.(0|6|12|17|23|29)\.self_attn\.v_proj]'
     [v-spread/16]='adapter.target_modules=[re:model\.layers\.(0|1|3|4|5|6|8|9|10|11|13|14|15|16|18|19|20|21|23|24|25|26|28|29)\.self_attn\.v_proj]'
     [v-spread/4]='adapter.target_modules=[v_proj] budget.init_rank=3 budget.target_rank=3'

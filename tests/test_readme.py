@@ -140,6 +140,7 @@ FIGURES = [
     ("93 of 600", "eval_cost.md"),
     ("0.54x", "eval_cost.md"),
     ("84.5%", "eval_cost.md"),
+    ("0.82x", "train_step_cost.md"),
     ("37.0%", "rt_chat.md"),
     ("0.027", "understand.md"),
     ("0.186", "understand.md"),

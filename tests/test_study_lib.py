@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,3 +51,57 @@ def test_archive_twice_restore_and_skip_unfinished(tmp_path: Path) -> None:
     (fresh / "lora" / "cfg" / "seed1" / "metrics.json").write_text("newer")
     _bash(f"restore_runs {fresh} {archive}", tmp_path)
     assert (fresh / "lora" / "cfg" / "seed1" / "metrics.json").read_text() == "newer", "restore never overwrites"
+
+
+def _study_arms(script: str) -> dict[str, tuple[str, list[str]]]:
+    """Each `METHOD/FRACTION` of a study script's BUDGET table: (its config, its overrides), read by bash
+    from the script itself (the configs' variables, the BUDGET and CONFIG tables)."""
+    tables = (
+        f"eval \"$(grep -E '^(ADA|LORA)=' {script})\"; "
+        f"eval \"$(sed -n '/^declare -A BUDGET=(/,/^)/p; /^declare -A CONFIG=/p' {script})\"; "
+        'for k in "${!BUDGET[@]}"; do printf "%s\\t%s\\t%s\\n" "$k" "${CONFIG[${k%/*}]}" "${BUDGET[$k]}"; done'
+    )
+    out = subprocess.run(["bash", "-c", tables], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    arms = {}
+    for line in out.splitlines():
+        key, config, overrides = line.split("\t")
+        arms[key] = (config.rpartition(":")[2], overrides.split())
+    return arms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script,model_params,arms",
+    [("scripts/study_budget.sh", 305_280, 12), ("scripts/study_minilm_curve.sh", 41_472, 11)],
+    ids=["smollm2", "minilm"],
+)
+def test_every_study_arm_is_a_valid_config_at_or_under_its_budget(script: str, model_params: int, arms: int) -> None:
+    """Every arm of a curve study loads as `adarank train` would read it (a regex with brackets inside
+    [...] once broke YAML's flow list and failed three runs) and matches modules of the model; AdaLoRA's
+    target is exactly 1/FRACTION of LoRA r=1 on every adapted module (`model_params`), and a hand-picked
+    LoRA arm never gets more than that, nor less than half."""
+    from adarank.config import load_config, parse_param_budget
+    from adarank.inject import module_shapes
+    from adarank.models import model_skeleton
+
+    table = _study_arms(script)
+    assert len(table) == arms
+    skeleton = None
+    for key, (config, overrides) in sorted(table.items()):
+        method, fraction = key.split("/")
+        cfg = load_config(ROOT / config, [*overrides, "train.learning_rate=5e-4"])
+        if skeleton is None:
+            skeleton = model_skeleton(cfg.model, cfg.data.format != "classification", 2)
+        if method == "head-only":
+            assert cfg.adapter.target_modules == [] and fraction == "0"
+            continue
+        shapes = module_shapes(skeleton, cfg.adapter.target_modules)
+        assert shapes, key
+        budget = model_params // int(fraction)
+        if method == "adalora":
+            assert parse_param_budget(cfg.budget.target_params) == budget and len(shapes) in (210, 36), key
+        elif method in ("lora", "peft-adalora"):
+            assert cfg.budget.target_rank * sum(o + i for o, i in shapes.values()) == model_params, key
+        else:
+            params = cfg.budget.target_rank * sum(o + i for o, i in shapes.values())
+            assert budget / 2 <= params <= budget, (key, params, budget)

@@ -7,12 +7,22 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_bert, tiny_config
 from datasets import Dataset
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from adarank import inject_adapters
 from adarank.data import default_model_path
-from adarank.tasks import IGNORE_INDEX, by_length, exact_match, forced_answers, mean_token_loss, scored_pass
+from adarank.tasks import (
+    IGNORE_INDEX,
+    GenerationCollator,
+    by_length,
+    exact_match,
+    forced_answers,
+    mean_token_loss,
+    only_scored_logits,
+    scored_pass,
+)
 
 
 def test_by_length_orders_shortest_first_keeping_ties_in_order() -> None:
@@ -81,6 +91,59 @@ def test_scored_pass_predicts_each_scored_token_with_or_without_logits_to_keep()
     assert math.isclose(loss, full_loss, rel_tol=1e-6) and math.isclose(
         loss, mean_token_loss(model, Dataset.from_list(rows), 0), rel_tol=1e-6
     )
+
+
+def _gradients(model: torch.nn.Module, batch: dict, **loss_kwargs: object) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch, **loss_kwargs).loss
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_only_scored_logits_gives_the_models_own_loss_and_gradients_from_the_scored_positions_alone() -> None:
+    """Right-padded rows of different lengths, one with two scored spans (a packed row): the same loss
+    and gradients as every logit, with and without the Trainer's item count; the head sees one row per
+    scored token and nothing else."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(True, vocab_size=100, max_position_embeddings=64, num_key_value_heads=1))
+    adapters = inject_adapters(model, ["all-linear"], rank=2, alpha=4, seed=0, modules_to_save=[])
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.singular_values.fill_(0.5)  # so the loss reaches P and Q
+    rows = _rows(5)
+    rows[4]["labels"][1:3] = rows[4]["input_ids"][1:3]  # a second scored span early in the row
+    batch = GenerationCollator(0)([{k: torch.tensor(v) for k, v in r.items()} for r in rows])
+    scored = sum(sum(label != IGNORE_INDEX for label in r["labels"][1:]) for r in rows)
+    assert scored == 1 + 2 + 1 + 2 + (1 + 2)
+    head_inputs: list[tuple[int, ...]] = []
+    model.lm_head.register_forward_hook(lambda _m, inputs, _o: head_inputs.append(tuple(inputs[0].shape)))
+    model.train()
+    for loss_kwargs in ({}, {"num_items_in_batch": torch.tensor(scored + 3)}):
+        all_loss, all_grads = _gradients(model, batch, **loss_kwargs)
+        kept = only_scored_logits(model, batch)
+        scored_loss, scored_grads = _gradients(model, kept, **loss_kwargs)
+        assert math.isclose(scored_loss, all_loss, rel_tol=1e-6)
+        assert scored_grads.keys() == all_grads.keys() and len(all_grads) == 14 * 3  # 14 adapters x (P, lambda, Q)
+        for name, grad in all_grads.items():
+            torch.testing.assert_close(scored_grads[name], grad, atol=1e-7, rtol=1e-5, msg=name)
+    width = batch["input_ids"].shape[1]
+    assert head_inputs == [(5, width, 32), (scored, 32)] * 2
+    assert kept["shift_labels"].tolist() == [t for r in rows for t in r["labels"][1:] if t != IGNORE_INDEX]
+
+
+def test_only_scored_logits_leaves_batches_it_cannot_shorten_alone() -> None:
+    """No labels, a classifier's label per row, a model whose forward does not slice its head (a
+    wrapper, as PEFT's): the same batch back, so the model computes every logit as before."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(True, vocab_size=100, max_position_embeddings=64, num_key_value_heads=1))
+    rows = GenerationCollator(0)([{k: torch.tensor(v) for k, v in r.items()} for r in _rows(3)])
+    unlabelled = {k: v for k, v in rows.items() if k != "labels"}
+    assert only_scored_logits(model, unlabelled) is unlabelled
+    assert only_scored_logits(_NoKeep(model), rows) is rows
+    classifier = tiny_bert()
+    by_row = {"input_ids": rows["input_ids"], "labels": torch.tensor([0, 1, 0])}
+    assert only_scored_logits(classifier, by_row) is by_row
+    assert set(only_scored_logits(model, rows)) == {*rows, "logits_to_keep", "shift_labels"}
 
 
 @pytest.fixture(scope="module")

@@ -226,3 +226,24 @@ def test_whole_gradient_under_accumulation_equals_full_batch(tmp_path, make_mode
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) >= 36  # >= 12 adapters x (P, lambda, Q)
     for name, full in grads[0].items():
         torch.testing.assert_close(grads[1][name], full, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
+def test_trainer_runs_a_causal_lms_head_on_the_scored_positions_only(tmp_path) -> None:
+    """A generation batch scores a few tokens per row: the head (a fifth of SmolLM2's cost) sees those
+    rows alone, in batches of 8 x 2 accumulation, and the loss the Trainer logs is the model's own."""
+    model = _tiny_causal_llama()
+    inject_adapters(model, ["q_proj", "v_proj"], rank=2, alpha=4, seed=0, modules_to_save=[])
+    head_rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda _m, inputs, _o: head_rows.append(int(inputs[0].shape[0])))
+    rows = _dataset(32, causal=True)
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2),
+        train_dataset=rows,
+        orth_weight=0.0,
+    )
+    trainer.train()
+    scored = [int((r["labels"][1:] != -100).sum()) for r in rows]
+    assert len(head_rows) == 4 and sum(head_rows) == sum(scored) == 230  # every row once, in 4 micro-batches
+    assert all(count < 8 * 12 for count in head_rows)
