@@ -214,6 +214,12 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model: BaseModel = N
     return export_native(model, folder, base_model, overwrite)
 
 
+def trained_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parameters a run trained besides its adapters (a new head, ``adapter.modules_to_save``), by
+    their names in the model, from a native export's ``read_native`` output."""
+    return {name: tensors[f"trained.{name}"] for name in meta["trained_parameters"]}
+
+
 def read_native(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The metadata and tensors of a native export, checked for completeness.
 
@@ -301,7 +307,7 @@ def _install(model: nn.Module, meta: Mapping[str, Any], tensors: Mapping[str, to
         scalings={n: float(meta["scaling"][n]) for n in live},
         pruned_modules=pruned,
     )
-    values = {n: tensors[f"trained.{n}"] for n in meta["trained_parameters"]}
+    values = trained_tensors(meta, tensors)
     for name, adapter in adapters.items():
         for part in ("left_vectors", "singular_values", "right_vectors"):
             values[f"{name}.{part}"] = tensors[f"{name}.{part}"]

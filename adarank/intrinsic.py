@@ -138,9 +138,9 @@ class _Points:
 
     def add(self, measurement: Measurement) -> None:
         self.items.append(measurement)
-        from adarank.run import _write_json_atomic
+        from adarank.rundir import write_json_atomic
 
-        _write_json_atomic(self.path, {"config": self.config_text, "points": [asdict(m) for m in self.items]})
+        write_json_atomic(self.path, {"config": self.config_text, "points": [asdict(m) for m in self.items]})
 
 
 def _config_text(cfg: RunConfig) -> str:
@@ -155,7 +155,7 @@ def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ConfigError: the data, model or targets are invalid, or the output directory holds another result.
     """
-    from adarank.run import OutputLock, _write_json_atomic
+    from adarank.rundir import OutputLock, write_json_atomic
 
     out = Path(cfg.output_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -167,7 +167,7 @@ def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
         points = _Points(out / POINTS_FILE, _config_text(cfg))
         result = _measure(cfg, trainer, points)
         _plot(result, out / PLOT_FILE)
-        _write_json_atomic(out / RESULT_FILE, result)
+        write_json_atomic(out / RESULT_FILE, result)
     print(_summary(result))
     print(f"output: {out / RESULT_FILE}, {out / PLOT_FILE}")
     return result
@@ -313,15 +313,15 @@ class _Runner:
     def __init__(self, cfg: RunConfig):
         from adarank.data import load_task
         from adarank.models import load_model
-        from adarank.run import _causal, _targets_or_raise, check_chat_template
+        from adarank.run import check_chat_template, is_causal, targets_or_raise
         from adarank.tasks import answer_tokens, build_datasets
 
         self.cfg = cfg
-        self.causal = _causal(cfg)
+        self.causal = is_causal(cfg)
         self.task = load_task(cfg.data)
         names = self.task.label_names
         self.tokenizer, model, self.head_modules = load_model(cfg.model, self.causal, len(names) or 2, names or None)
-        _targets_or_raise(model, cfg)
+        targets_or_raise(model, cfg)
         check_chat_template(self.tokenizer, cfg)
         self.data = build_datasets(self.tokenizer, cfg, self.task)
         kind = cfg.intrinsic_dim.metric or (
@@ -421,7 +421,7 @@ class _Runner:
 
         from transformers import Trainer
 
-        from adarank.run import _collator, _evaluate, training_arguments
+        from adarank.run import collator, evaluate_splits, training_arguments
         from adarank.tasks import classification_accuracy, model_columns, training_rows
 
         cfg = replace(self.cfg, seed=seed, train=replace(self.cfg.train, learning_rate=learning_rate, eval_steps=None,
@@ -432,7 +432,7 @@ class _Runner:
                 model=model,
                 args=args,
                 train_dataset=training_rows(self.data["train"], cfg.data),
-                data_collator=_collator(cfg, self.tokenizer),
+                data_collator=collator(cfg, self.tokenizer),
                 compute_metrics=None if self.causal else classification_accuracy,
             )
             if steps:
@@ -440,20 +440,18 @@ class _Runner:
             if not self.causal:
                 scores = trainer.evaluate(model_columns(self.data["validation"]), metric_key_prefix="validation")
             else:
-                scores = _evaluate(model, None, self.tokenizer, cfg, self.task, self.data, ("validation",))
+                scores = evaluate_splits(model, None, self.tokenizer, cfg, self.task, self.data, ("validation",))
             return float(scores[self.metric])
 
 
 def _head_from_run(run: Path, head_modules: list[str]) -> dict[str, torch.Tensor]:
     """The head a head-only run trained, from its native adapter export."""
-    from adarank.export import ExportError, read_native
+    from adarank.export import ExportError, read_native, trained_tensors
 
     try:
-        _, tensors = read_native(run / "adapter")
+        head = trained_tensors(*read_native(run / "adapter"))
     except ExportError as err:
         raise ConfigError([f"intrinsic_dim.floor_run: {err}"]) from err
-    prefix = "trained."
-    head = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     wanted = {k for k in head if k.rsplit(".", 1)[0] in head_modules}
     if not wanted:
         raise ConfigError([

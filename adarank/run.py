@@ -3,7 +3,9 @@
 Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``,
 ``allocation_history.json``, ``report.html`` with its PNGs, ``budget_plan.png`` and the native
 adapter export in ``adapter/``. Under torchrun
-(DDP) every process trains; only process 0 writes.
+(DDP) every process trains; only process 0 writes. ``adarank intrinsic-dim`` (adarank.intrinsic) trains
+and scores with the same helpers: ``is_causal``, ``targets_or_raise``, ``collator``, ``training_arguments``
+and ``evaluate_splits``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from adarank.models import hf_folder, load_model, load_model_sharded, model_skel
 from adarank.plan import adapter_plan, plan_summary, plot_budget
 from adarank.regularization import orthogonality_penalty
 from adarank.report import RunRecord, write_report
+from adarank.rundir import OutputLock, write_json_atomic
 from adarank.schedule import BudgetPlan, constant_rank_budget
 from adarank.tasks import (
     GenerationCollator,
@@ -45,7 +48,7 @@ from adarank.tasks import (
 from adarank.trainer import AdaRankTrainer
 
 
-def _causal(cfg: RunConfig) -> bool:
+def is_causal(cfg: RunConfig) -> bool:
     """Whether the run trains a causal LM (generation or language_modeling) rather than a classifier."""
     return cfg.data.format != "classification"
 
@@ -61,7 +64,12 @@ def _label_count(cfg: RunConfig) -> int:
     return len(_config_label_names(cfg)) or 2
 
 
-def _targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+def targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
+    """The (out, in) shapes of the modules adapter.target_modules names in ``model``.
+
+    Raises:
+        ConfigError: a target matches nothing, or something that is not a linear layer.
+    """
     try:
         return module_shapes(model, cfg.adapter.target_modules)
     except ValueError as err:
@@ -74,8 +82,8 @@ def describe(cfg: RunConfig) -> tuple[str, Any]:
     Raises:
         ConfigError: the model, target modules or budget are invalid.
     """
-    skeleton = model_skeleton(cfg.model, _causal(cfg), _label_count(cfg))
-    shapes = _targets_or_raise(skeleton, cfg)
+    skeleton = model_skeleton(cfg.model, is_causal(cfg), _label_count(cfg))
+    shapes = targets_or_raise(skeleton, cfg)
     base_params = sum(p.numel() for p in skeleton.parameters())
     return plan_summary(cfg, shapes, base_params), adapter_plan(cfg, shapes, base_params)
 
@@ -92,9 +100,9 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
     torch.manual_seed(cfg.seed)
     names = label_names or _config_label_names(cfg)
     load = load_model_sharded if cfg.distributed.strategy == "fsdp2" else load_model
-    tokenizer, model, new_modules = load(cfg.model, _causal(cfg), len(names) or 2, names or None)
+    tokenizer, model, new_modules = load(cfg.model, is_causal(cfg), len(names) or 2, names or None)
     base_params = sum(p.numel() for p in model.parameters())
-    shapes = _targets_or_raise(model, cfg)
+    shapes = targets_or_raise(model, cfg)
     budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
     try:
         adapters = inject_adapters(
@@ -160,12 +168,6 @@ def _wandb_mode(cfg: RunConfig) -> str:
     return "online" if _has_wandb_login() else "offline"
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
     """TrainingArguments for a run (no checkpoints; linear decay after warm-up)."""
     from transformers import TrainingArguments
@@ -224,46 +226,6 @@ def check_launch(launcher_world_size: int, trainer_world_size: int) -> None:
             "On CPU launch with `torchrun --nproc_per_node N -m adarank train ...` (accelerate launch --cpu "
             "runs one process); on GPUs check that every process sees a device."
         )
-
-
-class OutputLock:
-    """Marks ``output_dir`` as in use by one run (``.adarank.lock`` with its pid), so two jobs that
-    each think they are alone cannot write the same run directory."""
-
-    def __init__(self, output_dir: Path):
-        self.path = output_dir / ".adarank.lock"
-
-    def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.path.read_text().strip()
-                if owner.isdigit() and _alive(int(owner)):
-                    raise RuntimeError(
-                        f"output_dir `{self.path.parent}` is in use by another adarank run (pid {owner}); "
-                        "choose another output_dir or wait for it to finish."
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
-        raise RuntimeError(f"could not lock `{self.path}`; remove it if no run is using the directory.")
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
@@ -342,17 +304,18 @@ def _floor(
     if not cfg.train.evaluate_before or cfg.data.format == "classification":
         return {}
     if cfg.data.format == "generation":
-        floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("test",))
+        floor = evaluate_splits(model, classify, tokenizer, cfg, task, data, ("test",))
         before = {"test_loss_before": floor["test_loss"], "test_answer_loss_before": floor["test_answer_loss"]}
         return before | ({"eval_accuracy_before": floor["test_accuracy"]} if "test_accuracy" in floor else {})
-    floor = _evaluate(model, classify, tokenizer, cfg, task, data, ("validation",))
+    floor = evaluate_splits(model, classify, tokenizer, cfg, task, data, ("validation",))
     return {f"{k}_before": v for k, v in floor.items()}
 
 
-def _collator(cfg: RunConfig, tokenizer: Any) -> Any:
+def collator(cfg: RunConfig, tokenizer: Any) -> Any:
+    """The batch collator of the run's format: right-padded generation rows, or a classifier's padding."""
     from transformers import DataCollatorWithPadding
 
-    return GenerationCollator(tokenizer.pad_token_id) if _causal(cfg) else DataCollatorWithPadding(tokenizer)
+    return GenerationCollator(tokenizer.pad_token_id) if is_causal(cfg) else DataCollatorWithPadding(tokenizer)
 
 
 def _train(
@@ -381,8 +344,8 @@ def _train(
         args=args,
         train_dataset=training_rows(data["train"], cfg.data),
         eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
-        data_collator=_collator(cfg, tokenizer),
-        compute_metrics=None if _causal(cfg) else classification_accuracy,
+        data_collator=collator(cfg, tokenizer),
+        compute_metrics=None if is_causal(cfg) else classification_accuracy,
         callbacks=callbacks,
         orth_weight=cfg.adapter.orth_weight,
         singular_lr_multiplier=cfg.train.singular_lr_multiplier,
@@ -429,7 +392,7 @@ def _train_fsdp2(
     tr = cfg.train
     if tr.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
-    collate = _collator(cfg, tokenizer)
+    collate = collator(cfg, tokenizer)
     train_rows = training_rows(data["train"], cfg.data)
     loop = LoopConfig(
         steps=tr.max_steps,
@@ -530,7 +493,7 @@ def _finish(
     assert plan is not None
     model = trained.model
     ranks = allocator.ranks()
-    scores = _evaluate(model, trained.classify, tokenizer, cfg, task, data, ("test", "validation"))
+    scores = evaluate_splits(model, trained.classify, tokenizer, cfg, task, data, ("test", "validation"))
     if "test_accuracy" in scores:
         scores["eval_accuracy"] = scores["test_accuracy"]  # the same test accuracy, under the name outside checks read
     samples = _samples(model, tokenizer, cfg, task, data) if cfg.data.format == "generation" else []
@@ -556,11 +519,11 @@ def _finish(
             export_native(model, out / "adapter", base_description(cfg, task.label_names), overwrite=True)
     if not trained.main_process:
         return metrics
-    _write_json_atomic(out / "allocation.json", ranks)
+    write_json_atomic(out / "allocation.json", ranks)
     history = {str(e["step"]): {k: v for k, v in e.items() if k != "step"} for e in trained.history}
-    _write_json_atomic(out / "allocation_history.json", history)
-    _write_json_atomic(out / "rank_trace.json", trained.trace)
-    _write_json_atomic(out / "train_log.json", trained.log)
+    write_json_atomic(out / "allocation_history.json", history)
+    write_json_atomic(out / "rank_trace.json", trained.trace)
+    write_json_atomic(out / "train_log.json", trained.log)
     record = RunRecord(
         plan=plan,
         history=trained.history,
@@ -575,7 +538,7 @@ def _finish(
         samples=samples,
     )
     report = write_report(out, record)
-    _write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     if trained.wandb:
         import wandb
 
@@ -665,7 +628,7 @@ def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> di
     model, its dtype, the format and the label names in id order (none for a causal LM)."""
     if label_names is None:
         label_names = _config_label_names(cfg)
-    if _causal(cfg):
+    if is_causal(cfg):
         label_names = []
     return {
         "name_or_path": cfg.model.name_or_path or "minilm",
@@ -699,7 +662,7 @@ def report_to_wandb(args: Any) -> bool:
     return "wandb" in (args.report_to or [])
 
 
-def _evaluate(
+def evaluate_splits(
     model: nn.Module,
     classify: Any,
     tokenizer: Any,
@@ -738,7 +701,7 @@ def _evaluate(
 
 
 def _trainer_classify(trainer: Any, data: dict) -> Any:
-    """``classify(split)`` for ``_evaluate`` through the Trainer's evaluation loop."""
+    """``classify(split)`` for ``evaluate_splits`` through the Trainer's evaluation loop."""
 
     def classify(split: str) -> dict[str, float]:
         scores = trainer.evaluate(model_columns(data[split]), metric_key_prefix=split)
