@@ -1,5 +1,8 @@
 """wandb panels for rank allocation; the only module that imports wandb (lazily, on process 0).
 
+``setup_wandb`` decides once, for the Trainer and the loop alike, how a run logs (mode, project,
+directory, the run's name); ``log_run_report`` adds the run report's figures, metrics and samples.
+
 ``WandbDashboard`` is a Trainer callback placed after ``AdaRankCallback``. It logs into the run that
 transformers' own WandbCallback opened (one run, not two), or opens one itself. Without the Trainer
 (``adarank.loop``, the FSDP2 path of ``adarank train``) call its methods: ``begin``, ``log_event`` at
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,58 @@ from adarank.schedule import budget_at
 HEATMAP_SPEC = Path(__file__).parent / "vega" / "rank_heatmap.json"
 HEATMAP_PRESET = "adarank/rank-heatmap"
 STEP_KEY = "train/global_step"
+
+
+def has_wandb_login() -> bool:
+    """Whether wandb has credentials here (WANDB_API_KEY, or `wandb login`'s ~/.netrc entry)."""
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+
+
+def wandb_mode(configured: str | None) -> str:
+    """The mode a run logs in: ``configured`` (wandb.mode); unset = online with a login, else offline.
+    Online without a login falls back to offline with a message (wandb would otherwise stop the run
+    asking for a key)."""
+    if configured == "online" and not has_wandb_login():
+        print("adarank: wandb.mode=online but no wandb login (WANDB_API_KEY or `wandb login`): logging offline; "
+              "sync later with `wandb sync`.")  # fmt: skip
+        return "offline"
+    if configured:
+        return configured
+    return "online" if has_wandb_login() else "offline"
+
+
+def setup_wandb(configured_mode: str | None, project: str, run_dir: Path) -> bool:
+    """Decide, once for both training paths, how a run logs to wandb: the mode (``wandb_mode``), the
+    project, the directory (``run_dir``/wandb) and the run's name (the run directory's), as the WANDB_*
+    environment variables that transformers' WandbCallback and ``WandbDashboard.begin`` both read.
+    Returns whether to log: False where the mode is disabled or wandb is not installed (said once)."""
+    mode = wandb_mode(configured_mode)
+    if mode == "disabled":
+        return False
+    if importlib.util.find_spec("wandb") is None:
+        print("wandb is not installed: no dashboards (pip install 'adarank[wandb]'); training goes on.")
+        return False
+    os.environ.update(WANDB_MODE=mode, WANDB_DIR=str(run_dir.resolve()), WANDB_PROJECT=project,
+                      WANDB_NAME=run_dir.resolve().name)  # fmt: skip
+    return True
+
+
+def log_run_report(figures: list[Path], metrics: dict[str, Any], samples: list[dict[str, str]]) -> None:
+    """Into the open wandb run, then finish it: the run report's figures as ``report/<name>`` images
+    (the budget plan left out: the dashboards draw it), the metrics as ``final/<key>`` summary fields,
+    and the generated samples as the table ``report/samples``. Nothing when no run is open."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    wandb.log({f"report/{png.stem}": wandb.Image(str(png)) for png in figures if png.stem != "budget_plan"})
+    wandb.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+    if samples:
+        keys = ["prompt", "reference", "generated"]
+        table: list[list[Any]] = [[sample[k] for k in keys] for sample in samples]
+        wandb.log({"report/samples": wandb.Table(columns=list(keys), data=table)})
+    wandb.finish()
 
 
 def heatmap_rows(ranks: dict[str, int]) -> list[list[Any]]:
@@ -61,8 +117,14 @@ class WandbDashboard(TrainerCallback):
         self._wandb: Any = None
         self._owns_run = False
 
-    def begin(self) -> None:
-        """Join the open wandb run, or open one in ``project`` (then ``end`` finishes it). Call it on
+    @property
+    def active(self) -> bool:
+        """Whether ``begin`` joined or opened a wandb run (False before it, or where wandb failed)."""
+        return bool(self._wandb)
+
+    def begin(self, config: dict[str, Any] | None = None) -> None:
+        """Join the open wandb run, or open one in ``project`` with ``config`` attached (then ``end``
+        finishes it; its mode, directory and name from ``setup_wandb``'s environment). Call it on
         process 0 only; the Trainer hook does."""
         if self._wandb is not None:
             return
@@ -74,7 +136,7 @@ class WandbDashboard(TrainerCallback):
 
         try:
             if wandb.run is None:
-                wandb.init(project=self.project)
+                wandb.init(project=self.project, config=config)
                 self._owns_run = True
             wandb.define_metric(STEP_KEY)
             for prefix in ("adarank", "rank", "train", "eval"):
@@ -122,8 +184,9 @@ class WandbDashboard(TrainerCallback):
         }
         self._wandb.log({STEP_KEY: entry["step"], **values})
 
-    def end(self, step: int) -> None:
-        """The final panels and summary at ``step``; finishes the run if ``begin`` opened it."""
+    def end(self, step: int, finish: bool = True) -> None:
+        """The final panels and summary at ``step``; finishes the run if ``begin`` opened it and
+        ``finish`` (``adarank train`` keeps it open for ``log_run_report``)."""
         if not self._wandb or not self.allocator.adapters:  # the head alone: no rank to show
             return
         wandb = self._wandb
@@ -158,7 +221,7 @@ class WandbDashboard(TrainerCallback):
                 **({"adarank/trainable_params_initial": self.trainable_initial} if self.trainable_initial else {}),
             }
         )
-        if self._owns_run:
+        if self._owns_run and finish:
             wandb.finish()
 
     def on_train_begin(

@@ -24,6 +24,7 @@ from torch import nn
 from adarank.allocator import RankAllocator
 from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
+from adarank.dashboards import setup_wandb
 from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
@@ -151,23 +152,6 @@ def check_chat_template(tokenizer: Any, cfg: RunConfig) -> None:
         ])  # fmt: skip
 
 
-def _has_wandb_login() -> bool:
-    netrc = Path.home() / ".netrc"
-    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-
-
-def _wandb_mode(cfg: RunConfig) -> str:
-    """The configured mode; unset = online with a login, else offline. Online without a login falls
-    back to offline with a message (wandb would otherwise stop the run asking for a key)."""
-    if cfg.wandb.mode == "online" and not _has_wandb_login():
-        print("adarank: wandb.mode=online but no wandb login (WANDB_API_KEY or `wandb login`): logging offline; "
-              "sync later with `wandb sync`.")  # fmt: skip
-        return "offline"
-    if cfg.wandb.mode:
-        return cfg.wandb.mode
-    return "online" if _has_wandb_login() else "offline"
-
-
 def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
     """TrainingArguments for a run (no checkpoints; linear decay after warm-up)."""
     from transformers import TrainingArguments
@@ -196,20 +180,6 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
     )
-
-
-def _setup_wandb(cfg: RunConfig, out: Path) -> list[str]:
-    """Trainer `report_to` for the configured wandb mode; never fails the run over wandb."""
-    import importlib.util
-
-    mode = _wandb_mode(cfg)
-    if mode == "disabled":
-        return []
-    if importlib.util.find_spec("wandb") is None:
-        print("wandb is not installed: no dashboards (pip install 'adarank[wandb]'); training goes on.")
-        return []
-    os.environ.update(WANDB_MODE=mode, WANDB_DIR=str(out.resolve()), WANDB_PROJECT=cfg.wandb.project)
-    return ["wandb"]
 
 
 def check_launch(launcher_world_size: int, trainer_world_size: int) -> None:
@@ -256,7 +226,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             with OutputLock(out):
                 return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
         return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
-    report_to = _setup_wandb(cfg, out)
+    report_to = ["wandb"] if setup_wandb(cfg.wandb.mode, cfg.wandb.project, out) else []
     args = training_arguments(cfg, out, report_to)
     check_launch(int(os.environ.get("WORLD_SIZE", "1")), args.world_size)
     main_process = args.process_index == 0
@@ -387,8 +357,14 @@ def _train_fsdp2(
         if cfg.budget.shrink:
             print("adarank: budget.shrink is not applied under FSDP2 (yet): the final phase keeps all triplets.")
     trainable_initial = count_trainable(model)
-    logging = bool(_setup_wandb(cfg, out))  # the same answer on every process: they compute the penalty together
-    dashboard = _loop_dashboard(cfg, allocator, out, trainable_initial) if logging and main_process else None
+    logging = setup_wandb(cfg.wandb.mode, cfg.wandb.project, out)  # the same on every process: see on_step
+    dashboard = None
+    if logging and main_process:  # opens the run (named after the run directory, the config attached)
+        from adarank.dashboards import WandbDashboard
+
+        dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)
+        dashboard.begin(config=asdict(cfg))
+        dashboard = dashboard if dashboard.active else None
     tr = cfg.train
     if tr.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
@@ -446,7 +422,7 @@ def _train_fsdp2(
         on_log=dashboard.log_train if dashboard is not None else None,
     )
     if dashboard is not None:
-        dashboard.end(result.global_step)
+        dashboard.end(result.global_step, finish=False)  # _finish logs the report into the run, then ends it
     trained = _Trained(
         model=model,
         classify=classify,
@@ -463,24 +439,6 @@ def _train_fsdp2(
         wandb=dashboard is not None,
     )
     return _finish(cfg, task, tokenizer, allocator, data, out, trained)
-
-
-def _loop_dashboard(cfg: RunConfig, allocator: RankAllocator, out: Path, trainable_initial: int) -> Any:
-    """Open the run's wandb run (in ``out``/wandb, named after the run directory, the resolved config
-    attached; ``_finish`` logs the report into it and finishes it) and a dashboard joined to it. None
-    where wandb cannot start: said once, training goes on."""
-    import wandb
-
-    from adarank.dashboards import WandbDashboard
-
-    try:
-        wandb.init(project=cfg.wandb.project, dir=str(out.resolve()), name=out.name, config=asdict(cfg))
-    except Exception as err:  # no network for online mode, a broken install: never fail the run over wandb
-        print(f"adarank: wandb could not start ({err}); no dashboards, training goes on.")
-        return None
-    dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)
-    dashboard.begin()
-    return dashboard
 
 
 def _finish(
@@ -540,17 +498,9 @@ def _finish(
     report = write_report(out, record)
     write_json_atomic(out / "metrics.json", metrics)
     if trained.wandb:
-        import wandb
+        from adarank.dashboards import log_run_report
 
-        if wandb.run is not None:  # the report's figures, as images in the same run
-            figures = sorted(report.parent.glob("*.png"))
-            wandb.log({f"report/{png.stem}": wandb.Image(str(png)) for png in figures if png.stem != "budget_plan"})
-            wandb.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
-            if samples:
-                keys = ["prompt", "reference", "generated"]
-                table: list[list[Any]] = [[s[k] for k in keys] for s in samples]
-                wandb.log({"report/samples": wandb.Table(columns=list(keys), data=table)})
-            wandb.finish()
+        log_run_report(sorted(report.parent.glob("*.png")), metrics, samples)
     shown = (
         "test_accuracy",
         "validation_accuracy",

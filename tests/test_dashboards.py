@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model
-from wandb_offline import history, run_file, summary
+from wandb_offline import history, run_file, run_name, summary
 
 from adarank.cli import main
 from adarank.dashboards import heatmap_rows
@@ -77,6 +77,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_logged_ranks_equal_the_allocation(offline_run: Path) -> None:
     wandb_file = run_file(offline_run)  # exactly one run: ours and transformers' share it
+    assert run_name(wandb_file) == offline_run.name == "run"  # named after the run directory, as the loop's
     rows = history(wandb_file)
     allocation = json.loads((offline_run / "allocation.json").read_text())
     steps = json.loads((offline_run / "allocation_history.json").read_text())
@@ -223,16 +224,16 @@ def test_compare_refuses_what_is_not_a_finished_run(tmp_path: Path, capsys: pyte
 def test_wandb_online_without_login_falls_back_to_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from adarank.config import load_config
-    from adarank.run import _wandb_mode
+    from adarank.dashboards import wandb_mode
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert _wandb_mode(load_config(None, ["wandb.mode=online"])) == "offline"
+    assert wandb_mode(load_config(None, ["wandb.mode=online"]).wandb.mode) == "offline"
     assert "no wandb login" in capsys.readouterr().out
-    assert _wandb_mode(load_config(None, [])) == "offline"
+    assert wandb_mode(load_config(None, []).wandb.mode) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert _wandb_mode(load_config(None, [])) == "online"
-    assert _wandb_mode(load_config(None, ["wandb.mode=disabled"])) == "disabled"
+    assert wandb_mode(load_config(None, []).wandb.mode) == "online"
+    assert wandb_mode(load_config(None, ["wandb.mode=disabled"]).wandb.mode) == "disabled"
 
 
 def test_importing_adarank_never_imports_wandb() -> None:

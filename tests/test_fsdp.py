@@ -155,7 +155,7 @@ def test_only_process_0_loads_the_weights_and_two_processes_train_like_one(tmp_p
 def test_fsdp2_run_logs_allocation_training_and_validation_to_one_wandb_run(tmp_path) -> None:
     """wandb offline (the default without a login) under torchrun: process 0 logs the masking steps, the
     loop's loss entries and the validation curve (train.eval_steps) into one run in the run directory."""
-    from wandb_offline import history, run_file, summary
+    from wandb_offline import history, run_file, run_name, summary
 
     model = tmp_path / "model"
     save_tiny_model(model, llama=False)
@@ -169,6 +169,7 @@ def test_fsdp2_run_logs_allocation_training_and_validation_to_one_wandb_run(tmp_
         "train.eval_steps=4", "distributed.strategy=fsdp2", cwd=ROOT, env=env,
     )  # fmt: skip
     rows = history(run_file(out))  # exactly one run, under the run directory
+    assert run_name(run_file(out)) == out.name == "run"  # named after it, as the Trainer path's run
     events = json.loads((out / "allocation_history.json").read_text())
     logged = {row["train/global_step"]: row for row in rows if "adarank/live_rank" in row}
     assert sorted(logged) == sorted(int(step) for step in events) == [4, 6]

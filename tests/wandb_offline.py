@@ -82,3 +82,10 @@ def summary(path: Path) -> dict[str, Any]:
         if record.WhichOneof("record_type") == "summary":
             out.update(_items(record.summary.update))
     return out
+
+
+def run_name(path: Path) -> str:
+    """The run's display name, as the run was opened with it."""
+    names = [r.run.display_name for r in read_records(path) if r.WhichOneof("record_type") == "run"]
+    assert names, f"{path} has no run record"
+    return names[-1]
