@@ -437,29 +437,28 @@ def mean_token_loss(
     return scored_pass(model, dataset, pad_token_id, batch_size, description)[0]
 
 
-# generation settings that make generate() choose other than the argmax token, with their neutral values
-_GREEDY_CHANGERS: dict[str, tuple[Any, ...]] = {
-    **dict.fromkeys(("repetition_penalty", "encoder_repetition_penalty", "guidance_scale"), (None, 1.0)),
-    **dict.fromkeys(
-        ("no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "min_length", "min_new_tokens"), (None, 0)
-    ),
-    **dict.fromkeys(("num_beams", "num_beam_groups"), (None, 1)),
-    "token_healing": (None, False),
-    **dict.fromkeys(
-        ("bad_words_ids", "force_words_ids", "constraints", "sequence_bias", "suppress_tokens",
-         "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
-         "watermarking_config", "stop_strings", "max_time", "dola_layers", "penalty_alpha"),
-        (None,),
-    ),
-}  # fmt: skip
+# generation settings that cannot change which tokens greedy decoding (do_sample=False) writes: token ids
+# (end-of-sequence is the stop set below), lengths (max_new_tokens is passed), sampling-only and
+# beam-only knobs, what generate() returns, caching and compilation, metadata. Any other field that differs
+# from transformers' defaults (a repetition penalty, suppressed tokens, assisted decoding, a field of a
+# later transformers release) turns the shortcut off: unknown means generate().
+_GREEDY_NEUTRAL = frozenset({
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length", "max_new_tokens",
+    "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+    "length_penalty", "early_stopping", "diversity_penalty", "use_cache", "cache_implementation", "cache_config",
+    "max_cache_len", "output_attentions", "output_hidden_states", "output_scores", "output_logits",
+    "return_dict_in_generate", "compile_config", "disable_compile", "low_memory", "prefill_chunk_size",
+    "_from_model_config", "transformers_version",
+})  # fmt: skip
 
 
 def _greedy_stops(model: nn.Module) -> set[int] | None:
     """The tokens that end greedy generation (the generation config's end-of-sequence ids), or None when
-    the config changes what greedy decoding picks (a repetition penalty, suppressed tokens, ...) or there
-    is none: then only generate() can say what the model writes."""
+    the config sets anything that may change what greedy decoding picks (any field outside
+    ``_GREEDY_NEUTRAL`` that differs from transformers' default) or there is none: then only
+    generate() can say what the model writes."""
     config = getattr(model, "generation_config", None)
-    if config is None or any(getattr(config, k, None) not in ok for k, ok in _GREEDY_CHANGERS.items()):
+    if config is None or not hasattr(config, "to_diff_dict") or set(config.to_diff_dict()) - _GREEDY_NEUTRAL:
         return None
     eos = config.eos_token_id
     return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)

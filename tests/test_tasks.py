@@ -202,6 +202,14 @@ def test_forced_answers_skip_generation_exactly_where_greedy_would_write_the_ref
     with_known = exact_match(model, tokenizer, rows["prompt_ids"], references, 3, batch_size=4, known=known)
     without = exact_match(model, tokenizer, rows["prompt_ids"], references, 3, batch_size=4)
     assert with_known == without and with_known[1][:9] == generated[:9]
-    model.generation_config.repetition_penalty = 1.3  # greedy then is not the argmax: generate() decides
+    config = model.generation_config
+    config.repetition_penalty = 1.3  # greedy then is not the argmax: generate() decides
     assert forced_answers(model, tokenizer, rows, predictions, max_new_tokens=3) == [None] * 10
-    model.generation_config.repetition_penalty = None
+    config.repetition_penalty = None
+    config.some_later_processor = 2  # a field this code does not know: unknown means generate()
+    assert forced_answers(model, tokenizer, rows, predictions, max_new_tokens=3) == [None] * 10
+    del config.some_later_processor
+    before = config.temperature, config.top_p, config.max_length
+    config.temperature, config.top_p, config.max_length = 0.2, 0.9, 7  # sampling knobs, lengths: greedy as before
+    assert forced_answers(model, tokenizer, rows, predictions, max_new_tokens=3) == known
+    config.temperature, config.top_p, config.max_length = before
