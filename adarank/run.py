@@ -394,7 +394,7 @@ def _train_fsdp2(
     def validation() -> dict[str, float]:  # the curve during training: loss (and accuracy for a classifier)
         if cfg.data.format == "classification":
             return classify("validation")
-        rows = model_columns(data["validation"]) if cfg.data.format == "generation" else data["validation"]
+        rows = model_columns(data["validation"])  # generation rows carry raw columns; language-modeling blocks none
         return {"loss": mean_token_loss(model, rows, tokenizer.pad_token_id, tr.eval_batch_size, "validation loss")}
 
     def on_step(step: int, allocator: RankAllocator) -> None:
