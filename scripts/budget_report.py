@@ -55,8 +55,8 @@ LABELS = {
     "v-spread": "LoRA, v of layers spread over depth",
     "lora": "LoRA r=1 on every module",
     "peft-adalora": "PEFT AdaLoRA",
-    "value-top": "LoRA, value of the top layers",
-    "qv-top": "LoRA, query + value of the top layers",
+    "value-top": "LoRA on value (layer 5 at 1/32, every layer from 1/8)",
+    "qv-top": "LoRA on query + value (top 3 layers at 1/8, every layer at 1/2)",
     "head-only": "head only (linear probe)",
 }
 
