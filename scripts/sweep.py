@@ -12,7 +12,8 @@ trained by PEFT on the same config (scripts/peft_run.py). A budget is one or mor
 parameters; other keys, e.g. a learning rate, may ride along). Each run goes to
 OUT/<method>/<budget>/seed<k> with a sweep.json naming its grid point; a run whose metrics.json
 exists is skipped, so an interrupted sweep resumes where it stopped. Each run is its own process
-(`--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N): one failure is recorded and the
+(`--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N, or the caller's OMP_NUM_THREADS if
+that is lower: two sweeps sharing a machine set it to 1 each): one failure is recorded and the
 sweep goes on. The tables cover every run under OUT, from this grid or earlier ones, and are
 rewritten after every run (OUT/results.csv, OUT/results.md).
 """
@@ -64,6 +65,18 @@ def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)
     return (head or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def run_threads(cores: int, jobs: int, caller: str | None) -> int:
+    """Threads per run: the cores shared by the runs at once, never more than the caller's
+    OMP_NUM_THREADS. Raising it would oversubscribe the cores when two sweeps (or a sweep and a test
+    run) share the machine, and OpenMP threads that wait on each other then run several times slower
+    than one thread each (measured: a SmolLM2 study step took about 30 s with two studies at 2 threads
+    each on 2 cores, about 3.4 s with one of them paused)."""
+    threads = max(1, cores // jobs)
+    if caller and caller.strip().isdigit() and int(caller) >= 1:
+        threads = min(threads, int(caller))
+    return threads
 
 
 def run_one(spec: str, budget: str, seed: int, extra: list[str], folder: Path, threads: int) -> str:
@@ -154,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     grid = [(m, b, s) for m in args.methods for b in args.budgets for s in args.seeds]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = run_threads(os.cpu_count() or 1, args.jobs, os.environ.get("OMP_NUM_THREADS"))
     lock = threading.Lock()
     finished: list[str] = []
 

@@ -115,3 +115,14 @@ def test_peft_adalora_refuses_a_budget_that_is_not_whole_ranks(tmp_path: Path) -
     assert done.returncode != 0
     assert "PEFT's AdaLoRA budget is in ranks: 2,000 parameters is not a whole rank per module" in done.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_run_never_gets_more_threads_than_the_caller_allows() -> None:
+    """Two studies on 2 cores launched with OMP_NUM_THREADS=1 must run 1 thread each, not the cores
+    (4 OpenMP threads on 2 cores ran each study several times slower)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from sweep import run_threads
+
+    assert run_threads(2, 1, None) == 2 and run_threads(2, 1, "1") == 1 and run_threads(8, 2, "2") == 2
+    assert run_threads(8, 2, "16") == 4 and run_threads(2, 4, None) == 1  # never above cores / jobs, never 0
+    assert run_threads(2, 1, "") == 2 and run_threads(2, 1, "x") == 2 and run_threads(2, 1, "0") == 2
