@@ -11,6 +11,9 @@
 # Cost: the first run took 1,504 s to train (80 steps) and about 25 min more to evaluate, on 1 thread
 # while two other jobs shared the 2 cores: about 50 min a run there, so the 52 runs are days of this
 # machine, not hours. Run it where there are cores to spare; it resumes where it stopped.
+# Those times were oversubscribed: until commit 7dfe1f7 scripts/sweep.py gave every run 2 threads
+# whatever OMP_NUM_THREADS said, so this study and the MiniLM one ran 4 threads on 2 cores (a step took
+# about 30 s; about 3.4 s with the other study paused). Now OMP_NUM_THREADS=1 gives each run 1 thread.
 # Evaluation takes about half as long since exact match generates only the rows the model gets wrong
 # (reports/eval_cost.md), and a training step 0.82x since the head runs on the answer tokens only
 # (reports/train_step_cost.md): the same figures, so runs from before and after compare.
