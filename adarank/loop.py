@@ -34,7 +34,7 @@ from adarank.callback import ALLOCATOR_STATE, flat_scores, latest_complete_check
 from adarank.importance import init_importance
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
-from adarank.sharding import full, is_fully_sharded, shard_model
+from adarank.sharding import full, is_fully_sharded, shard_model, unwrap
 from adarank.tasks import only_scored_logits
 from adarank.trainer import param_groups
 
@@ -240,7 +240,7 @@ def train_loop(
     cfg = config
     allocator.set_total_steps(cfg.steps)
     wrapped = _wrap(model, cfg.strategy, device)
-    inner = wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
+    inner = unwrap(wrapped)
     adapters = list(allocator.adapters.values())
     optimizer = torch.optim.AdamW(param_groups(inner, cfg.learning_rate, cfg.weight_decay, cfg.singular_lr_multiplier))
     scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)

@@ -24,6 +24,11 @@ except ImportError:  # pragma: no cover - torch without distributed support
     Shard = None  # type: ignore[assignment,misc]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper; ``model`` itself otherwise (FSDP2 shards in place, no wrapper)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a DTensor (an FSDP2-sharded parameter, gradient or state)."""
     return DTensor is not None and isinstance(tensor, DTensor)

@@ -33,6 +33,7 @@ from torch import nn
 
 from adarank.config import DataConfig, RunConfig
 from adarank.data import Split, TaskData
+from adarank.sharding import unwrap
 
 IGNORE_INDEX = -100
 
@@ -332,20 +333,6 @@ def by_length(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lengths.__getitem__)
 
 
-def _keeps_some_logits(model: nn.Module) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs): the output head
-    then runs on the scored positions only (on SmolLM2 it is a fifth of a forward's cost)."""
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (itself otherwise; FSDP2 shards in place, no wrapper)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 @functools.cache
 def _slices_logits(forward: Callable[..., Any]) -> bool:
     """Whether a forward function runs its output head through transformers' ``slice_logits_to_keep``
@@ -357,13 +344,24 @@ def _slices_logits(forward: Callable[..., Any]) -> bool:
 
 
 def _head_takes_row_masks(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers causal LM whose output head runs on the positions a boolean
-    ``logits_to_keep`` mask keeps and whose loss is transformers' causal-LM loss (which takes
-    ``shift_labels``): what ``only_scored_logits`` needs."""
+    """Whether ``model`` (or the model inside its DDP wrapper) is a transformers causal LM whose output
+    head runs on the positions a boolean (batch, length) ``logits_to_keep`` mask keeps: then only those
+    positions' logits are computed (on SmolLM2 the head is a fifth of a forward's cost)."""
+    return _slices_logits(type(unwrap(model)).forward)
+
+
+def _loss_takes_shift_labels(model: nn.Module) -> bool:
+    """Whether ``model``'s loss is transformers' causal-LM loss, which takes ``shift_labels``."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    inner = _unwrapped(model)
-    return _slices_logits(type(inner).forward) and getattr(inner, "loss_function", None) is ForCausalLMLoss
+    return getattr(unwrap(model), "loss_function", None) is ForCausalLMLoss
+
+
+def _scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (batch, length) mask of positions whose next token has a label, and the labels shifted to
+    those positions (``labels`` shifted left by one, -100 at the end)."""
+    shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return shifted != IGNORE_INDEX, shifted
 
 
 def only_scored_logits(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -373,14 +371,14 @@ def only_scored_logits(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any
     The loss is the model's own (the same cross-entropy terms, the same ``num_items_in_batch``
     normalisation); only the logits no label reads are skipped. In a generation batch the answer is a
     few tokens of each row, and on SmolLM2 the head (49,152 x 576) is a fifth of the forward and backward
-    cost. ``batch`` itself when there are no labels or the model cannot take the mask
-    (``_head_takes_row_masks``); then it computes every logit as before. The returned logits are one
-    row per kept position (kept, labels) - training only, not for code that reads logits per sequence."""
+    cost. ``batch`` itself when there are no labels, or the model cannot take the mask
+    (``_head_takes_row_masks``) or its loss cannot take ``shift_labels``; then it computes every logit as
+    before. The returned logits are one row per kept position (kept, labels) - training only, not for
+    code that reads logits per sequence."""
     labels = batch.get("labels")
-    if labels is None or labels.dim() != 2 or not _head_takes_row_masks(model):
+    if labels is None or labels.dim() != 2 or not _head_takes_row_masks(model) or not _loss_takes_shift_labels(model):
         return batch
-    shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    keep = shifted != IGNORE_INDEX
+    keep, shifted = _scored_positions(labels)
     return {**batch, "logits_to_keep": keep, "shift_labels": shifted[keep]}
 
 
@@ -399,34 +397,21 @@ def scored_pass(
     device = next(model.parameters()).device
     order = by_length([len(ids) for ids in dataset["input_ids"]])
     predictions: list[list[int]] = [[] for _ in range(len(dataset))]
-    keep_some = _keeps_some_logits(model)
+    row_masks = _head_takes_row_masks(model)
     total, count = 0.0, 0
     with evaluating(model):
         for start in tqdm(range(0, len(dataset), batch_size), desc=description, unit="batch", leave=False):
             chunk = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
-            targets = batch["labels"][:, 1:]
-            # the positions whose next token is scored in some row of the batch
-            positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            keep, shifted = _scored_positions(batch["labels"])
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            if keep_some:
-                logits = model(**inputs, logits_to_keep=positions).logits
-            else:
-                logits = model(**inputs).logits[:, positions]
-            targets = targets[:, positions]
-            total += float(
-                nn.functional.cross_entropy(
-                    logits.float().reshape(-1, logits.shape[-1]),
-                    targets.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-            )
-            scored = targets != IGNORE_INDEX
-            count += int(scored.sum())
-            argmax, scored = logits.argmax(dim=-1).cpu(), scored.cpu()
-            for row, index in enumerate(chunk):
-                predictions[index] = argmax[row][scored[row]].tolist()
+            # one row of logits per scored token, row by row in order (the head runs on those alone)
+            logits = model(**inputs, logits_to_keep=keep).logits if row_masks else model(**inputs).logits[keep]
+            total += float(nn.functional.cross_entropy(logits.float(), shifted[keep], reduction="sum"))
+            count += int(keep.sum())
+            argmax = logits.argmax(dim=-1).cpu().split(keep.sum(dim=1).tolist())
+            for index, predicted in zip(chunk, argmax, strict=True):
+                predictions[index] = predicted.tolist()
     return total / max(1, count), predictions
 
 

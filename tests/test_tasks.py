@@ -85,7 +85,12 @@ def test_scored_pass_predicts_each_scored_token_with_or_without_logits_to_keep()
         for row in rows:
             argmax = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1].argmax(-1)
             expected.append([int(a) for a, t in zip(argmax, row["labels"][1:], strict=True) if t != IGNORE_INDEX])
+    head_rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape[:-1].numel()))
     loss, predicted = scored_pass(model, Dataset.from_list(rows), pad_token_id=0, batch_size=4)
+    order = by_length([len(row["input_ids"]) for row in rows])  # rows are batched shortest first
+    scored = [1 + i % 2 for i in order]
+    assert head_rows == [sum(scored[:4]), sum(scored[4:8]), sum(scored[8:])] == [5, 6, 2]  # scored tokens alone
     full_loss, full_predicted = scored_pass(_NoKeep(model), Dataset.from_list(rows), pad_token_id=0, batch_size=4)
     assert predicted == expected == full_predicted and [len(p) for p in predicted] == [1, 2] * 4 + [1]
     assert math.isclose(loss, full_loss, rel_tol=1e-6) and math.isclose(
