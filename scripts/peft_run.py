@@ -20,7 +20,10 @@ step, before the gradients are zeroed (a Trainer callback in `on_optimizer_step`
 penalty is PEFT's own (added inside forward). It has no separate learning rate for lambda
 (`train.singular_lr_multiplier` is ignored).
 Classification and generation configs (generation: no head; exact match and answer loss measured by
-adarank's own functions, on the same rows, so the metrics compare directly).
+adarank's own functions, on the same rows, so the metrics compare directly). A generation run's
+training step runs the output head on the answer tokens alone, as adarank's trainer does
+(`adarank.tasks.only_scored_logits`; PEFT's wrapper passes `logits_to_keep` and `shift_labels` through to
+the base model), so training times compare too.
 """
 
 from __future__ import annotations
@@ -50,9 +53,27 @@ from adarank.tasks import (
     exact_match,
     forced_answers,
     model_columns,
+    only_scored_logits,
     scored_pass,
     training_rows,
 )
+
+
+def scored_batch(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` for PEFT ``model`` with the output head on the scored positions only, when its base
+    model can take that (``only_scored_logits``; the loss and gradients are the same)."""
+    return only_scored_logits(model.get_base_model(), inputs)
+
+
+class ScoredLossTrainer(Trainer):
+    """Trainer whose training steps run the head on the scored positions only (``scored_batch``)."""
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if model.training and self.label_smoother is None and self.compute_loss_func is None:
+            inputs = scored_batch(model, inputs)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 class AllocateEachStep(TrainerCallback):
@@ -141,7 +162,7 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
         p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n
     )
     data = build_datasets(tokenizer, cfg, task)
-    trainer = Trainer(
+    trainer = ScoredLossTrainer(
         model=model,
         args=training_arguments(cfg, out, []),
         train_dataset=training_rows(data["train"], cfg.data),

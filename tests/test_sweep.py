@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -11,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+import torch
+from conftest import save_tiny_model, tiny_config
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "sweep.py"
@@ -126,3 +128,51 @@ def test_a_run_never_gets_more_threads_than_the_caller_allows() -> None:
     assert run_threads(2, 1, None) == 2 and run_threads(2, 1, "1") == 1 and run_threads(8, 2, "2") == 2
     assert run_threads(8, 2, "16") == 4 and run_threads(2, 4, None) == 1  # never above cores / jobs, never 0
     assert run_threads(2, 1, "") == 2 and run_threads(2, 1, "x") == 2 and run_threads(2, 1, "0") == 2
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_peft_runs_train_with_the_head_on_the_scored_tokens_alone(method: str) -> None:
+    """PEFT's LoRA and AdaLoRA (its orthogonality penalty inside forward) on a causal LM: the batch the
+    PEFT runner trains on gives the same loss and adapter gradients as the whole batch, while the head sees
+    one row per scored token (3 rows, 2 + 1 + 2 scored), so training times compare with adarank's."""
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from peft_run import scored_batch
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_config(True, vocab_size=100, max_position_embeddings=64, num_key_value_heads=1))
+    targets = ["q_proj", "v_proj", "down_proj"]
+    config = (
+        LoraConfig(r=2, target_modules=targets, init_lora_weights=False)
+        if method == "lora"
+        else AdaLoraConfig(init_r=2, target_r=1, target_modules=targets, total_step=10, orth_reg_weight=0.5)
+    )
+    model = get_peft_model(base, config)
+    if method == "adalora":  # PEFT starts lambda at 0: move it so the penalty and gradients are not trivial
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_E" in name:
+                    p.normal_()
+    ids = torch.randint(5, 90, (3, 7), generator=torch.Generator().manual_seed(1))
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:6], labels[1, 6], labels[2, 2:4] = ids[0, 4:6], ids[1, 6], ids[2, 2:4]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    head_rows: list[int] = []
+    base.lm_head.register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape[:-1].numel()))
+
+    def loss_and_grads(inputs: dict) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_grads = loss_and_grads(batch)
+    scored = scored_batch(model, batch)
+    loss, grads = loss_and_grads(scored)
+    assert head_rows == [3 * 7, 2 + 1 + 2] and "logits_to_keep" in scored
+    assert math.isclose(loss, full_loss, rel_tol=1e-6) and grads.keys() == full_grads.keys()
+    assert len(grads) == 3 * 2 * (2 if method == "lora" else 3)  # A, B (and E) of 3 modules in 2 blocks
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-5, atol=1e-7)
