@@ -70,6 +70,7 @@ class Run:
     metrics: dict
     commit: str
     study: Study  # the study it belongs to: its fractions and LoRA r=1 size place the run on the curve
+    losses: tuple[tuple[int, float], ...] = ()  # (step, training loss) as logged; empty when not archived
 
     @property
     def params(self) -> int:
@@ -83,6 +84,21 @@ class Run:
         return min(self.study.fractions, key=lambda f: abs(math.log(ratio / self.study.fractions[f])))
 
 
+def training_losses(log: Path) -> tuple[tuple[int, float], ...]:
+    """(step, training loss) of each training entry of a run's train_log.json; none when absent."""
+    if not log.exists():
+        return ()
+    return tuple((int(e["step"]), float(e["loss"])) for e in json.loads(log.read_text()) if "loss" in e)
+
+
+def loss_path(run: Run) -> str:
+    """``lowest (at step) → last`` logged training loss, or "-" when the run's log was not archived."""
+    if not run.losses:
+        return "-"
+    step, lowest = min(run.losses, key=lambda point: point[1])
+    return f"{lowest:.3f} ({step}) → {run.losses[-1][1]:.3f}"
+
+
 def load_runs(folder: Path, study: Study) -> list[Run]:
     runs = []
     for marker in sorted(folder.glob("*/*/*/seed*/metrics.json")):
@@ -92,7 +108,8 @@ def load_runs(folder: Path, study: Study) -> list[Run]:
         method = marker.relative_to(folder).parts[0]
         metrics = json.loads(marker.read_text())
         runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
-                        point.get("commit", "not recorded"), study))  # fmt: skip
+                        point.get("commit", "not recorded"), study,
+                        training_losses(marker.parent / "train_log.json")))  # fmt: skip
     return runs
 
 
@@ -240,15 +257,15 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
     name = study.primary[1]
     grid = [
         f"| method | lr | budget (params) | validation answer loss | validation {name} % | test answer loss "
-        f"| test {name} % |",
-        "|---|---|---|---|---|---|---|",
+        f"| test {name} % | training loss: lowest (step) → last |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr)):
         m = run.metrics
         losses = ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("validation_answer_loss", "test_answer_loss")]
         grid.append(
             f"| {run.method} | {run.lr or 'config'} | {run.fraction} ({run.params:,}) | {losses[0]} | "
-            f"{100 * m['validation_accuracy']:.2f} | {losses[1]} | {100 * m['test_accuracy']:.2f} |"
+            f"{100 * m['validation_accuracy']:.2f} | {losses[1]} | {100 * m['test_accuracy']:.2f} | {loss_path(run)} |"
         )
     commits = sorted({r.commit for r in runs})
     if floor:
@@ -286,6 +303,10 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "## Every seed-0 run",
         "",
         *grid,
+        "",
+        "Training loss: the mean over each logging window of the run's train_log.json, lowest and last. A last",
+        "loss far above the lowest means the end of training undid what was learnt: for AdaLoRA, the final",
+        "masking steps cut triplets the task needed and the final phase did not win it back.",
         "",
     ])  # fmt: skip
 

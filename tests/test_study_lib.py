@@ -24,6 +24,7 @@ def _run(folder: Path, finished: bool = True) -> None:
     if finished:
         (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.8}))
         (folder / "allocation.json").write_text("{}")
+        (folder / "train_log.json").write_text("[]")
 
 
 def test_archive_twice_restore_and_skip_unfinished(tmp_path: Path) -> None:
@@ -38,10 +39,12 @@ def test_archive_twice_restore_and_skip_unfinished(tmp_path: Path) -> None:
         "adalora/cfg/budget/seed0/allocation.json",
         "adalora/cfg/budget/seed0/metrics.json",
         "adalora/cfg/budget/seed0/sweep.json",
+        "adalora/cfg/budget/seed0/train_log.json",
         "lora/cfg/seed1/adapter/adapter.safetensors",
         "lora/cfg/seed1/allocation.json",
         "lora/cfg/seed1/metrics.json",
         "lora/cfg/seed1/sweep.json",
+        "lora/cfg/seed1/train_log.json",
     ]
     _bash(f"archive_runs {out} {tmp_path / 'small'}", tmp_path)  # without "adapters": the JSON files only
     assert not list((tmp_path / "small").rglob("adapter"))
