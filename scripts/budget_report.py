@@ -207,7 +207,8 @@ def plot(
     if any("test_answer_loss" in r.metrics for r in others) or any(
         "test_answer_loss" in r.metrics for seeds in points.values() for r in seeds.values()
     ):
-        panels.append(("test_answer_loss", 1, "answer-token loss on test (lower is better)", "test_answer_loss_before"))
+        panels.append(("test_answer_loss", 1, "answer-token loss on test (log scale, lower is better)",
+                       "test_answer_loss_before"))  # fmt: skip
     if "eval_accuracy_before" not in floor and ("head-only", "0") in points:  # classification: the linear probe
         probe = points[("head-only", "0")].values()
         floor = {"eval_accuracy_before": statistics.mean(r.metrics["test_accuracy"] for r in probe)}
@@ -234,6 +235,11 @@ def plot(
             ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label=f"{what}: the floor")
         ax.axvline(study.lora_r1, color="black", linewidth=0.6, linestyle=":")
         ax.set_xscale("log")
+        if key == "test_answer_loss":  # the floor is 30-40x the trained runs' loss: a linear axis flattens them
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlim(study.lora_r1 * min(study.fractions.values()) / 1.6, study.lora_r1 * 1.6)  # every budget
         ax.set_xlabel(f"final adapter parameters (log scale; dotted: LoRA r=1 on every module, {study.lora_r1:,})")
         ax.set_title(title)
@@ -304,9 +310,11 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "",
         *grid,
         "",
-        "Training loss: the mean over each logging window of the run's train_log.json, lowest and last. A last",
-        "loss far above the lowest means the end of training undid what was learnt: for AdaLoRA, the final",
-        "masking steps cut triplets the task needed and the final phase did not win it back.",
+        "Training loss: the mean over each logging window of the run's train_log.json, lowest and last. The",
+        "windows are a few batches each, so the lowest is noisy and a last loss up to about twice it is common",
+        "in runs that ended well. A last loss several times the lowest means the end of training undid what was",
+        "learnt: for AdaLoRA, the last masking steps cut triplets the task needed and the final phase did not",
+        "win it back.",
         "",
     ])  # fmt: skip
 
