@@ -17,6 +17,8 @@
 # Evaluation takes about half as long since exact match generates only the rows the model gets wrong
 # (reports/eval_cost.md), and a training step 0.82x since the head runs on the answer tokens only
 # (reports/train_step_cost.md): the same figures, so runs from before and after compare.
+# With both fixes and 1 thread a run beside the MiniLM study, runs took 11-18 minutes each (training
+# 320-500 s of it; the vo-top arm is the cheapest, its gradients stop at layer 21).
 # A regex list item must not hold [ ] { } or commas unquoted (YAML's flow list): layers are spelled out.
 #   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
 #
