@@ -408,8 +408,9 @@ def scored_pass(
             # one row of logits per scored token, row by row in order (the head runs on those alone)
             logits = model(**inputs, logits_to_keep=keep).logits if row_masks else model(**inputs).logits[keep]
             total += float(nn.functional.cross_entropy(logits.float(), shifted[keep], reduction="sum"))
-            count += int(keep.sum())
-            argmax = logits.argmax(dim=-1).cpu().split(keep.sum(dim=1).tolist())
+            per_row = keep.sum(dim=1).tolist()
+            count += sum(per_row)
+            argmax = logits.argmax(dim=-1).cpu().split(per_row)
             for index, predicted in zip(chunk, argmax, strict=True):
                 predictions[index] = predicted.tolist()
     return total / max(1, count), predictions
