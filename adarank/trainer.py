@@ -16,6 +16,7 @@ from adarank.callback import AdaRankCallback, latest_complete_checkpoint
 from adarank.inject import RECORD_ATTR, find_adapters
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
+from adarank.sharding import unwrap
 from adarank.tasks import only_scored_logits
 
 
@@ -55,6 +56,26 @@ def _loss_counts_items(model: nn.Module) -> bool:
     except (OSError, TypeError):
         return True  # unknown: keep the Trainer's own decision
     return re.search(r"self\.loss_function\([^()]*\*\*kwargs", source) is not None
+
+
+def scored_training_inputs(
+    trainer: Trainer, model: nn.Module, inputs: dict[str, Any], head_model: nn.Module | None = None
+) -> dict[str, Any]:
+    """``inputs`` for ``trainer.compute_loss`` with the output head on the scored positions only
+    (``only_scored_logits``: the same loss and gradients, fewer head rows) in a training step whose loss
+    is the model's own, i.e. the Trainer has no label smoother and no ``compute_loss_func`` (both read
+    the full logits); ``inputs`` unchanged otherwise.
+
+    Args:
+        trainer: the Trainer computing the loss.
+        model: the model ``compute_loss`` got (possibly DDP-wrapped).
+        inputs: the batch.
+        head_model: the module whose forward runs the head and the loss, when that is not ``model``
+            itself (a PEFT LoRA model: its base model, to which PEFT hands the extra arguments).
+    """
+    if not model.training or trainer.label_smoother is not None or trainer.compute_loss_func is not None:
+        return inputs
+    return only_scored_logits(unwrap(model) if head_model is None else head_model, inputs)
 
 
 class AdaRankTrainer(Trainer):
@@ -165,8 +186,7 @@ class AdaRankTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        if model.training and self.label_smoother is None and self.compute_loss_func is None:
-            inputs = only_scored_logits(model, inputs)  # the model's own loss, the head on scored positions only
+        inputs = scored_training_inputs(self, model, inputs)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not model.training or self.orth_weight == 0 or not self._adapters:
             return result

@@ -22,7 +22,7 @@ penalty is PEFT's own (added inside forward). It has no separate learning rate f
 Classification and generation configs (generation: no head; exact match and answer loss measured by
 adarank's own functions, on the same rows, so the metrics compare directly). A generation run's
 training step runs the output head on the answer tokens alone, as adarank's trainer does
-(`adarank.tasks.only_scored_logits`; PEFT's wrapper passes `logits_to_keep` and `shift_labels` through to
+(`adarank.trainer.scored_training_inputs`; PEFT's wrapper passes `logits_to_keep` and `shift_labels` through to
 the base model), so training times compare too.
 """
 
@@ -45,6 +45,7 @@ from adarank.inject import module_shapes
 from adarank.models import load_model
 from adarank.run import training_arguments
 from adarank.schedule import constant_rank_budget, plan_budget
+from adarank.sharding import unwrap
 from adarank.tasks import (
     GenerationCollator,
     answer_tokens,
@@ -53,26 +54,21 @@ from adarank.tasks import (
     exact_match,
     forced_answers,
     model_columns,
-    only_scored_logits,
     scored_pass,
     training_rows,
 )
-
-
-def scored_batch(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``inputs`` for PEFT ``model`` with the output head on the scored positions only, when its base
-    model can take that (``only_scored_logits``; the loss and gradients are the same)."""
-    return only_scored_logits(model.get_base_model(), inputs)
+from adarank.trainer import scored_training_inputs
 
 
 class ScoredLossTrainer(Trainer):
-    """Trainer whose training steps run the head on the scored positions only (``scored_batch``)."""
+    """Trainer whose training steps run the head on the scored positions only, as adarank's do
+    (``scored_training_inputs`` with PEFT's base model, which PEFT's LoRA and AdaLoRA hand
+    ``logits_to_keep`` and ``shift_labels`` to), so training times compare."""
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        if model.training and self.label_smoother is None and self.compute_loss_func is None:
-            inputs = scored_batch(model, inputs)
+        inputs = scored_training_inputs(self, model, inputs, head_model=unwrap(model).get_base_model())
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 

@@ -131,15 +131,15 @@ def test_a_run_never_gets_more_threads_than_the_caller_allows() -> None:
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
-def test_peft_runs_train_with_the_head_on_the_scored_tokens_alone(method: str) -> None:
-    """PEFT's LoRA and AdaLoRA (its orthogonality penalty inside forward) on a causal LM: the batch the
-    PEFT runner trains on gives the same loss and adapter gradients as the whole batch, while the head sees
-    one row per scored token (3 rows, 2 + 1 + 2 scored), so training times compare with adarank's."""
+def test_peft_runs_train_with_the_head_on_the_scored_tokens_alone(method: str, tmp_path: Path) -> None:
+    """PEFT's LoRA and AdaLoRA (its orthogonality penalty inside forward) on a causal LM, through the PEFT
+    runner's Trainer: its training loss and adapter gradients are the whole batch's, while the head sees
+    one row per scored token (5 rows: 2 + 1 + 2 scored), so training times compare with adarank's."""
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM, TrainingArguments
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from peft_run import scored_batch
+    from peft_run import ScoredLossTrainer
 
     torch.manual_seed(0)
     base = LlamaForCausalLM(tiny_config(True, vocab_size=100, max_position_embeddings=64, num_key_value_heads=1))
@@ -161,17 +161,19 @@ def test_peft_runs_train_with_the_head_on_the_scored_tokens_alone(method: str) -
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     head_rows: list[int] = []
     base.lm_head.register_forward_hook(lambda _m, args, _o: head_rows.append(args[0].shape[:-1].numel()))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = ScoredLossTrainer(model=model, args=args)
+    model.train()
 
-    def loss_and_grads(inputs: dict) -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
+    def loss_and_grads(loss: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
         loss.backward()
-        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
 
-    full_loss, full_grads = loss_and_grads(batch)
-    scored = scored_batch(model, batch)
-    loss, grads = loss_and_grads(scored)
-    assert head_rows == [3 * 7, 2 + 1 + 2] and "logits_to_keep" in scored
+    full_loss, full_grads = loss_and_grads(model(**batch).loss)
+    loss, grads = loss_and_grads(trainer.compute_loss(model, dict(batch)))
+    assert head_rows == [3 * 7, 2 + 1 + 2]
     assert math.isclose(loss, full_loss, rel_tol=1e-6) and grads.keys() == full_grads.keys()
     assert len(grads) == 3 * 2 * (2 if method == "lora" else 3)  # A, B (and E) of 3 modules in 2 blocks
     for name, grad in grads.items():

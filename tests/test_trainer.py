@@ -247,3 +247,21 @@ def test_trainer_runs_a_causal_lms_head_on_the_scored_positions_only(tmp_path) -
     scored = [int((r["labels"][1:] != -100).sum()) for r in rows]
     assert len(head_rows) == 4 and sum(head_rows) == sum(scored) == 230  # every row once, in 4 micro-batches
     assert all(count < 8 * 12 for count in head_rows)
+
+
+@pytest.mark.filterwarnings("ignore:AdaRankTrainer has no AdaRankCallback")
+def test_trainer_keeps_every_logit_for_a_label_smoother(tmp_path) -> None:
+    """Label smoothing reads the logits of every position: there the head must see the whole batch
+    (8 rows x 12 positions each micro-batch), not the scored positions alone."""
+    model = _tiny_causal_llama()
+    inject_adapters(model, ["q_proj", "v_proj"], rank=2, alpha=4, seed=0, modules_to_save=[])
+    head_rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda _m, inputs, _o: head_rows.append(int(inputs[0].shape[:-1].numel())))
+    trainer = AdaRankTrainer(
+        model=model,
+        args=_args(tmp_path, max_steps=1, per_device_train_batch_size=8, label_smoothing_factor=0.1),
+        train_dataset=_dataset(8, causal=True),
+        orth_weight=0.0,
+    )
+    trainer.train()
+    assert trainer.label_smoother is not None and head_rows == [8 * 12]
