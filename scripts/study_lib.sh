@@ -31,3 +31,32 @@ archive_runs() {
 restore_runs() {
     mkdir -p "$1" && if [ -d "$2" ]; then cp -rn "$2"/. "$1"/; fi
 }
+
+# claimed CLAIMS NAME COMMAND...: run COMMAND (a function too: same shell) holding the lock CLAIMS/NAME.lock
+# (flock), so workers of one study running side by side never run the same point; while another process
+# holds it, skip (a line said, status 0). The lock goes when COMMAND ends or its worker is stopped.
+claimed() {
+    local claims=$1 name=$2 fd status
+    shift 2
+    mkdir -p "$claims"
+    exec {fd}>"$claims/$name.lock"
+    if ! flock -n "$fd"; then
+        echo "$name: another worker is on it"
+        exec {fd}>&-
+        return 0
+    fi
+    "$@"
+    status=$?
+    exec {fd}>&-
+    return $status
+}
+
+# wait_for_claims CLAIMS: return once no process holds a lock under CLAIMS (what other workers were on has
+# finished, or they stopped: run the points again after it to fill what a stopped worker left).
+wait_for_claims() {
+    local lock
+    for lock in "$1"/*.lock; do
+        if [ -e "$lock" ]; then flock "$lock" true; fi
+    done
+    return 0
+}

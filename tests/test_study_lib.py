@@ -108,3 +108,24 @@ def test_every_study_arm_is_a_valid_config_at_or_under_its_budget(script: str, m
         else:
             params = cfg.budget.target_rank * sum(o + i for o, i in shapes.values())
             assert budget / 2 <= params <= budget, (key, params, budget)
+
+
+def test_workers_side_by_side_never_run_the_same_point(tmp_path: Path) -> None:
+    """Two workers of one study: a point another process holds is skipped (said, status 0), a free one
+    runs under its claim with the command's status, and wait_for_claims returns only once the holder ends."""
+    script = f"""
+        source {ROOT / "scripts/study_lib.sh"}
+        mkdir -p claims
+        flock claims/p.lock bash -c 'touch held; sleep 1.5; touch released' &
+        until [ -e held ]; do sleep 0.05; done
+        claimed claims p touch ran-p
+        claimed claims q touch ran-q
+        status=0; claimed claims r false || status=$?
+        echo "status $status"
+        wait_for_claims claims
+        [ -e released ] && echo "waited"
+    """
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert result.stdout.splitlines() == ["p: another worker is on it", "status 1", "waited"]
+    assert not (tmp_path / "ran-p").exists() and (tmp_path / "ran-q").exists()
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == ["p.lock", "q.lock", "r.lock"]
