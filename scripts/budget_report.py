@@ -10,6 +10,10 @@ final adapter parameters / LoRA r=1's on all the study's modules, on a log scale
 "0"). A method's learning rate is the one with the lowest mean validation answer loss (generation;
 else the highest validation accuracy) over the budgets where its whole seed-0 grid finished, or its
 one lr when the study fixed it; only runs at that lr enter the curves.
+The study's seed phase runs seed 0 again at the chosen lr with seeds 1 and 2 (one commit and one
+thread count for all three); where both exist the curve takes that run, and the grid's run of the same
+configuration and seed is compared with it ("Seed 0 run twice"). Seed-phase runs are told apart by
+their lr as the study's `best` prints it (0.008, where the grid writes 8e-3).
 Differences to adarank AdaLoRA are paired by seed: mean and 95% t-interval over the seeds both
 have (n = 2 or 3: wide by design; an interval that excludes 0 is a difference beyond seed noise).
 """
@@ -39,7 +43,7 @@ class Study:
 
 STUDIES = {
     "smollm2": Study("SmolLM2-135M-Instruct on Rotten Tomatoes as generation", "scripts/study_budget.sh",
-                     "Exact match and answer loss on the first 600 validation and test rows.", 52,
+                     "Exact match and answer loss on the first 600 validation and test rows.", 60,
                      305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
                      {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match"),
                      (5e-4, 2e-3, 8e-3)),
@@ -71,6 +75,7 @@ class Run:
     commit: str
     study: Study  # the study it belongs to: its fractions and LoRA r=1 size place the run on the curve
     losses: tuple[tuple[int, float], ...] = ()  # (step, training loss) as logged; empty when not archived
+    seed_phase: bool = False  # run by the study's seed phase at the chosen lr, not by its lr grid
 
     @property
     def params(self) -> int:
@@ -104,12 +109,13 @@ def load_runs(folder: Path, study: Study) -> list[Run]:
     for marker in sorted(folder.glob("*/*/*/seed*/metrics.json")):
         point = json.loads((marker.parent / "sweep.json").read_text())
         lr = re.search(r"train\.learning_rate=(\S+)", point["budget"])
+        seed_phase = lr is not None and lr.group(1) == f"{float(lr.group(1)):g}"  # `best` prints 0.008, GRID 8e-3
         budget = re.sub(r"\s*train\.learning_rate=\S+", "", point["budget"]).strip()
         method = marker.relative_to(folder).parts[0]
         metrics = json.loads(marker.read_text())
         runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
                         point.get("commit", "not recorded"), study,
-                        training_losses(marker.parent / "train_log.json")))  # fmt: skip
+                        training_losses(marker.parent / "train_log.json"), seed_phase))  # fmt: skip
     return runs
 
 
@@ -125,7 +131,7 @@ def best_lrs(runs: list[Run], lr_grid: tuple[float, ...] = ()) -> dict[str, floa
     every lr of its grid finished (ties: the smaller lr); none before every lr of ``lr_grid`` has run."""
     out = {}
     for method in sorted({r.method for r in runs}):
-        grid = [r for r in runs if r.method == method and r.seed == 0]
+        grid = [r for r in runs if r.method == method and r.seed == 0 and not r.seed_phase]
         lrs = sorted({r.lr for r in grid})
         if lrs == [0.0]:  # no grid: the study fixed this method's lr in its config
             out[method] = 0.0
@@ -158,12 +164,54 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def curves(runs: list[Run], lrs: dict[str, float]) -> dict[tuple[str, str], dict[int, Run]]:
-    """(method, fraction) -> seed -> run, at the method's chosen lr."""
+    """(method, fraction) -> seed -> run, at the method's chosen lr; the seed phase's run where the grid
+    ran the same seed too."""
     out: dict[tuple[str, str], dict[int, Run]] = {}
     for run in runs:
         if run.method in lrs and run.lr == lrs[run.method]:
-            out.setdefault((run.method, run.fraction), {})[run.seed] = run
+            seeds = out.setdefault((run.method, run.fraction), {})
+            if run.seed not in seeds or run.seed_phase:
+                seeds[run.seed] = run
     return out
+
+
+def reruns(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(grid run, seed-phase run) pairs of one method, budget, lr and seed: a configuration run twice,
+    under different commits and thread counts."""
+    grid = {(r.method, r.budget, r.lr, r.seed): r for r in runs if not r.seed_phase}
+    return [(grid[key], r) for r in runs if r.seed_phase and (key := (r.method, r.budget, r.lr, r.seed)) in grid]
+
+
+def rerun_section(pairs: list[tuple[Run, Run]], name: str) -> list[str]:
+    """The "Seed 0 run twice" table: each pair's figures and their difference, and the mean |difference|."""
+    if not pairs:
+        return []
+    lines = [
+        "## Seed 0 run twice",
+        "",
+        "The seed phase runs seed 0 again at the chosen lr, so that the three seeds of a point share one",
+        "commit and one thread count; the grid's runs were made over several commits, the early ones with 2",
+        "threads. Same configuration, same seed, same data order: what differs is the code's summation order",
+        "(changes meant to keep the figures) and the thread count. The difference is numerical noise that",
+        "seed-to-seed spread already contains.",
+        "",
+        f"| method | budget (params) | lr | commits: grid → rerun | test {name} %: grid → rerun | "
+        "test answer loss: grid → rerun |",
+        "|---|---|---|---|---|---|",
+    ]
+    for grid, rerun in pairs:
+        em = [100 * r.metrics["test_accuracy"] for r in (grid, rerun)]
+        loss = [r.metrics.get("test_answer_loss") for r in (grid, rerun)]
+        loss_text = "-" if None in loss else f"{loss[0]:.3f} → {loss[1]:.3f} ({loss[1] - loss[0]:+.3f})"
+        lines.append(f"| {grid.method} | {grid.fraction} ({grid.params:,}) | {grid.lr:g} | {grid.commit} → "
+                     f"{rerun.commit} | {em[0]:.2f} → {em[1]:.2f} ({em[1] - em[0]:+.2f}) | {loss_text} |")  # fmt: skip
+    em_gaps = [100 * abs(b.metrics["test_accuracy"] - a.metrics["test_accuracy"]) for a, b in pairs]
+    loss_gaps = [abs(b.metrics["test_answer_loss"] - a.metrics["test_answer_loss"]) for a, b in pairs
+                 if "test_answer_loss" in a.metrics and "test_answer_loss" in b.metrics]  # fmt: skip
+    summary = f"Mean |difference| over {len(pairs)} pairs: {statistics.mean(em_gaps):.2f} points of {name}"
+    if loss_gaps:
+        summary += f", {statistics.mean(loss_gaps):.3f} answer loss"
+    return [*lines, "", summary + ".", ""]
 
 
 def table(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[str]:
@@ -229,7 +277,7 @@ def plot(
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
         if others:
             ax.plot([r.params for r in others], [scale * r.metrics[key] for r in others], "x", color="grey",
-                    label="other runs (lr not chosen, or grid unfinished)")  # fmt: skip
+                    label="other runs (another lr, the grid's seed 0, or grid unfinished)")  # fmt: skip
         if floor_key in floor:
             what = "head only (linear probe)" if ("head-only", "0") in points else "untrained base"
             ax.axhline(scale * floor[floor_key], color="grey", linestyle="--", label=f"{what}: the floor")
@@ -262,15 +310,17 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
     plot(points, [r for r in runs if id(r) not in chosen and r.params], floor, figure, study)
     name = study.primary[1]
     grid = [
-        f"| method | lr | budget (params) | validation answer loss | validation {name} % | test answer loss "
+        f"| method | lr | run | budget (params) | validation answer loss | validation {name} % | test answer loss "
         f"| test {name} % | training loss: lowest (step) → last |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr)):
+    order = sorted((r for r in runs if r.seed == 0), key=lambda r: (r.method, r.fraction, r.lr, r.seed_phase))
+    for run in order:
         m = run.metrics
         losses = ["-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("validation_answer_loss", "test_answer_loss")]
         grid.append(
-            f"| {run.method} | {run.lr or 'config'} | {run.fraction} ({run.params:,}) | {losses[0]} | "
+            f"| {run.method} | {run.lr or 'config'} | {'seeds' if run.seed_phase else 'grid'} | "
+            f"{run.fraction} ({run.params:,}) | {losses[0]} | "
             f"{100 * m['validation_accuracy']:.2f} | {losses[1]} | {100 * m['test_accuracy']:.2f} | {loss_path(run)} |"
         )
     commits = sorted({r.commit for r in runs})
@@ -314,8 +364,9 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "windows are a few batches each, so the lowest is noisy and a last loss up to about twice it is common",
         "in runs that ended well. A last loss several times the lowest means the end of training undid what was",
         "learnt: for AdaLoRA, the last masking steps cut triplets the task needed and the final phase did not",
-        "win it back.",
+        "win it back. Run: the lr grid's run, or the seed phase's rerun of seed 0 at the chosen lr.",
         "",
+        *rerun_section(reruns(runs), name),
     ])  # fmt: skip
 
 

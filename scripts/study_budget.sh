@@ -16,7 +16,7 @@
 #   for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup scripts/study_budget.sh > /tmp/budget_study_$w.log 2>&1 & done
 #
 # Cost: the first run took 1,504 s to train (80 steps) and about 25 min more to evaluate, on 1 thread
-# while two other jobs shared the 2 cores: about 50 min a run there, so the 52 runs are days of this
+# while two other jobs shared the 2 cores: about 50 min a run there, so the 60 runs are days of this
 # machine, not hours. Run it where there are cores to spare; it resumes where it stopped.
 # Those times were oversubscribed: until commit 7dfe1f7 scripts/sweep.py gave every run 2 threads
 # whatever OMP_NUM_THREADS said, so this study and the MiniLM one ran 4 threads on 2 cores (a step took
@@ -40,7 +40,10 @@
 #   peft-adalora  PEFT's AdaLoRA (1x only: its budget is whole ranks per module)
 # Learning rates: a 3-point grid (5e-4, 2e-3, 8e-3) per method at seed 0, at 1/16 and 1/64 for the
 # methods below one rank per module and at 1x for the others; the lr with the lowest mean validation
-# answer loss is then fixed for every budget and seed. Exact match and answer loss are measured on
+# answer loss is then fixed for every budget and seed, and seeds 0, 1 and 2 run at it (seed 0 again:
+# `best` prints the lr as 0.008 where the grid writes 8e-3, so the folder differs; the three seeds of a
+# point then share one commit and thread count, and the report compares the rerun with the grid's run):
+# 60 runs. Exact match and answer loss are measured on
 # the first 600 validation and 600 test rows (the same rows in every run; the whole split costs
 # about 5 CPU-minutes per pass here). The untrained floor is measured once, in the first run.
 set -uo pipefail

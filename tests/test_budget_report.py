@@ -49,3 +49,38 @@ def test_the_training_loss_path_reads_the_archived_log(tmp_path: Path) -> None:
     run = _run(5e-4, 2.157, params=4_226)
     assert report.loss_path(run) == "-" and report.training_losses(tmp_path / "absent.json") == ()
     assert report.loss_path(dataclasses.replace(run, losses=losses)) == "0.378 (36) → 2.173"
+
+
+def _archived(folder: Path, method: str, lr: str, seed: int, metrics: dict) -> None:
+    run = folder / method / "cfg" / f"lr-{lr}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    budget = f"budget.target_params=19080 train.learning_rate={lr}"
+    (run / "sweep.json").write_text(json.dumps({"budget": budget, "seed": seed, "commit": f"c-{lr}"}))
+    (run / "metrics.json").write_text(json.dumps({"adapter_params_final": 19_000, **metrics}))
+
+
+def test_the_seed_phases_rerun_of_seed_0_is_the_curves_and_is_compared_with_the_grids(tmp_path: Path) -> None:
+    """The study's seed phase spells the chosen lr as `best` prints it (0.002) and runs seed 0 again: the
+    lr choice reads the grid alone, the curve takes the rerun, and the pair is reported side by side."""
+    for lr, loss in (("5e-4", 0.30), ("2e-3", 0.19), ("8e-3", 0.25)):
+        _archived(tmp_path, "adalora", lr, 0, {"validation_answer_loss": loss, "test_accuracy": 0.80,
+                                               "test_answer_loss": 0.20})  # fmt: skip
+    for seed, accuracy in ((0, 0.83), (1, 0.82)):  # a validation loss that must not undo the lr choice
+        _archived(tmp_path, "adalora", "0.002", seed, {"validation_answer_loss": 0.90, "test_accuracy": accuracy,
+                                                       "test_answer_loss": 0.18})  # fmt: skip
+    runs = report.load_runs(tmp_path, SMOLLM2)
+    assert [(r.lr, r.seed, r.seed_phase) for r in runs] == [
+        (0.002, 0, True), (0.002, 1, True), (2e-3, 0, False), (5e-4, 0, False), (8e-3, 0, False),
+    ]  # fmt: skip
+    assert report.best_lrs(runs, SMOLLM2.lr_grid) == {"adalora": 2e-3}
+    curve = report.curves(runs, {"adalora": 2e-3})[("adalora", "1/16")]
+    assert {seed: (run.seed_phase, run.metrics["test_accuracy"]) for seed, run in curve.items()} == {
+        0: (True, 0.83),
+        1: (True, 0.82),
+    }
+    pairs = report.reruns(runs)
+    assert [(a.commit, b.commit) for a, b in pairs] == [("c-2e-3", "c-0.002")]
+    section = report.rerun_section(pairs, "exact match")
+    row = "| adalora | 1/16 (19,000) | 0.002 | c-2e-3 → c-0.002 | 80.00 → 83.00 (+3.00) | 0.200 → 0.180 (-0.020) |"
+    assert row in section
+    assert section[-2] == "Mean |difference| over 1 pairs: 3.00 points of exact match, 0.020 answer loss."
