@@ -180,6 +180,10 @@ FIGURES = [
     ("79.36", "minilm_curves.md"),
     ("+1.015", "minilm_curves.md"),
     ("+0.536", "minilm_curves.md"),
+    ("81.11", "minilm_curves.md"),
+    ("79.19", "minilm_curves.md"),
+    ("-1.918", "minilm_curves.md"),
+    ("all 33 runs", "README.md"),
     ("84.3%", "rt_chat.md"),
 ]
 
