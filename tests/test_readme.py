@@ -110,6 +110,8 @@ FIGURES = [
     ("80.20%", "default_run.md"),
     ("80.37%", "default_run.md"),
     ("641 s", "default_run.md"),
+    ("80.29%", "default_run.md"),
+    ("82.25%", "default_run.md"),
     ("82.33%", "default_run.md"),
     ("79.10%", "README.md"),  # reports/README.md names quality_rt_partial.md as its source
     ("248", "init_and_lr.md"),
