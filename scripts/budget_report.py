@@ -39,6 +39,7 @@ class Study:
     fractions: dict[str, float]
     primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
     lr_grid: tuple[float, ...] = ()  # the study script's grid: an lr is chosen only once all of it has run
+    notes: str = ""  # what the report says of the study's methods beside the figures
 
 
 STUDIES = {
@@ -46,7 +47,12 @@ STUDIES = {
                      "Exact match and answer loss on the first 600 validation and test rows.", 60,
                      305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
                      {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match"),
-                     (5e-4, 2e-3, 8e-3)),
+                     (5e-4, 2e-3, 8e-3),
+                     "Where each method can go: PEFT's AdaLoRA sets its final budget as `target_r` triplets per "
+                     "adapted module on average (`target_r` x 210 in all, shared out by its scores), so the least it "
+                     "can express is `target_r` = 1, about LoRA r=1's parameter count: it appears at 1x only, at its "
+                     "realized parameter count. LoRA at one rank on every module likewise needs r >= 1; below that, "
+                     "LoRA runs on modules picked by hand (v+o of the top layers, v of layers spread over depth)."),
     "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
                     "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.", 33,
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
@@ -346,6 +352,7 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         f"*Figure: {study.primary[1]} (left) and, for generation, answer-token loss (right) against the final "
         f"adapter parameters; {floor_text}.*",
         "",
+        *([study.notes, ""] if study.notes else []),
         "## Chosen learning rates",
         "",
         ", ".join(f"{LABELS.get(m, m)}: {lr or 'fixed in the config'}" for m, lr in lrs.items()) or "none yet",
