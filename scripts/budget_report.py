@@ -40,11 +40,12 @@ class Study:
     primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
     lr_grid: tuple[float, ...] = ()  # the study script's grid: an lr is chosen only once all of it has run
     notes: str = ""  # what the report says of the study's methods beside the figures
+    check_lr: float = 0.0  # the study's lr check below one rank per module (its step 4); 0: none
 
 
 STUDIES = {
     "smollm2": Study("SmolLM2-135M-Instruct on Rotten Tomatoes as generation", "scripts/study_budget.sh",
-                     "Exact match and answer loss on the first 600 validation and test rows.", 60,
+                     "Exact match and answer loss on the first 600 validation and test rows.", 72,
                      305_280,  # 30 x (q, o 1152 + k, v 768 + gate, up, down 2112)
                      {"1/64": 1 / 64, "1/16": 1 / 16, "1/4": 1 / 4, "1": 1.0}, ("test_accuracy", "exact match"),
                      (5e-4, 2e-3, 8e-3),
@@ -52,7 +53,8 @@ STUDIES = {
                      "adapted module on average (`target_r` x 210 in all, shared out by its scores), so the least it "
                      "can express is `target_r` = 1, about LoRA r=1's parameter count: it appears at 1x only, at its "
                      "realized parameter count. LoRA at one rank on every module likewise needs r >= 1; below that, "
-                     "LoRA runs on modules picked by hand (v+o of the top layers, v of layers spread over depth)."),
+                     "LoRA runs on modules picked by hand (v+o of the top layers, v of layers spread over depth).",
+                     2e-3),
     "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
                     "scripts/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.", 33,
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
@@ -81,6 +83,7 @@ class Run:
     commit: str
     study: Study  # the study it belongs to: its fractions and LoRA r=1 size place the run on the curve
     losses: tuple[tuple[int, float], ...] = ()  # (step, training loss) as logged; empty when not archived
+    max_grad_norm: float | None = None  # the largest logged gradient norm (before clipping); None: no log
     seed_phase: bool = False  # run by the study's seed phase at the chosen lr, not by its lr grid
 
     @property
@@ -102,6 +105,15 @@ def training_losses(log: Path) -> tuple[tuple[int, float], ...]:
     return tuple((int(e["step"]), float(e["loss"])) for e in json.loads(log.read_text()) if "loss" in e)
 
 
+def largest_grad_norm(log: Path) -> float | None:
+    """The largest gradient norm a run's train_log.json records (the Trainer logs it before clipping);
+    None without a log or norms."""
+    if not log.exists():
+        return None
+    norms = [float(e["grad_norm"]) for e in json.loads(log.read_text()) if "grad_norm" in e]
+    return max(norms) if norms else None
+
+
 def loss_path(run: Run) -> str:
     """``lowest (at step) → last`` logged training loss, or "-" when the run's log was not archived."""
     if not run.losses:
@@ -121,7 +133,8 @@ def load_runs(folder: Path, study: Study) -> list[Run]:
         metrics = json.loads(marker.read_text())
         runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
                         point.get("commit", "not recorded"), study,
-                        training_losses(marker.parent / "train_log.json"), seed_phase))  # fmt: skip
+                        training_losses(marker.parent / "train_log.json"), seed_phase=seed_phase,
+                        max_grad_norm=largest_grad_norm(marker.parent / "train_log.json")))  # fmt: skip
     return runs
 
 
@@ -181,6 +194,25 @@ def curves(runs: list[Run], lrs: dict[str, float]) -> dict[tuple[str, str], dict
     return out
 
 
+def check_section(runs: list[Run], study: Study) -> list[str]:
+    """The study's lr check (every method below one rank per module at ``study.check_lr``), once a run
+    beyond the grid's seed 0 has finished there."""
+    methods = ("adalora", "vo-top", "v-spread")
+    if not study.check_lr or not any(r.lr == study.check_lr and r.seed > 0 and r.method in methods for r in runs):
+        return []
+    points = curves([r for r in runs if r.method in methods], {m: study.check_lr for m in methods})
+    return [
+        f"## A check: every method at lr {study.check_lr:g} below one rank per module",
+        "",
+        f"Not the chosen lr. This repeats the comparison at {study.check_lr:g}, the grid's runner-up for",
+        "AdaLoRA, to show whether the result above depends on the lr: seed 0 is the grid's run (older commits),",
+        "seeds 1 and 2 come from the study's step 4.",
+        "",
+        *table(points, study),
+        "",
+    ]
+
+
 def reruns(runs: list[Run]) -> list[tuple[Run, Run]]:
     """(grid run, seed-phase run) pairs of one method, budget, lr and seed: a configuration run twice,
     under different commits and thread counts."""
@@ -223,8 +255,8 @@ def rerun_section(pairs: list[tuple[Run, Run]], name: str) -> list[str]:
 def table(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[str]:
     lines = [
         f"| budget | method | seeds | adapter params | {study.primary[1]} % | answer loss | Δ {study.primary[1]} vs "
-        "AdaLoRA (points) | Δ answer loss vs AdaLoRA |",
-        "|---|---|---|---|---|---|---|---|",
+        "AdaLoRA (points) | Δ answer loss vs AdaLoRA | largest grad norm, by seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for fraction in ["0", *study.fractions]:
         base = points.get(("adalora", fraction), {})
@@ -242,7 +274,8 @@ def table(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[s
                 f"| {fraction} | {LABELS[method]} | {len(done)} | {statistics.mean(r.params for r in done):,.0f} | "
                 f"{mean_sd([r.metrics['test_accuracy'] for r in done], 100, 2)} | "
                 f"{mean_sd([r.metrics['test_answer_loss'] for r in done]) if has_loss else '-'} | "
-                f"{paired(d_em) if method != 'adalora' else ''} | {paired(d_loss) if method != 'adalora' else ''} |"
+                f"{paired(d_em) if method != 'adalora' else ''} | {paired(d_loss) if method != 'adalora' else ''} | "
+                f"{' / '.join('-' if r.max_grad_norm is None else f'{r.max_grad_norm:.1f}' for r in done)} |"
             )
     return lines
 
@@ -363,6 +396,11 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "",
         *table(points, study),
         "",
+        "Largest grad norm: the largest gradient norm the run's train_log.json records (before clipping at",
+        "1.0, the Trainer's default), one figure per seed in seed order. A spike of tens or hundreds is an",
+        "unstable step; clipping bounds the update it makes, and not every run with one ends worse.",
+        "",
+        *check_section(runs, study),
         "## Every seed-0 run",
         "",
         *grid,

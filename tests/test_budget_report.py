@@ -38,14 +38,16 @@ def test_a_run_is_placed_by_its_own_studys_fractions() -> None:
 
 def test_the_training_loss_path_reads_the_archived_log(tmp_path: Path) -> None:
     """lowest (its step) -> last training loss from train_log.json's training entries (evaluation entries
-    and the final summary have no "loss"); "-" for a run archived without its log."""
+    and the final summary have no "loss"), and the largest gradient norm; "-" / None without a log."""
     log = tmp_path / "train_log.json"
     log.write_text(json.dumps([
-        {"loss": 6.8, "step": 4}, {"loss": 0.378, "step": 36}, {"validation_loss": 0.1, "step": 40},
-        {"loss": 0.4, "step": 40}, {"loss": 2.173, "step": 80}, {"train_runtime": 600.0, "step": 80},
+        {"loss": 6.8, "grad_norm": 3.5, "step": 4}, {"loss": 0.378, "grad_norm": 55.3, "step": 36},
+        {"validation_loss": 0.1, "step": 40}, {"loss": 0.4, "grad_norm": 0.9, "step": 40},
+        {"loss": 2.173, "step": 80}, {"train_runtime": 600.0, "step": 80},
     ]))  # fmt: skip
     losses = report.training_losses(log)
     assert losses == ((4, 6.8), (36, 0.378), (40, 0.4), (80, 2.173))
+    assert report.largest_grad_norm(log) == 55.3 and report.largest_grad_norm(tmp_path / "absent.json") is None
     run = _run(5e-4, 2.157, params=4_226)
     assert report.loss_path(run) == "-" and report.training_losses(tmp_path / "absent.json") == ()
     assert report.loss_path(dataclasses.replace(run, losses=losses)) == "0.378 (36) → 2.173"
@@ -84,3 +86,19 @@ def test_the_seed_phases_rerun_of_seed_0_is_the_curves_and_is_compared_with_the_
     row = "| adalora | 1/16 (19,000) | 0.002 | c-2e-3 → c-0.002 | 80.00 → 83.00 (+3.00) | 0.200 → 0.180 (-0.020) |"
     assert row in section
     assert section[-2] == "Mean |difference| over 1 pairs: 3.00 points of exact match, 0.020 answer loss."
+
+
+def test_the_lr_check_is_tabulated_apart_once_it_has_runs_beyond_the_grid(tmp_path: Path) -> None:
+    """Step 4 of the study (every method below one rank per module at the check lr, seeds 1 and 2): a
+    section of its own, paired with AdaLoRA at the same lr; absent while only the grid's seed 0 is there."""
+    for method, accuracy in (("adalora", 0.80), ("vo-top", 0.79)):
+        _archived(tmp_path, method, "2e-3", 0, {"test_accuracy": accuracy, "test_answer_loss": 0.2})
+    assert report.check_section(report.load_runs(tmp_path, SMOLLM2), SMOLLM2) == []
+    for method, accuracy in (("adalora", 0.82), ("vo-top", 0.83)):
+        _archived(tmp_path, method, "2e-3", 1, {"test_accuracy": accuracy, "test_answer_loss": 0.2})
+    section = report.check_section(report.load_runs(tmp_path, SMOLLM2), SMOLLM2)
+    assert section[0] == "## A check: every method at lr 0.002 below one rank per module"
+    rows = [line for line in section if line.startswith("| 1/16 ")]
+    assert rows[0].startswith("| 1/16 | adarank AdaLoRA | 2 | 19,000 | 81.00 ± 1.41 |")
+    assert rows[1].startswith("| 1/16 | LoRA, v+o of the top layers | 2 | 19,000 | 81.00 ± 2.83 |")
+    assert "| +0.000 [-12.706, +12.706] |" in rows[1] and rows[1].endswith("| - / - |")
