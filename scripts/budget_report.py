@@ -40,7 +40,7 @@ class Study:
     primary: tuple[str, str]  # (metric key, panel title) of the main measure; the loss panel when present
     lr_grid: tuple[float, ...] = ()  # the study script's grid: an lr is chosen only once all of it has run
     notes: str = ""  # what the report says of the study's methods beside the figures
-    check_lr: float = 0.0  # the study's lr check below one rank per module (its step 4); 0: none
+    check_lr: float = 0.0  # the study's lr check below one rank per module (its step 3); 0: none
 
 
 STUDIES = {
@@ -206,7 +206,7 @@ def check_section(runs: list[Run], study: Study) -> list[str]:
         "",
         f"Not the chosen lr. This repeats the comparison at {study.check_lr:g}, the grid's runner-up for",
         "AdaLoRA, to show whether the result above depends on the lr: seed 0 is the grid's run (older commits),",
-        "seeds 1 and 2 come from the study's step 4.",
+        "seeds 1 and 2 come from the study's step 3.",
         "",
         *table(points, study),
         "",

@@ -89,7 +89,7 @@ def test_the_seed_phases_rerun_of_seed_0_is_the_curves_and_is_compared_with_the_
 
 
 def test_the_lr_check_is_tabulated_apart_once_it_has_runs_beyond_the_grid(tmp_path: Path) -> None:
-    """Step 4 of the study (every method below one rank per module at the check lr, seeds 1 and 2): a
+    """Step 3 of the study (every method below one rank per module at the check lr, seeds 1 and 2): a
     section of its own, paired with AdaLoRA at the same lr; absent while only the grid's seed 0 is there."""
     for method, accuracy in (("adalora", 0.80), ("vo-top", 0.79)):
         _archived(tmp_path, method, "2e-3", 0, {"test_accuracy": accuracy, "test_answer_loss": 0.2})
