@@ -21,6 +21,7 @@ have (n = 2 or 3: wide by design; an interval that excludes 0 is a difference be
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -98,19 +99,21 @@ class Run:
         return min(self.study.fractions, key=lambda f: abs(math.log(ratio / self.study.fractions[f])))
 
 
+@functools.lru_cache(maxsize=4)
+def _log_entries(log: Path) -> tuple[dict, ...]:
+    """The entries of a run's train_log.json, read once for both readers below; none when absent."""
+    return tuple(json.loads(log.read_text())) if log.exists() else ()
+
+
 def training_losses(log: Path) -> tuple[tuple[int, float], ...]:
     """(step, training loss) of each training entry of a run's train_log.json; none when absent."""
-    if not log.exists():
-        return ()
-    return tuple((int(e["step"]), float(e["loss"])) for e in json.loads(log.read_text()) if "loss" in e)
+    return tuple((int(e["step"]), float(e["loss"])) for e in _log_entries(log) if "loss" in e)
 
 
 def largest_grad_norm(log: Path) -> float | None:
     """The largest gradient norm a run's train_log.json records (the Trainer logs it before clipping);
     None without a log or norms."""
-    if not log.exists():
-        return None
-    norms = [float(e["grad_norm"]) for e in json.loads(log.read_text()) if "grad_norm" in e]
+    norms = [float(e["grad_norm"]) for e in _log_entries(log) if "grad_norm" in e]
     return max(norms) if norms else None
 
 
