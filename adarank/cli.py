@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
             intrinsic_dimension(cfg)
         else:
+            from adarank.loop import close_distributed
             from adarank.run import train as run_train
 
             run_train(cfg)
+            close_distributed()  # under torchrun: a clean exit (0), not gloo's abort at shutdown
     except (ConfigError, FileNotFoundError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2

@@ -99,6 +99,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def close_distributed() -> None:
+    """Destroy the default process group, if one is up; call it on every process after the last
+    collective, before the process exits. Without it a gloo process can abort while the interpreter
+    shuts down (SIGABRT, "terminate called without an active exception": gloo's threads still hold
+    work whose tensors reference Python objects), so a finished torchrun job may exit with -6."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def batch_indices(
     n_rows: int, seed: int, step: int, micro: int, rank: int, world: int, per_process: int, accum: int
 ) -> list[int]:
@@ -230,7 +239,8 @@ def train_loop(
     and the result. ``on_step(step, allocator)`` runs after each step's allocation on every process.
     Every ``config.eval_steps`` steps ``evaluate()`` runs on every process (the model in eval mode is
     the caller's to set) and its scores join the log as ``eval_<name>``; ``on_log(entry)`` sees every
-    log entry (training and evaluation) on every process.
+    log entry (training and evaluation) on every process. The process group stays up for the caller's
+    own collectives (exports); end with ``close_distributed()``.
 
     Raises:
         RuntimeError: not under torchrun; or the allocation did not finish (``check_finished``).

@@ -164,4 +164,7 @@ def table(records: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    from adarank.loop import close_distributed
+
     main()
+    close_distributed()

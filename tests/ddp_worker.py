@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback, Tr
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, RankAllocator, inject_adapters
 from adarank.importance import triplet_scores
+from adarank.loop import close_distributed
 from adarank.run import check_launch
 
 STEPS = 24
@@ -128,3 +129,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    close_distributed()

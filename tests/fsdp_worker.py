@@ -22,7 +22,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from adarank import BudgetConfig, RankAllocator, inject_adapters
-from adarank.loop import LoopConfig, train_loop
+from adarank.loop import LoopConfig, close_distributed, train_loop
 from adarank.sharding import gathered_trainables, is_sharded, local
 
 STEPS = 24
@@ -147,3 +147,4 @@ def trainer_fsdp2(model: torch.nn.Module, allocator: RankAllocator, args: argpar
 
 if __name__ == "__main__":
     main()
+    close_distributed()

@@ -338,3 +338,23 @@ def test_head_only_run_trains_and_exports_the_head_alone(tmp_path, capsys) -> No
     assert all(torch.equal(merged[k], v) for k, v in base.items() if not k.startswith("classifier"))
     assert main(["export", str(out), "--format", "peft", "--out", str(tmp_path / "peft")]) == 2
     assert "use --format native (it carries the trained head alone) or --format merged" in capsys.readouterr().err
+
+
+def test_train_closes_the_process_group_it_ran_in(tmp_path, monkeypatch) -> None:
+    """Under torchrun a gloo process group left up at exit can abort the finished process (SIGABRT, exit
+    -6: a CI failure of the two-process test); `adarank train` destroys it after the run."""
+    import torch.distributed as dist
+
+    import adarank.run
+
+    groups = []
+
+    def train(cfg) -> dict:  # the run's process group, as torchrun + the Trainer leave it
+        store = dist.FileStore(str(tmp_path / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        groups.append(dist.is_initialized())
+        return {}
+
+    monkeypatch.setattr(adarank.run, "train", train)
+    assert main(["train", f"output_dir={tmp_path / 'run'}"]) == 0
+    assert groups == [True] and not dist.is_initialized()
