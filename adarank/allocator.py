@@ -11,6 +11,7 @@ Masking semantics:
 - strict: the forward mask is written whenever b(t) falls below the live rank (every step of the
   decay, mask_interval aside), so the live rank never exceeds b(t). Pruned triplets are dead for
   good: they get no task gradient, and only live triplets compete, so masks only shrink.
+- ``reset_pruned`` (default mode): a masking step also resets the pruned triplets' optimizer state.
 - both: at the start of the final phase the mask is written and fixed, so the trained model has
   exactly b(T) live triplets and an export equals it. Whenever a triplet's forward mask turns 0
   its lambda is zeroed and its optimizer state (P column, lambda, Q row) reset.
@@ -38,20 +39,33 @@ from adarank.sharding import all_reduce_sum_, any_sharded, local, local_rows
 
 
 def select_top(
-    scores: torch.Tensor, budget: int, eligible: torch.Tensor, costs: torch.Tensor | None = None
+    scores: torch.Tensor,
+    budget: int,
+    eligible: torch.Tensor,
+    costs: torch.Tensor | None = None,
+    per_cost: bool = False,
 ) -> torch.Tensor:
     """Boolean mask keeping the highest eligible scores while their total cost fits in ``budget``.
 
     Without ``costs`` every triplet costs 1: exactly the ``budget`` best are kept. With costs the
-    best-first prefix whose cumulative cost is <= ``budget`` is kept. Ties break deterministically
-    toward the lower index (adapter order, then triplet order).
+    best-first prefix whose cumulative cost is <= ``budget`` is kept; with ``per_cost`` too, triplets
+    are ranked by score / cost and each one that still fits is kept (a greedy fill: one that does not
+    fit is skipped, not the end). Ties break deterministically toward the lower index (adapter order,
+    then triplet order).
     """
-    ranked = scores.where(eligible, torch.tensor(float("-inf"), device=scores.device))
-    order = torch.argsort(ranked, descending=True, stable=True)
+    minus_inf = torch.tensor(float("-inf"), device=scores.device)
+    value = scores / costs if costs is not None and per_cost else scores
+    order = torch.argsort(value.where(eligible, minus_inf), descending=True, stable=True)
     keep = torch.zeros_like(eligible)
     if costs is None:
         assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
         keep[order[:budget]] = True
+    elif per_cost:
+        left = budget
+        for index, cost in zip(order.tolist(), costs[order].tolist(), strict=True):
+            if cost <= left and bool(eligible[index]):
+                keep[index] = True
+                left -= cost
     else:
         fits = torch.cumsum(costs[order], 0) <= budget
         keep[order[fits]] = True
@@ -241,9 +255,12 @@ class RankAllocator:
         costs = None
         if plan.unit == "params":
             costs = torch.cat([torch.full((a.rank,), a.triplet_cost) for a in self.adapters.values()]).to(scores.device)
-        keep = select_top(scores, budget, eligible, costs).split([a.rank for a in self.adapters.values()])
+        per_cost = self.budget.selection == "per_param"
+        keep = select_top(scores, budget, eligible, costs, per_cost).split([a.rank for a in self.adapters.values()])
         for adapter, kept, mask in zip(self.adapters.values(), keep, masks, strict=True):
             zero_pruned_(adapter, kept)
+            if self.budget.reset_pruned and optimizer is not None and not (self.budget.strict or final):
+                reset_optimizer_state_(optimizer, adapter, ~kept)  # regrow from the gradient, not momentum
             if self.budget.strict or final:
                 turned_off = mask & ~kept
                 adapter.rank_mask.copy_(kept.to(adapter.rank_mask.dtype))

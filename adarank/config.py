@@ -27,6 +27,7 @@ from adarank.hub import is_hub_id, looks_local
 
 SCHEDULES = ("cubic", "linear", "constant")
 SCORES = ("sensitivity_uncertainty", "sensitivity")
+SELECTIONS = ("prefix", "per_param")
 DATASETS = BUNDLED_DATASETS
 FORMATS = ("classification", "generation", "language_modeling")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -149,6 +150,14 @@ class BudgetConfig:
     """Steps between masking steps during the decay."""
     strict: bool = False
     """Mask in the forward pass too, updated whenever b(t) drops: the live rank never exceeds b(t)."""
+    reset_pruned: bool = False
+    """Default (regrowing) mode only: each masking step also resets the optimizer state (Adam moments)
+    of the triplets it prunes, so a pruned lambda regrows from its gradient alone, not from its
+    momentum. Strict mode and the final phase always reset what they switch off."""
+    selection: str = "prefix"
+    """How a parameter budget (target_params) is filled: prefix (the highest scores, in order, while
+    their running cost fits: the paper's ranking) | per_param (ranked by score per parameter; a triplet
+    that does not fit is skipped for the next that does). The same when the budget counts ranks."""
     shrink: bool = True
     """When the final phase fixes the masks, cut every adapter to its live triplets (P, lambda, Q and their
     optimizer state; rank-0 modules become plain layers), so the final phase trains at b(T)'s cost. Not
@@ -586,6 +595,8 @@ def budget_problems(budget: BudgetConfig, total_steps: int) -> list[str]:
             parse_param_budget(budget.target_params, base_params=1)
         except ValueError as err:
             problems.append(str(err))
+    if budget.selection not in SELECTIONS:
+        problems.append(f"budget.selection `{budget.selection}` is not one of {', '.join(SELECTIONS)}.")
     if budget.mask_interval < 1:
         problems.append(f"budget.mask_interval ({budget.mask_interval}) must be >= 1 step.")
     for name in ("t_init", "t_final"):

@@ -183,10 +183,60 @@ def test_select_top_with_costs_keeps_the_best_prefix_that_fits() -> None:
     assert select_top(scores, 100, eligible, costs).tolist() == [True, False, True, False, True]
 
 
+def test_select_top_per_param_ranks_by_score_per_parameter_and_fills_greedily() -> None:
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.7, 0.3])
+    costs = torch.tensor([25, 25, 33, 33, 25])
+    everything = torch.ones(5, dtype=torch.bool)
+    # per parameter: 0 (.036), 3 (.021), 2 (.015), 4 (.012), 1 (.004); at 57: 0 fits (32 left), 3 and 2
+    # do not, 4 does (7 left): the prefix rule stops at 3 and leaves 32 parameters unused
+    assert select_top(scores, 57, everything, costs, per_cost=True).tolist() == [True, False, False, False, True]
+    assert select_top(scores, 100, everything, costs, per_cost=True).tolist() == [True, False, True, True, False]
+    no_four = torch.tensor([True, True, True, True, False])
+    assert select_top(scores, 57, no_four, costs, per_cost=True).tolist() == [True, True, False, False, False]
+    # a cheap triplet with a lower score beats an expensive one when its score per parameter is higher
+    two, cheap = torch.tensor([0.6, 0.5]), torch.tensor([40, 10])
+    assert select_top(two, 40, torch.ones(2, dtype=torch.bool), cheap).tolist() == [True, False]
+    assert select_top(two, 40, torch.ones(2, dtype=torch.bool), cheap, per_cost=True).tolist() == [False, True]
+    # without costs (a budget in ranks) it is the plain top-k
+    assert select_top(scores, 2, everything, None, per_cost=True).tolist() == [True, False, False, True, False]
+
+
+def test_unknown_selection_is_refused() -> None:
+    with pytest.raises(ConfigError, match="budget.selection `knapsack` is not one of prefix, per_param"):
+        RankAllocator(Toy().adapters(), BudgetConfig(**BUDGET, selection="knapsack"), total_steps=20)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_pruned_zeroes_the_pruned_triplets_optimizer_state_at_each_masking_step(reset: bool) -> None:
+    model = Toy()
+    allocator = RankAllocator(model.adapters(), BudgetConfig(**BUDGET, reset_pruned=reset), total_steps=20)
+    moments = []  # at each masking step of the decay: the largest Adam moment left on a pruned triplet
+
+    def check(step, event, optimizer):
+        if event is None or event["final"]:
+            return
+        largest = 0.0
+        for layer in model.layers:
+            off = layer.singular_values.detach() == 0
+            assert layer.rank_mask.bool().all(), "default mode: the forward mask stays 1 during the decay"
+            state = [optimizer.state[p] for p in (layer.singular_values, layer.left_vectors, layer.right_vectors)]
+            for part in ("exp_avg", "exp_avg_sq"):
+                pruned = (state[0][part][off], state[1][part][:, off], state[2][part][off, :])
+                largest = max([largest, *(float(t.abs().max()) for t in pruned if t.numel())])
+        moments.append(largest)
+
+    _train(model, allocator, range(1, 21), on_step=check)
+    assert len(moments) == 4  # steps 6, 8, 10, 12
+    assert (max(moments) == 0) if reset else (min(moments) > 0)
+
+
 @pytest.mark.parametrize("strict", [False, True])
-def test_parameter_budget_is_never_exceeded(strict: bool) -> None:
+@pytest.mark.parametrize("selection", ["prefix", "per_param"])
+def test_parameter_budget_is_never_exceeded(strict: bool, selection: str) -> None:
     model = mixed()
-    budget = BudgetConfig(init_rank=4, target_params="150", t_init=4, t_final=6, mask_interval=2, strict=strict)
+    budget = BudgetConfig(
+        init_rank=4, target_params="150", t_init=4, t_final=6, mask_interval=2, strict=strict, selection=selection
+    )
     allocator = RankAllocator(model.adapters(), budget, total_steps=20)
     plan = allocator.plan
     assert (plan.unit, plan.initial_budget, plan.target_budget) == ("params", 4 * (25 + 33 + 25), 150)
