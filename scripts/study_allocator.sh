@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The allocator ablation behind reports/allocator.md (issue 18): each option of the allocator against
+# today's defaults, SmolLM2-135M-Instruct on Rotten Tomatoes as generation (the budget-curve task:
+# configs/rt-smollm2-curve.yaml, adapters on all 210 linears), 3 seeds paired by seed, at one budget
+# below one rank per module (1/16 of LoRA r=1's 305,280 parameters: 19,080) and one at it (1x), then
+# the known-answer benchmark (scripts/planted_rank.py, MiniLM) with the same options.
+# Resumable like the budget study (finished runs are skipped; their small files are archived in
+# reports/allocator/ and restored on start); two workers side by side, one thread each:
+#   for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup scripts/study_allocator.sh > /tmp/allocator_$w.log 2>&1 & done
+#   python scripts/allocator_report.py reports/allocator --out reports/allocator.md
+#
+# Learning rate 2e-3 for every variant: the budget study chose 8e-3 for AdaLoRA on seed 0, where seeds
+# 1-2 were unstable (gradient norms to 414, exact match 57-73%); at 2e-3 every seed trained (its lr
+# check, reports/budget_curves.md). An ablation at an unstable lr would measure the instability.
+# Variants (overrides on top of the budget point):
+#   base       today's defaults (the paper's allocator; lambda lr x10, orthogonality weight 0.1)
+#   strict     budget.strict=true: pruned triplets are masked in the forward pass (no regrowth)
+#   reset      budget.reset_pruned=true: each masking step resets the pruned triplets' Adam state
+#   per-param  budget.selection=per_param: triplets ranked by score per parameter, greedy fill
+#   no-orth    adapter.orth_weight=0: the orthogonality penalty off, at a stable lr
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/allocator}
+ARCHIVE=reports/allocator
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+ADA=configs/rt-smollm2-curve.yaml
+python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }
+COMMON="wandb.mode=disabled data.max_eval_samples=600 train.evaluate_before=false ${EXTRA:-}"
+LR=2e-3
+declare -A BUDGET=(
+    [16]="budget.target_params=19080 budget.init_rank=1"
+    [1]="budget.target_params=305280 budget.init_rank=2"
+)
+declare -A VARIANT=(
+    [base]=""
+    [strict]="budget.strict=true"
+    [reset]="budget.reset_pruned=true"
+    [per-param]="budget.selection=per_param"
+    [no-orth]="adapter.orth_weight=0"
+)
+VARIANTS=(base strict reset per-param no-orth)
+failed=0
+source scripts/study_lib.sh
+restore_runs "$OUT" "$ARCHIVE"
+CLAIMS=$OUT/.claims
+run_point() {
+    local variant=$1 fraction=$2 seed=$3
+    python scripts/sweep.py --out "$OUT/$variant" --methods "$ADA" --seeds "$seed" \
+        --budgets "${BUDGET[$fraction]} ${VARIANT[$variant]} train.learning_rate=$LR" --set $COMMON || failed=1
+    archive_runs "$OUT" "$ARCHIVE"
+}
+point() { claimed "$CLAIMS" "$1-$2-$3" run_point "$@"; }
+for fraction in 16 1; do
+    for seed in 0 1 2; do
+        for variant in "${VARIANTS[@]}"; do point "$variant" "$fraction" "$seed"; done
+    done
+done
+# the known-answer benchmark: each variant's options on adarank AdaLoRA (final budget = the planted one)
+planted_point() {
+    local variant=$1 seed=$2
+    python scripts/planted_rank.py --model minilm --seeds "$seed" --steps 200 --methods adalora \
+        --variant "$variant" ${VARIANT[$variant]:+--set ${VARIANT[$variant]}} \
+        --out "$ARCHIVE/planted_$variant-seed$seed.jsonl" || failed=1
+}
+for seed in 0 1 2; do
+    for variant in "${VARIANTS[@]}"; do claimed "$CLAIMS" "planted-$variant-$seed" planted_point "$variant" "$seed"; done
+done
+wait_for_claims "$CLAIMS"
+exit $failed
