@@ -44,11 +44,12 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from sweep import commit  # scripts/sweep.py: the checked-out commit, recorded with every run
 from torch import nn
 
@@ -71,6 +72,27 @@ class Setup:
     learning_rate: float = 5e-3
     orth_weight: float = 0.1
     eval_batches: int = 4
+    variant: str = "base"  # a name for the options below (scripts/study_allocator.sh)
+    options: tuple[str, ...] = ()  # `budget.KEY=VALUE` for adarank's AdaLoRA, or `adapter.orth_weight=W`
+
+
+def budget_options(setup: Setup) -> dict[str, Any]:
+    """The `budget.*` options of ``setup`` as BudgetConfig keyword arguments (values read as YAML)."""
+    pairs = [option.split("=", 1) for option in setup.options]
+    return {key.removeprefix("budget."): yaml.safe_load(value) for key, value in pairs if key.startswith("budget.")}
+
+
+def with_options(setup: Setup, options: list[str]) -> Setup:
+    """``setup`` with ``options`` applied: `adapter.orth_weight` sets its weight, `budget.*` are kept for
+    the allocator; any other key is refused."""
+    orth_weight = setup.orth_weight
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "adapter.orth_weight" and sep:
+            orth_weight = float(value)
+        elif not (key.startswith("budget.") and sep):
+            raise SystemExit(f"--set {option}: expected budget.KEY=VALUE or adapter.orth_weight=W")
+    return replace(setup, orth_weight=orth_weight, options=tuple(options))
 
 
 def base_model(setup: Setup, seed: int) -> tuple[Any, nn.Module]:
@@ -248,7 +270,13 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
         if method.startswith("adalora"):
             target = {"target_params": str(budget_params)} if method == "adalora" else {"target_rank": 1}
             budget = BudgetConfig(
-                schedule="cubic", init_rank=setup.init_rank, t_init=0.1, t_final=0.3, mask_interval=10, **target
+                schedule="cubic",
+                init_rank=setup.init_rank,
+                t_init=0.1,
+                t_final=0.3,
+                mask_interval=10,
+                **target,
+                **budget_options(setup),
             )  # type: ignore[arg-type]
             allocator = RankAllocator(adapters, budget, ImportanceConfig(), total_steps=setup.steps)
         penalty = lambda _: orthogonality_penalty(adapters.values())  # noqa: E731
@@ -277,6 +305,7 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
     return {
         "seed": seed,
         "method": method,
+        "variant": setup.variant,
         "recall": recall,
         "site_recall": module_recall(sites(found), sites(planted)),
         "residual": final_loss / base_loss,
@@ -360,6 +389,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Setup.steps)
     parser.add_argument("--learning-rate", type=float, default=Setup.learning_rate)
     parser.add_argument("--ratio", type=float, default=Setup.ratio)
+    parser.add_argument("--variant", default="base", help="a name for --set's options, recorded with each run")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        dest="options",
+        metavar="KEY=VALUE",
+        help="allocator options for adarank's AdaLoRA: budget.KEY=VALUE, adapter.orth_weight=W",
+    )
     parser.add_argument("--out", type=Path, help="JSONL file: one line per run; runs already in it are skipped")
     parser.add_argument("--report", type=Path, help="print the Markdown tables of this JSONL file and exit")
     args = parser.parse_args()
@@ -367,6 +405,7 @@ def main() -> None:
         print(report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
         return
     setup = Setup(model=args.model, steps=args.steps, learning_rate=args.learning_rate, ratio=args.ratio)
+    setup = with_options(replace(setup, variant=args.variant), args.options)
     print(json.dumps(asdict(setup)))
     done = set()
     if args.out and args.out.is_file():
