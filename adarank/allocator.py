@@ -140,6 +140,9 @@ class RankAllocator:
         self.finalized = False
         self.shrunk = False
         self.last_event: dict[str, Any] | None = None
+        self.penalty_grads: dict[str, dict[str, torch.Tensor]] = {}
+        """With importance.task_only: this step's orthogonality-penalty share of each adapter's P and Q
+        gradients (``add_penalty_gradient_``); left out of the scores, then cleared."""
         self.masked_scores: list[float] = []
         """Every triplet's score at the last masking step (the report's score distribution)."""
         if total_steps is not None:
@@ -188,15 +191,41 @@ class RankAllocator:
             if self._gradients_finite():
                 imp = self.importance
                 for name, adapter in self.adapters.items():
-                    update_importance_(self.scores[name], adapter, imp.beta_sensitivity, imp.beta_uncertainty)
+                    exclude = self.penalty_grads.get(name)
+                    update_importance_(self.scores[name], adapter, imp.beta_sensitivity, imp.beta_uncertainty, exclude)
             else:
                 self.skipped_steps += 1
+        self.penalty_grads = {}
         event = None
         due_final = plan.adapts and not self.finalized and step >= plan.final_start
         if is_masking_step(step, plan) or due_final or self._strict_due(step, plan):
             event = self._mask(step, optimizer)
         self.last_step = step
         return event
+
+    def add_penalty_gradient_(self, penalty: torch.Tensor) -> None:
+        """With ``importance.task_only``, on a step that updates the scores: accumulate the gradient of
+        ``penalty`` (the orthogonality term exactly as added to the loss, weight and accumulation
+        divisor included) w.r.t. every adapter's P and Q, to leave it out of the scores. Call it before
+        the loss's backward (autograd through the penalty alone; its graph is kept for the backward) on
+        every micro-batch, and ``scale_penalty_gradient_`` after clipping. Otherwise does nothing."""
+        if not self.importance.task_only or self.plan is None or not needs_scores(self.last_step + 1, self.plan):
+            return
+        names = list(self.adapters)
+        params = [p for n in names for p in (self.adapters[n].left_vectors, self.adapters[n].right_vectors)]
+        grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+        for i, name in enumerate(names):
+            held = self.penalty_grads.setdefault(name, {})
+            for part, grad in zip(("left_vectors", "right_vectors"), grads[2 * i : 2 * i + 2], strict=True):
+                if grad is not None:
+                    held[part] = held[part] + grad if part in held else grad.detach()
+
+    def scale_penalty_gradient_(self, clip_coefficient: float) -> None:
+        """Scale the recorded penalty share like the gradients it is part of: by gradient clipping's
+        coefficient, min(1, max_norm / (norm + 1e-6)) as torch's clip_grad_norm_ applies it."""
+        for held in self.penalty_grads.values():
+            for grad in held.values():
+                grad.mul_(clip_coefficient)
 
     def _gradients_finite(self) -> bool:
         """Whether every adapter gradient is finite; on sharded gradients agreed by all processes (one

@@ -173,6 +173,11 @@ class ImportanceConfig:
     score: str = "sensitivity_uncertainty"
     """Triplet score: sensitivity_uncertainty (the paper's I_bar * U_bar) | sensitivity (I_bar alone,
     the paper's ablation)."""
+    task_only: bool = False
+    """Score from the task loss's gradient alone: the orthogonality penalty's share of P's and Q's
+    gradients (weighted and clipped like them) is taken out before |theta * grad|, so a triplet far
+    from orthogonal does not look important. AdaRankTrainer and adarank's loop record that share; in
+    a loop of your own call ``allocator.add_penalty_gradient_`` (see its docstring)."""
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,15 @@ def init_importance(adapter: SVDLinear) -> ImportanceState:
 
 
 def update_importance_(
-    state: ImportanceState, adapter: SVDLinear, beta_sensitivity: float, beta_uncertainty: float
+    state: ImportanceState,
+    adapter: SVDLinear,
+    beta_sensitivity: float,
+    beta_uncertainty: float,
+    exclude: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Fold the adapter's current |theta * grad| into ``state`` (mutated in place).
+    """Fold the adapter's current |theta * grad| into ``state`` (mutated in place). ``exclude`` maps a
+    part (``left_vectors``, ...) to a share of its gradient to leave out, e.g. the orthogonality
+    penalty's: then |theta * (grad - share)|.
 
     Raises:
         RuntimeError: if a parameter has no gradient (scores must be updated after backward and
@@ -55,7 +61,10 @@ def update_importance_(
             )
         sensitivity = local(state[f"{part}.sensitivity"])  # this process's shard under FSDP2
         uncertainty = local(state[f"{part}.uncertainty"])
-        current = (local(param.detach()).float() * local(param.grad.detach()).float()).abs_()
+        grad = local(param.grad.detach()).float()
+        if exclude is not None and part in exclude:
+            grad = grad - local(exclude[part]).float()
+        current = (local(param.detach()).float() * grad).abs_()
         sensitivity.mul_(beta_sensitivity).add_(current, alpha=1 - beta_sensitivity)
         uncertainty.mul_(beta_uncertainty).add_((current - sensitivity).abs_(), alpha=1 - beta_uncertainty)
 

@@ -36,7 +36,7 @@ from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
 from adarank.sharding import full, is_fully_sharded, shard_model, unwrap
 from adarank.tasks import only_scored_logits
-from adarank.trainer import param_groups
+from adarank.trainer import clip_coefficient, param_groups
 
 STRATEGIES = ("fsdp2", "ddp", "none")
 
@@ -277,9 +277,12 @@ def train_loop(
             step_loss += loss.detach()
             if cfg.orth_weight and adapters:
                 penalty = orthogonality_penalty(adapters, live_only=allocator.finalized)
-                loss = loss + (cfg.orth_weight / cfg.grad_accum_steps) * penalty.to(loss.dtype)
+                term = (cfg.orth_weight / cfg.grad_accum_steps) * penalty
+                allocator.add_penalty_gradient_(term)  # importance.task_only: left out of the scores
+                loss = loss + term.to(loss.dtype)
             loss.backward()
         norm = full(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)) if trainable else torch.zeros(())
+        allocator.scale_penalty_gradient_(clip_coefficient(float(norm), cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         event = allocator.step(step, optimizer)

@@ -78,6 +78,11 @@ def scored_training_inputs(
     return only_scored_logits(unwrap(model) if head_model is None else head_model, inputs)
 
 
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """The factor gradient clipping multiplied the gradients by (torch's clip_grad_norm_ rule)."""
+    return min(1.0, max_norm / (norm + 1e-6))
+
+
 class AdaRankTrainer(Trainer):
     """A ``Trainer`` that adds ``orth_weight * orthogonality_penalty`` to the training loss once per
     optimizer step's worth of data, and builds AdamW with ``param_groups``.
@@ -204,8 +209,20 @@ class AdaRankTrainer(Trainer):
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
         divisor = self.current_gradient_accumulation_steps if normalized else 1
-        loss = loss + (self.orth_weight / divisor) * penalty.to(loss.dtype)
+        term = (self.orth_weight / divisor) * penalty
+        if self._callback is not None:  # importance.task_only: the scores leave its gradient out, as it
+            # reaches .grad: training_step divides an unnormalized loss by the accumulation steps
+            steps = 1 if normalized else self.current_gradient_accumulation_steps
+            self._callback.allocator.add_penalty_gradient_(term / steps)
+        loss = loss + term.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _clip_grad_norm(self, model: nn.Module) -> Any:
+        """``Trainer._clip_grad_norm``; the penalty's recorded gradient share is scaled like the rest."""
+        norm = super()._clip_grad_norm(model)
+        if self._callback is not None and self.args.max_grad_norm:
+            self._callback.allocator.scale_penalty_gradient_(clip_coefficient(float(norm), self.args.max_grad_norm))
+        return norm
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:

@@ -22,6 +22,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from adarank import BudgetConfig, RankAllocator, inject_adapters
+from adarank.config import ImportanceConfig
 from adarank.loop import LoopConfig, close_distributed, train_loop
 from adarank.sharding import gathered_trainables, is_sharded, local
 
@@ -29,9 +30,10 @@ STEPS = 24
 TARGETS = ["query", "value", "attention.output.dense", "intermediate.dense"]
 EVENTS: list[dict] = []  # what record() saw after every masking step
 SHARDED: list[bool] = []  # whether every adapter parameter was a DTensor, per step
+FIRST_PQ_SENSITIVITY: list[float] = []  # the largest P / Q sensitivity (this process's shard) after step 1
 
 
-def build() -> tuple[torch.nn.Module, RankAllocator]:
+def build(task_only: bool = False) -> tuple[torch.nn.Module, RankAllocator]:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, max_position_embeddings=64, num_labels=2,
@@ -39,7 +41,7 @@ def build() -> tuple[torch.nn.Module, RankAllocator]:
     model = BertForSequenceClassification(config)
     adapters = inject_adapters(model, TARGETS, rank=5, alpha=8, modules_to_save=["classifier"], seed=0)
     budget = BudgetConfig(init_rank=5, target_rank=2, t_init=8, t_final=6, mask_interval=2)
-    return model, RankAllocator(adapters, budget)
+    return model, RankAllocator(adapters, budget, ImportanceConfig(task_only=task_only))
 
 
 def dataset() -> list[dict[str, torch.Tensor]]:
@@ -64,9 +66,10 @@ def main() -> None:
     parser.add_argument("--save-steps", type=int)
     parser.add_argument("--stop-at", type=int, help="kill the process group right after this step")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--task-only", action="store_true", help="importance.task_only: scores without the penalty")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, allocator = build()
+    model, allocator = build(args.task_only)
     rank = int(os.environ["RANK"])
     events, sharded = EVENTS, SHARDED
 
@@ -87,6 +90,10 @@ def main() -> None:
                 "rank_mask": {n: a.rank_mask.int().tolist() for n, a in alloc.adapters.items()},
                 "local_lambda": [int(local(v).shape[0]) for v in values],
             })  # fmt: skip
+        if step == 1:  # lambda = 0: P's and Q's gradient is the penalty's alone; task-only scores drop it
+            parts = ("left_vectors.sensitivity", "right_vectors.sensitivity")
+            largest = max(float(local(s[k]).abs().max()) for s in alloc.scores.values() for k in parts)
+            FIRST_PQ_SENSITIVITY.append(largest)
         if args.stop_at == step:
             os._exit(3)  # as if killed: no cleanup, nothing flushed beyond the checkpoints
 
@@ -114,6 +121,7 @@ def main() -> None:
         "trace": result.trace,
         "train_loss": result.train_loss,
         "log": result.log_history,
+        "first_pq_sensitivity": FIRST_PQ_SENSITIVITY[0],
     }))  # fmt: skip
 
 

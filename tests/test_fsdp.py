@@ -37,6 +37,21 @@ def _final(folder: Path, rank: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+def test_task_only_scores_in_the_loop_sharded_and_not(tmp_path) -> None:
+    """importance.task_only in adarank's loop: at step 1 (lambda = 0) P's and Q's gradient is the
+    orthogonality penalty's alone, so their task-only sensitivity is 0 on every shard, where the paper's
+    is not; and two sharded processes still allocate like one."""
+    _torchrun(2, str(WORKER), "fsdp2", str(tmp_path / "fsdp2"), "8", "--task-only")
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "single"), "16", "--task-only")
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "paper"), "16")
+    rank0, rank1, single = _record(tmp_path / "fsdp2", 0), _record(tmp_path / "fsdp2", 1), _record(tmp_path / "single")
+    paper = _record(tmp_path / "paper")["first_pq_sensitivity"]
+    assert paper > 1e-9
+    assert max(r["first_pq_sensitivity"] for r in (rank0, rank1, single)) <= 1e-5 * paper
+    assert _masks(rank0) == _masks(single) and rank0["final_ranks"] == single["final_ranks"]
+
+
+@pytest.mark.slow
 def test_two_sharded_processes_allocate_like_one_process_and_like_ddp(tmp_path) -> None:
     _torchrun(2, str(WORKER), "fsdp2", str(tmp_path / "fsdp2"), "8")
     _torchrun(1, str(WORKER), "none", str(tmp_path / "single"), "16")  # the same global batch of 16

@@ -265,3 +265,49 @@ def test_trainer_keeps_every_logit_for_a_label_smoother(tmp_path) -> None:
     )
     trainer.train()
     assert trainer.label_smoother is not None and head_rows == [8 * 12]
+
+
+class _FirstScores(TrainerCallback):
+    """The allocator's score EMAs right after step 1's update (runs after AdaRankCallback's hook)."""
+
+    def __init__(self, allocator: RankAllocator) -> None:
+        self.allocator = allocator
+        self.scores: dict[str, torch.Tensor] = {}
+
+    def on_optimizer_step(self, args, state, control, **kwargs) -> None:
+        if state.global_step == 0:
+            self.scores = {f"{n}.{k}": v.clone() for n, s in self.allocator.scores.items() for k, v in s.items()}
+
+
+@pytest.mark.parametrize("make_model", [tiny_bert, _tiny_causal_llama], ids=["bert", "llama-causal-lm"])
+@pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
+def test_task_only_scores_leave_the_penalty_gradient_out(tmp_path, make_model, batch, accum) -> None:
+    """lambda = 0 at step 1, so the task gives P and Q no gradient: their whole gradient is the penalty's,
+    accumulated over micro-batches and clipped (max_grad_norm 1e-3 clips it). With importance.task_only
+    their sensitivity must be 0 (up to rounding); with the paper's scores it is not."""
+    from adarank.config import ImportanceConfig
+
+    sensitivities = {}
+    for task_only in (False, True):
+        model = make_model()
+        adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=[])
+        with torch.no_grad():  # leave orthonormality so the penalty has a gradient
+            for adapter in adapters.values():
+                adapter.left_vectors.mul_(1.3)
+                adapter.right_vectors.add_(0.05)
+        budget = BudgetConfig(init_rank=4, target_rank=2, t_init=2, t_final=2, mask_interval=1)
+        allocator = RankAllocator(adapters, budget, ImportanceConfig(task_only=task_only))
+        first = _FirstScores(allocator)
+        args = _args(tmp_path, max_steps=6, per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                     max_grad_norm=1e-3)  # fmt: skip
+        data = _dataset(32 * 6, causal=make_model is _tiny_causal_llama)
+        callbacks = [AdaRankCallback(allocator), first]
+        trainer = AdaRankTrainer(model=model, args=args, train_dataset=data, callbacks=callbacks, orth_weight=0.25)
+        trainer.train()
+        assert allocator.penalty_grads == {}  # used and cleared every step
+        parts = ("left_vectors.sensitivity", "right_vectors.sensitivity")
+        sensitivities[task_only] = max(float(v.abs().max()) for k, v in first.scores.items() if k.endswith(parts))
+        singular = [v for k, v in first.scores.items() if k.endswith("singular_values.sensitivity")]
+        assert max(float(v.max()) for v in singular) > 0  # lambda's task gradient is scored either way
+    assert sensitivities[False] > 1e-9
+    assert sensitivities[True] <= 1e-5 * sensitivities[False]

@@ -1,0 +1,201 @@
+"""reports/allocator.md from the runs of scripts/study_allocator.sh (issue 18): each allocator option
+against today's defaults, paired by seed, on the SmolLM2 generation task at two budgets and on the
+known-answer benchmark, with the decision rule of the issue applied to the figures.
+
+    python scripts/allocator_report.py reports/allocator --out reports/allocator.md
+
+Reads RUNS/<variant>/<config>/<budget>/seed<k>/{sweep.json, metrics.json, train_log.json} (a budget is
+named by its `budget.target_params`: 19080 = 1/16 of LoRA r=1's parameters, 305280 = 1x) and
+RUNS/planted_<variant>-seed<k>.jsonl (scripts/planted_rank.py). Differences are variant - base, paired
+by seed: mean and 95% t-interval; `*` marks an interval that excludes 0.
+
+The decision rule (issue 18): an option becomes the default only if it wins clearly: an interval
+that excludes 0 in its favour on some measure, or the same favourable sign on every seed of both
+tasks; and no interval that excludes 0 against it. Better = higher exact match, lower answer loss,
+higher recall, lower residual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from budget_report import T95, largest_grad_norm, mean_sd, paired
+
+BUDGETS = {"19080": "1/16", "305280": "1x"}
+VARIANTS = {
+    "base": "today's defaults (the paper's allocator)",
+    "strict": "strict masking (`budget.strict=true`: no regrowth)",
+    "reset": "reset the pruned triplets' Adam state (`budget.reset_pruned=true`)",
+    "per-param": "score per parameter, greedy fill (`budget.selection=per_param`)",
+    "no-orth": "no orthogonality penalty (`adapter.orth_weight=0`)",
+}
+# measure -> (label, scale, +1 if higher is better)
+TASK = {"test_accuracy": ("exact match %", 100.0, +1), "test_answer_loss": ("answer loss", 1.0, -1)}
+PLANTED = {"recall": ("recall", 1.0, +1), "residual": ("residual", 1.0, -1)}
+
+
+@dataclass(frozen=True)
+class Result:
+    variant: str
+    task: str  # "1/16", "1x" or "planted"
+    seed: int
+    values: dict[str, float]
+    commit: str
+    grad_norm: float | None = None
+
+
+def load(folder: Path) -> list[Result]:
+    """Every finished run under ``folder``: the SmolLM2 runs and the planted benchmark's."""
+    out = []
+    for marker in sorted(folder.glob("*/*/*/seed*/metrics.json")):
+        point = json.loads((marker.parent / "sweep.json").read_text())
+        found = re.search(r"budget\.target_params=(\d+)", point["budget"])
+        if found is None or found.group(1) not in BUDGETS:
+            continue
+        metrics = json.loads(marker.read_text())
+        values = {key: float(metrics[key]) for key in TASK if key in metrics}
+        values["params"] = float(metrics["adapter_params_final"])
+        variant = marker.relative_to(folder).parts[0]
+        out.append(Result(variant, BUDGETS[found.group(1)], int(point["seed"]), values, point.get("commit", "?"),
+                          largest_grad_norm(marker.parent / "train_log.json")))  # fmt: skip
+    for file in sorted(folder.glob("planted_*.jsonl")):
+        for line in file.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                values = {key: float(row[key]) for key in PLANTED}
+                out.append(Result(row["variant"], "planted", int(row["seed"]), values, row.get("commit", "?")))
+    return out
+
+
+def by_seed(results: list[Result], variant: str, task: str) -> dict[int, Result]:
+    return {r.seed: r for r in results if r.variant == variant and r.task == task}
+
+
+def differences(results: list[Result], variant: str, task: str, key: str) -> list[float]:
+    """variant - base on ``key``, one per seed both ran, in seed order."""
+    mine, base = by_seed(results, variant, task), by_seed(results, "base", task)
+    return [mine[s].values[key] - base[s].values[key] for s in sorted(set(mine) & set(base))]
+
+
+def verdict(results: list[Result], variant: str, seeds: int = 3) -> str:
+    """The issue's decision rule over every task and measure (see the module docstring)."""
+    tasks = [("1/16", TASK), ("1x", TASK), ("planted", PLANTED)]
+    signs, wins, losses = [], [], []
+    for task, measures in tasks:
+        for key, (label, scale, better) in measures.items():
+            diffs = [better * scale * d for d in differences(results, variant, task, key)]
+            if len(diffs) < seeds:
+                return f"incomplete ({task} {label}: {len(diffs)} of {seeds} seeds)"
+            half = T95[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+            mean = statistics.mean(diffs)
+            if mean - half > 0:
+                wins.append(f"{task} {label}")
+            if mean + half < 0:
+                losses.append(f"{task} {label}")
+            signs += diffs
+    if losses:
+        return "keep today's default: worse beyond seed noise on " + ", ".join(losses)
+    if wins:
+        return "make it the default: better beyond seed noise on " + ", ".join(wins)
+    if all(d > 0 for d in signs):
+        return "make it the default: better on every seed, task and measure"
+    return "keep today's default: no clear win (mixed signs, within seed noise)"
+
+
+def task_table(results: list[Result], task: str) -> list[str]:
+    lines = [
+        "| variant | seeds | exact match % | answer loss | params | largest grad norm | Δ exact match | "
+        "Δ answer loss | Δ EM by seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, label in VARIANTS.items():
+        runs = by_seed(results, variant, task)
+        if not runs:
+            continue
+        done = [runs[s] for s in sorted(runs)]
+        norms = [r.grad_norm for r in done if r.grad_norm is not None]
+        em = differences(results, variant, task, "test_accuracy")
+        loss = differences(results, variant, task, "test_answer_loss")
+        lines.append(
+            f"| {label} | {len(done)} | {mean_sd([r.values['test_accuracy'] for r in done], 100, 2)} | "
+            f"{mean_sd([r.values['test_answer_loss'] for r in done])} | "
+            f"{round(statistics.mean(r.values['params'] for r in done)):,} | "
+            f"{max(norms):.1f} | "
+            if norms
+            else "- | "
+        )
+        lines[-1] += (
+            f"{paired([100 * d for d in em]) if variant != 'base' else ''} | "
+            f"{paired(loss) if variant != 'base' else ''} | "
+            f"{' '.join(f'{100 * d:+.2f}' for d in em) if variant != 'base' else ''} |"
+        )
+    return lines
+
+
+def planted_table(results: list[Result]) -> list[str]:
+    lines = ["| variant | seeds | recall | residual | Δ recall | Δ residual |", "|---|---|---|---|---|---|"]
+    for variant, label in VARIANTS.items():
+        runs = by_seed(results, variant, "planted")
+        if not runs:
+            continue
+        done = [runs[s] for s in sorted(runs)]
+        base = variant == "base"
+        lines.append(
+            f"| {label} | {len(done)} | {mean_sd([r.values['recall'] for r in done])} | "
+            f"{mean_sd([r.values['residual'] for r in done], digits=4)} | "
+            f"{'' if base else paired(differences(results, variant, 'planted', 'recall'))} | "
+            f"{'' if base else paired(differences(results, variant, 'planted', 'residual'))} |"
+        )
+    return lines
+
+
+def report(results: list[Result], command: str) -> str:
+    commits = sorted({r.commit for r in results})
+    text = [
+        "# Allocator options against today's defaults (issue 18)",
+        "",
+        "Every option of the allocator run against today's defaults with the same seeds: SmolLM2-135M-Instruct "
+        "on Rotten Tomatoes as generation (the budget-curve task, adapters on all 210 linears, 80 steps, "
+        "exact match and answer loss on the first 600 test rows) at a final budget of 1/16 of LoRA r=1's "
+        "parameters (19,080, below one rank per module) and at 1x (305,280), lr 2e-3 for every variant; "
+        "and the known-answer benchmark (scripts/planted_rank.py: MiniLM, ranks planted in 4 of 36 "
+        "modules, final budget = the planted one). Δ = variant − defaults, paired by seed, mean [95% "
+        "t-interval]; * = the interval excludes 0.",
+        "",
+        "Commands:",
+        "",
+        "    for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup scripts/study_allocator.sh "
+        "> /tmp/allocator_$w.log 2>&1 & done",
+        f"    {command}",
+        "",
+        f"{len(results)} runs; commits: {', '.join(commits) if commits else '-'}.",
+        "",
+    ]
+    for task in ("1/16", "1x"):
+        text += [f"## SmolLM2, final budget {task} of LoRA r=1", "", *task_table(results, task), ""]
+    text += ["## The known-answer benchmark (MiniLM, planted ranks)", "", *planted_table(results), ""]
+    text += ["## Decisions (the issue's rule, applied to the tables)", ""]
+    text += [f"- {VARIANTS[v]}: {verdict(results, v)}" for v in VARIANTS if v != "base"]
+    return "\n".join(text) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("reports/allocator.md"))
+    args = parser.parse_args(argv)
+    results = load(args.runs)
+    text = report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}")
+    args.out.with_suffix(".md.tmp").write_text(text)
+    args.out.with_suffix(".md.tmp").replace(args.out)
+    print(f"wrote {args.out} ({len(results)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
