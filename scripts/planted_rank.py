@@ -73,25 +73,29 @@ class Setup:
     orth_weight: float = 0.1
     eval_batches: int = 4
     variant: str = "base"  # a name for the options below (scripts/study_allocator.sh)
-    options: tuple[str, ...] = ()  # `budget.KEY=VALUE` for adarank's AdaLoRA, or `adapter.orth_weight=W`
+    options: tuple[str, ...] = ()  # `budget.KEY=VALUE` / `importance.KEY=VALUE` for adarank's AdaLoRA,
+    # or `adapter.orth_weight=W`
 
 
-def budget_options(setup: Setup) -> dict[str, Any]:
-    """The `budget.*` options of ``setup`` as BudgetConfig keyword arguments (values read as YAML)."""
+def section_options(setup: Setup, section: str) -> dict[str, Any]:
+    """The `SECTION.*` options of ``setup`` (budget, importance) as keyword arguments of that section's
+    config class (values read as YAML)."""
     pairs = [option.split("=", 1) for option in setup.options]
-    return {key.removeprefix("budget."): yaml.safe_load(value) for key, value in pairs if key.startswith("budget.")}
+    return {key.split(".", 1)[1]: yaml.safe_load(value) for key, value in pairs if key.startswith(f"{section}.")}
 
 
 def with_options(setup: Setup, options: list[str]) -> Setup:
-    """``setup`` with ``options`` applied: `adapter.orth_weight` sets its weight, `budget.*` are kept for
-    the allocator; any other key is refused."""
+    """``setup`` with ``options`` applied: `adapter.orth_weight` sets its weight, `budget.*` and
+    `importance.*` are kept for the allocator; any other key is refused."""
     orth_weight = setup.orth_weight
     for option in options:
         key, sep, value = option.partition("=")
         if key == "adapter.orth_weight" and sep:
             orth_weight = float(value)
-        elif not (key.startswith("budget.") and sep):
-            raise SystemExit(f"--set {option}: expected budget.KEY=VALUE or adapter.orth_weight=W")
+        elif not (key.startswith(("budget.", "importance.")) and sep):
+            raise SystemExit(
+                f"--set {option}: expected budget.KEY=VALUE, importance.KEY=VALUE or adapter.orth_weight=W"
+            )
     return replace(setup, orth_weight=orth_weight, options=tuple(options))
 
 
@@ -276,9 +280,10 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
                 t_final=0.3,
                 mask_interval=10,
                 **target,
-                **budget_options(setup),
+                **section_options(setup, "budget"),
             )  # type: ignore[arg-type]
-            allocator = RankAllocator(adapters, budget, ImportanceConfig(), total_steps=setup.steps)
+            importance = ImportanceConfig(**section_options(setup, "importance"))
+            allocator = RankAllocator(adapters, budget, importance, total_steps=setup.steps)
         penalty = lambda _: orthogonality_penalty(adapters.values())  # noqa: E731
         optimizer = torch.optim.AdamW(param_groups(student, setup.learning_rate, singular_lr_multiplier=10))
     with torch.no_grad():  # the student starts as the base exactly (lambda = 0)
@@ -286,7 +291,10 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
     scale = len(held_out) / base_loss  # the matching loss in units of the base's: O(1), as a task loss is
     for step, (batch, targets) in enumerate(zip(train, train_targets, strict=True), start=1):
         matching = matching_loss(student, targets, batch) * scale
-        loss = matching + setup.orth_weight * penalty(student)
+        term = setup.orth_weight * penalty(student)
+        if allocator is not None:  # importance.task_only: the scores leave the penalty's gradient out
+            allocator.add_penalty_gradient_(term)
+        loss = matching + term
         loss.backward()
         optimizer.step()
         if allocator is not None:
@@ -396,7 +404,7 @@ def main() -> None:
         default=[],
         dest="options",
         metavar="KEY=VALUE",
-        help="allocator options for adarank's AdaLoRA: budget.KEY=VALUE, adapter.orth_weight=W",
+        help="options for adarank's AdaLoRA: budget.KEY=VALUE, importance.KEY=VALUE, adapter.orth_weight=W",
     )
     parser.add_argument("--out", type=Path, help="JSONL file: one line per run; runs already in it are skipped")
     parser.add_argument("--report", type=Path, help="print the Markdown tables of this JSONL file and exit")

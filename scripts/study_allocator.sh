@@ -18,6 +18,7 @@
 #   reset      budget.reset_pruned=true: each masking step resets the pruned triplets' Adam state
 #   per-param  budget.selection=per_param: triplets ranked by score per parameter, greedy fill
 #   no-orth    adapter.orth_weight=0: the orthogonality penalty off, at a stable lr
+#   task-only  importance.task_only=true: scores from the task loss's gradient alone (not the penalty's)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/allocator}
@@ -37,8 +38,9 @@ declare -A VARIANT=(
     [reset]="budget.reset_pruned=true"
     [per-param]="budget.selection=per_param"
     [no-orth]="adapter.orth_weight=0"
+    [task-only]="importance.task_only=true"
 )
-VARIANTS=(base strict reset per-param no-orth)
+VARIANTS=(base strict reset per-param no-orth task-only)
 failed=0
 source scripts/study_lib.sh
 restore_runs "$OUT" "$ARCHIVE"
