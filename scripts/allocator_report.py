@@ -33,6 +33,7 @@ VARIANTS = {
     "reset": "reset the pruned triplets' Adam state (`budget.reset_pruned=true`)",
     "per-param": "score per parameter, greedy fill (`budget.selection=per_param`)",
     "no-orth": "no orthogonality penalty (`adapter.orth_weight=0`)",
+    "task-only": "scores from the task loss alone (`importance.task_only=true`)",
 }
 # measure -> (label, scale, +1 if higher is better)
 TASK = {"test_accuracy": ("exact match %", 100.0, +1), "test_answer_loss": ("answer loss", 1.0, -1)}

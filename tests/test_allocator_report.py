@@ -1,0 +1,85 @@
+"""scripts/allocator_report.py: differences are paired by seed, and the issue's decision rule is applied
+exactly (a clear win changes a default; a loss beyond noise anywhere, or mixed signs, keeps it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+_spec = importlib.util.spec_from_file_location("allocator_report", ROOT / "scripts" / "allocator_report.py")
+assert _spec is not None and _spec.loader is not None
+report = importlib.util.module_from_spec(_spec)
+sys.modules["allocator_report"] = report
+_spec.loader.exec_module(report)
+
+
+def _results(variant_em: list[float], variant_recall: list[float], variant_loss: float = 0.30) -> list:
+    """base and one variant ("strict") on 3 seeds of every task; the variant's exact match and recall
+    by seed as given, its answer loss and residual equal to base's unless said."""
+    out = []
+    for seed in range(3):
+        for task in ("1/16", "1x"):
+            out.append(report.Result("base", task, seed, {"test_accuracy": 0.80, "test_answer_loss": 0.30,
+                                                           "params": 19080.0}, "abc"))  # fmt: skip
+            out.append(report.Result("strict", task, seed, {"test_accuracy": variant_em[seed],
+                                     "test_answer_loss": variant_loss, "params": 19080.0}, "abc"))  # fmt: skip
+        out.append(report.Result("base", "planted", seed, {"recall": 0.9, "residual": 0.03}, "abc"))
+        out.append(report.Result("strict", "planted", seed, {"recall": variant_recall[seed], "residual": 0.03}, "abc"))
+    return out
+
+
+def test_differences_are_paired_by_seed() -> None:
+    results = _results([0.81, 0.79, 0.85], [0.9, 0.9, 0.9])
+    assert [round(d, 6) for d in report.differences(results, "strict", "1/16", "test_accuracy")] == [0.01, -0.01, 0.05]
+
+
+def test_the_decision_rule() -> None:
+    # exact match +2.0, +2.1, +2.2 points: the interval [+1.75, +2.35] excludes 0, a clear win
+    clear = _results([0.82, 0.821, 0.822], [0.95, 0.92, 0.93])
+    assert report.verdict(clear, "strict") == (
+        "make it the default: better beyond seed noise on 1/16 exact match %, 1x exact match %"
+    )
+    # +1, +2, +3 points ([-0.48, +4.48]) and recall higher on every seed, but the answer loss and the
+    # residual tied: neither beyond noise nor better on every seed and measure
+    tied = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93])
+    assert report.verdict(tied, "strict") == "keep today's default: no clear win (mixed signs, within seed noise)"
+    better_loss = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93], variant_loss=0.29)
+    assert report.verdict(better_loss, "strict").startswith(
+        "make it the default: better beyond seed noise on 1/16 answer"
+    )
+    mixed = _results([0.81, 0.79, 0.82], [0.9, 0.9, 0.9])
+    assert report.verdict(mixed, "strict") == "keep today's default: no clear win (mixed signs, within seed noise)"
+    worse_loss = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93], variant_loss=0.35)  # worse on every seed, sd 0
+    assert report.verdict(worse_loss, "strict").startswith(
+        "keep today's default: worse beyond seed noise on 1/16 answer"
+    )
+    two_seeds = [r for r in clear if not (r.variant == "strict" and r.task == "planted" and r.seed == 2)]
+    assert report.verdict(two_seeds, "strict") == "incomplete (planted recall: 2 of 3 seeds)"
+
+
+def test_runs_are_read_from_the_study_folders(tmp_path: Path) -> None:
+    run = tmp_path / "reset" / "rt-smollm2-curve" / "target_params-19080_x" / "seed1"
+    run.mkdir(parents=True)
+    (run / "sweep.json").write_text(json.dumps({"budget": "budget.target_params=19080 budget.init_rank=1 "
+                                                "budget.reset_pruned=true train.learning_rate=2e-3", "seed": 1,
+                                                "commit": "abc1234"}))  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.8, "test_answer_loss": 0.25,
+                                                  "adapter_params_final": 19000}))  # fmt: skip
+    (run / "train_log.json").write_text(json.dumps([{"step": 1, "loss": 1.0, "grad_norm": 7.5}]))
+    planted = {"variant": "reset", "seed": 1, "recall": 0.875, "residual": 0.02, "commit": "abc1234"}
+    (tmp_path / "planted_reset-seed1.jsonl").write_text(json.dumps(planted) + "\n")
+    results = report.load(tmp_path)
+    assert results == [
+        report.Result("reset", "1/16", 1, {"test_accuracy": 0.8, "test_answer_loss": 0.25, "params": 19000.0},
+                      "abc1234", 7.5),
+        report.Result("reset", "planted", 1, {"recall": 0.875, "residual": 0.02}, "abc1234"),
+    ]  # fmt: skip
+    text = report.report(results, "python scripts/allocator_report.py X --out Y")
+    assert (
+        "| reset the pruned triplets' Adam state (`budget.reset_pruned=true`) | 1 | 80.00 | 0.250 | 19,000 | 7.5 |"
+        in text
+    )
