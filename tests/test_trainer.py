@@ -84,6 +84,16 @@ class _GradCapture(TrainerCallback):
                 self.grads[name + ".Q"] = adapter.right_vectors.grad.clone()
 
 
+def _off_orthonormal_adapters(model: torch.nn.Module) -> dict:
+    """Rank-4 adapters on every linear, P and Q moved off orthonormality so the penalty has a gradient."""
+    adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=[])
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.left_vectors.mul_(1.3)
+            adapter.right_vectors.add_(0.05)
+    return adapters
+
+
 # Whether the Trainer treats each model's loss as normalized by the item count (then it does not divide
 # by the accumulation steps, and AdaRankTrainer must divide the penalty itself): only the causal LM.
 NORMALIZES_ITEMS = {tiny_bert: False, _tiny_llama: False, _NoLossKwargs: False, _tiny_causal_llama: True}
@@ -98,11 +108,7 @@ NORMALIZES_ITEMS = {tiny_bert: False, _tiny_llama: False, _NoLossKwargs: False, 
 @pytest.mark.parametrize("batch,accum", [(32, 1), (8, 4)])
 def test_regularizer_gradient_exact_under_accumulation(tmp_path, make_model, batch, accum) -> None:
     model = make_model()
-    adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=[])
-    with torch.no_grad():  # leave orthonormality so the penalty has a gradient
-        for adapter in adapters.values():
-            adapter.left_vectors.mul_(1.3)
-            adapter.right_vectors.add_(0.05)
+    adapters = _off_orthonormal_adapters(model)
     expected_penalty = orthogonality_penalty(adapters.values())
     expected = torch.autograd.grad(
         expected_penalty, [p for a in adapters.values() for p in (a.left_vectors, a.right_vectors)]
@@ -290,11 +296,7 @@ def test_task_only_scores_leave_the_penalty_gradient_out(tmp_path, make_model, b
     sensitivities = {}
     for task_only in (False, True):
         model = make_model()
-        adapters = inject_adapters(model, ["all-linear"], rank=4, alpha=8, seed=0, modules_to_save=[])
-        with torch.no_grad():  # leave orthonormality so the penalty has a gradient
-            for adapter in adapters.values():
-                adapter.left_vectors.mul_(1.3)
-                adapter.right_vectors.add_(0.05)
+        adapters = _off_orthonormal_adapters(model)
         budget = BudgetConfig(init_rank=4, target_rank=2, t_init=2, t_final=2, mask_interval=1)
         allocator = RankAllocator(adapters, budget, ImportanceConfig(task_only=task_only))
         first = _FirstScores(allocator)
