@@ -3,7 +3,8 @@
 # today's defaults, SmolLM2-135M-Instruct on Rotten Tomatoes as generation (the budget-curve task:
 # configs/rt-smollm2-curve.yaml, adapters on all 210 linears), 3 seeds paired by seed, at one budget
 # below one rank per module (1/16 of LoRA r=1's 305,280 parameters: 19,080) and one at it (1x), then
-# the known-answer benchmark (scripts/planted_rank.py, MiniLM) with the same options.
+# the known-answer benchmark (scripts/planted_rank.py, MiniLM) with the same options. Then the option
+# that became the default (per-param) at the curve's other budgets (1/64, 1/4): the curve redrawn.
 # Resumable like the budget study (finished runs are skipped; their small files are archived in
 # reports/allocator/ and restored on start); two workers side by side, one thread each:
 #   for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup scripts/study_allocator.sh > /tmp/allocator_$w.log 2>&1 & done
@@ -31,6 +32,8 @@ LR=2e-3
 declare -A BUDGET=(
     [16]="budget.target_params=19080 budget.init_rank=1"
     [1]="budget.target_params=305280 budget.init_rank=2"
+    [64]="budget.target_params=4770 budget.init_rank=1"
+    [4]="budget.target_params=76320 budget.init_rank=1"
 )
 declare -A VARIANT=(
     [base]=""
@@ -56,6 +59,11 @@ for fraction in 16 1; do
     for seed in 0 1 2; do
         for variant in "${VARIANTS[@]}"; do point "$variant" "$fraction" "$seed"; done
     done
+done
+# the curve redrawn where a default changed: per-param (the default from this ablation on) at the budget
+# curve's other two budgets, so AdaLoRA with the new defaults at lr 2e-3 has all four
+for fraction in 64 4; do
+    for seed in 0 1 2; do point per-param "$fraction" "$seed"; done
 done
 # the known-answer benchmark: each variant's options on adarank AdaLoRA (final budget = the planted one)
 planted_point() {
