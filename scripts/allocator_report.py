@@ -24,9 +24,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from budget_report import T95, largest_grad_norm, mean_sd, paired
+from budget_report import LABELS, STUDIES, T95, Run, best_lrs, largest_grad_norm, load_runs, mean_sd, paired
 
-BUDGETS = {"19080": "1/16", "305280": "1x"}
+BUDGETS = {"4770": "1/64", "19080": "1/16", "76320": "1/4", "305280": "1x"}
+CURVE = {"1/64": "1/64", "1/16": "1/16", "1/4": "1/4", "1x": "1"}  # this report's budget -> budget_report's
+CURVE_LR = 2e-3  # the lr of every run here; budget_report's runs at it are shown beside their chosen lr's
 VARIANTS = {
     "base": "today's defaults (the paper's allocator)",
     "strict": "strict masking (`budget.strict=true`: no regrowth)",
@@ -155,7 +157,51 @@ def planted_table(results: list[Result]) -> list[str]:
     return lines
 
 
-def report(results: list[Result], command: str) -> str:
+def curve_rows(runs: list[Run], fraction: str) -> dict[tuple[str, float], dict[int, Run]]:
+    """The budget study's runs at ``fraction``, by (method, lr) and seed: at lr 2e-3 and at the lr each
+    method chose, where present; a seed run twice (grid and seed phase) counts once, the seed phase's."""
+    chosen = best_lrs(runs, STUDIES["smollm2"].lr_grid)
+    out: dict[tuple[str, float], dict[int, Run]] = {}
+    for run in runs:
+        if run.fraction == fraction and run.lr in {CURVE_LR, chosen.get(run.method)}:
+            seeds = out.setdefault((run.method, run.lr), {})
+            if run.seed not in seeds or run.seed_phase:
+                seeds[run.seed] = run
+    return out
+
+
+def curve_table(results: list[Result], runs: list[Run]) -> list[str]:
+    """AdaLoRA with the new default (per-param, lr 2e-3) at every budget of the curve beside the budget
+    study's methods at 2e-3 and at their chosen lr; Δ = that method - new-default AdaLoRA, by seed."""
+    lines = [
+        "| budget | method (lr) | seeds | exact match % | answer loss | params | Δ exact match vs new default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, fraction in CURVE.items():
+        mine = by_seed(results, "per-param", task)
+        if not mine:
+            continue
+        done = [mine[s] for s in sorted(mine)]
+        lines.append(
+            f"| {task} | **adarank AdaLoRA, new default (per-param)** (2e-3) | {len(done)} | "
+            f"{mean_sd([r.values['test_accuracy'] for r in done], 100, 2)} | "
+            f"{mean_sd([r.values['test_answer_loss'] for r in done])} | "
+            f"{round(statistics.mean(r.values['params'] for r in done)):,} | |"
+        )
+        for (method, lr), seeds in sorted(curve_rows(runs, fraction).items()):
+            other = [seeds[s] for s in sorted(seeds)]
+            diffs = [100 * (seeds[s].metrics["test_accuracy"] - mine[s].values["test_accuracy"])
+                     for s in sorted(set(seeds) & set(mine))]  # fmt: skip
+            lines.append(
+                f"| {task} | {LABELS.get(method, method)} ({lr:g}) | {len(other)} | "
+                f"{mean_sd([r.metrics['test_accuracy'] for r in other], 100, 2)} | "
+                f"{mean_sd([r.metrics['test_answer_loss'] for r in other])} | "
+                f"{round(statistics.mean(r.params for r in other)):,} | {paired(diffs)} |"
+            )
+    return lines
+
+
+def report(results: list[Result], command: str, budget_runs: list[Run] | None = None) -> str:
     commits = sorted({r.commit for r in results})
     text = [
         "# Allocator options against today's defaults (issue 18)",
@@ -182,6 +228,12 @@ def report(results: list[Result], command: str) -> str:
     text += ["## The known-answer benchmark (MiniLM, planted ranks)", "", *planted_table(results), ""]
     text += ["## Decisions (the issue's rule, applied to the tables)", ""]
     text += [f"- {VARIANTS[v]}: {verdict(results, v)}" for v in VARIANTS if v != "base"]
+    if budget_runs:
+        text += ["", "## The budget curve redrawn with the new default", "",
+                 "adarank AdaLoRA with `budget.selection=per_param` at lr 2e-3 at every budget of the curve, beside "
+                 "the methods of reports/budget_curves.md at 2e-3 and at the lr each chose (runs of that study, "
+                 "other commits; same seeds, data and rows). Δ = that method − new-default AdaLoRA, by seed.", "",
+                 *curve_table(results, budget_runs)]  # fmt: skip
     return "\n".join(text) + "\n"
 
 
@@ -189,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/allocator.md"))
+    parser.add_argument("--curves", type=Path, default=Path("reports/budget_curves"), help="the budget study's runs")
     args = parser.parse_args(argv)
     results = load(args.runs)
-    text = report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}")
+    budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []
+    text = report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}", budget_runs)
     args.out.with_suffix(".md.tmp").write_text(text)
     args.out.with_suffix(".md.tmp").replace(args.out)
     print(f"wrote {args.out} ({len(results)} runs)")

@@ -83,3 +83,30 @@ def test_runs_are_read_from_the_study_folders(tmp_path: Path) -> None:
         "| reset the pruned triplets' Adam state (`budget.reset_pruned=true`) | 1 | 80.00 | 0.250 | 19,000 | 7.5 |"
         in text
     )
+
+
+def test_the_redrawn_curve_shows_each_method_at_2e_3_and_at_its_chosen_lr() -> None:
+    """From the budget study: a method at lr 2e-3 and at the lr it chose (8e-3 here), seed 0 once (the
+    seed phase's run where it ran twice), any other lr left out; Δ paired with the new default by seed."""
+    study = report.STUDIES["smollm2"]
+
+    def run(lr: float, seed: int, em: float, seed_phase: bool = False, loss: float = 0.3):
+        metrics = {"test_accuracy": em, "test_answer_loss": 0.2, "validation_answer_loss": loss,
+                   "adapter_params_final": 18_000}  # fmt: skip
+        return report.Run("vo-top", "x", lr, seed, metrics, "c", study, seed_phase=seed_phase)
+
+    runs = [run(5e-4, 0, 0.70, loss=0.5), run(2e-3, 0, 0.80, loss=0.4), run(8e-3, 0, 0.81, loss=0.2),
+            run(8e-3, 0, 0.82, seed_phase=True), run(8e-3, 1, 0.83, seed_phase=True), run(2e-3, 1, 0.79)]  # fmt: skip
+    rows = report.curve_rows(runs, "1/16")
+    assert {key: {s: r.metrics["test_accuracy"] for s, r in seeds.items()} for key, seeds in rows.items()} == {
+        ("vo-top", 2e-3): {0: 0.80, 1: 0.79},
+        ("vo-top", 8e-3): {0: 0.82, 1: 0.83},
+    }
+    mine = [report.Result("per-param", "1/16", s, {"test_accuracy": em, "test_answer_loss": 0.2, "params": 18e3}, "c")
+            for s, em in ((0, 0.84), (1, 0.85))]  # fmt: skip
+    table = report.curve_table(mine, runs)
+    # seeds 0 and 1: 80 - 84 and 79 - 85 points
+    assert table[3] == (
+        "| 1/16 | LoRA, v+o of the top layers (0.002) | 2 | 79.50 ± 0.71 | 0.200 ± 0.000 | 18,000 | "
+        "-5.000 [-17.706, +7.706] |"
+    )
