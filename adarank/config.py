@@ -154,10 +154,11 @@ class BudgetConfig:
     """Default (regrowing) mode only: each masking step also resets the optimizer state (Adam moments)
     of the triplets it prunes, so a pruned lambda regrows from its gradient alone, not from its
     momentum. Strict mode and the final phase always reset what they switch off."""
-    selection: str = "prefix"
-    """How a parameter budget (target_params) is filled: prefix (the highest scores, in order, while
-    their running cost fits: the paper's ranking) | per_param (ranked by score per parameter; a triplet
-    that does not fit is skipped for the next that does). The same when the budget counts ranks."""
+    selection: str = "per_param"
+    """How a parameter budget (target_params) is filled: per_param (ranked by score per parameter; a
+    triplet that does not fit is skipped for the next that does; the default since the allocator
+    ablation, reports/allocator.md) | prefix (the highest scores, in order, while their running cost
+    fits: the default before). The same when the budget counts ranks."""
     shrink: bool = True
     """When the final phase fixes the masks, cut every adapter to its live triplets (P, lambda, Q and their
     optimizer state; rank-0 modules become plain layers), so the final phase trains at b(T)'s cost. Not

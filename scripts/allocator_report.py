@@ -1,5 +1,5 @@
 """reports/allocator.md from the runs of scripts/study_allocator.sh (issue 18): each allocator option
-against today's defaults, paired by seed, on the SmolLM2 generation task at two budgets and on the
+against the defaults before it, paired by seed, on the SmolLM2 generation task at two budgets and on the
 known-answer benchmark, with the decision rule of the issue applied to the figures.
 
     python scripts/allocator_report.py reports/allocator --out reports/allocator.md
@@ -30,7 +30,7 @@ BUDGETS = {"4770": "1/64", "19080": "1/16", "76320": "1/4", "305280": "1x"}
 CURVE = {"1/64": "1/64", "1/16": "1/16", "1/4": "1/4", "1x": "1"}  # this report's budget -> budget_report's
 CURVE_LR = 2e-3  # the lr of every run here; budget_report's runs at it are shown beside their chosen lr's
 VARIANTS = {
-    "base": "today's defaults (the paper's allocator)",
+    "base": "the defaults before this ablation",
     "strict": "strict masking (`budget.strict=true`: no regrowth)",
     "reset": "reset the pruned triplets' Adam state (`budget.reset_pruned=true`)",
     "per-param": "score per parameter, greedy fill (`budget.selection=per_param`)",
@@ -204,9 +204,10 @@ def curve_table(results: list[Result], runs: list[Run]) -> list[str]:
 def report(results: list[Result], command: str, budget_runs: list[Run] | None = None) -> str:
     commits = sorted({r.commit for r in results})
     text = [
-        "# Allocator options against today's defaults (issue 18)",
+        "# Allocator options against the defaults before them (issue 18)",
         "",
-        "Every option of the allocator run against today's defaults with the same seeds: SmolLM2-135M-Instruct "
+        "Every option of the allocator run against the defaults of the time (`budget.selection=prefix`) "
+        "with the same seeds: SmolLM2-135M-Instruct "
         "on Rotten Tomatoes as generation (the budget-curve task, adapters on all 210 linears, 80 steps, "
         "exact match and answer loss on the first 600 test rows) at a final budget of 1/16 of LoRA r=1's "
         "parameters (19,080, below one rank per module) and at 1x (305,280), lr 2e-3 for every variant; "

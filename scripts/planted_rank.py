@@ -22,6 +22,9 @@ site each.
 
     python scripts/planted_rank.py --model minilm --seeds 0 1 2 --steps 200
 
+The runs in reports/planted/minilm.jsonl used budget.selection=prefix, the default before the allocator
+ablation (reports/allocator.md); `--set budget.selection=prefix` reruns them as they were.
+
 STATUS: a prototype (issue 16 is open). Measured so far, 200 steps, 1 thread, commit after bff6735:
 - A real fine-tune's size: the default run (`make train`, 400 steps) has ||ΔW||/||W|| of median
   0.072 over its 24 adapters (0.022-0.160; attention.output.dense 0.106, query 0.060), hence the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The allocator ablation behind reports/allocator.md (issue 18): each option of the allocator against
-# today's defaults, SmolLM2-135M-Instruct on Rotten Tomatoes as generation (the budget-curve task:
+# the defaults of the time, SmolLM2-135M-Instruct on Rotten Tomatoes as generation (the budget-curve task:
 # configs/rt-smollm2-curve.yaml, adapters on all 210 linears), 3 seeds paired by seed, at one budget
 # below one rank per module (1/16 of LoRA r=1's 305,280 parameters: 19,080) and one at it (1x), then
 # the known-answer benchmark (scripts/planted_rank.py, MiniLM) with the same options. Then the option
@@ -14,7 +14,9 @@
 # 1-2 were unstable (gradient norms to 414, exact match 57-73%); at 2e-3 every seed trained (its lr
 # check, reports/budget_curves.md). An ablation at an unstable lr would measure the instability.
 # Variants (overrides on top of the budget point):
-#   base       today's defaults (the paper's allocator; lambda lr x10, orthogonality weight 0.1)
+#   base       the defaults of the time (lambda lr x10, orthogonality weight 0.1, budget.selection=prefix:
+#              the default until this ablation made per_param the default; every run here but per-param
+#              used prefix, and a rerun of them now needs budget.selection=prefix added)
 #   strict     budget.strict=true: pruned triplets are masked in the forward pass (no regrowth)
 #   reset      budget.reset_pruned=true: each masking step resets the pruned triplets' Adam state
 #   per-param  budget.selection=per_param: triplets ranked by score per parameter, greedy fill

@@ -29,6 +29,8 @@
 # A regex list item must not hold [ ] { } or commas unquoted (YAML's flow list): layers are spelled out.
 #   python scripts/budget_report.py reports/budget_curves --out reports/budget_curves.md
 #
+# Every AdaLoRA run here used budget.selection=prefix, the default until the allocator ablation
+# (reports/allocator.md) made per_param the default: a rerun of them now needs budget.selection=prefix.
 # Methods (each run records the commit it ran in its sweep.json):
 #   adalora   adarank AdaLoRA, budget.target_params = the budget; init_rank 1 below one rank per module
 #             (b(0) = 305k parameters, the least a rank per module allows: 64x, 16x and 4x b(T)), 2 at 1x (2x)
