@@ -102,12 +102,12 @@ def verdict(results: list[Result], variant: str, seeds: int = 3) -> str:
                 losses.append(f"{task} {label}")
             signs += diffs
     if losses:
-        return "keep today's default: worse beyond seed noise on " + ", ".join(losses)
+        return "keep the default: worse beyond seed noise on " + ", ".join(losses)
     if wins:
         return "make it the default: better beyond seed noise on " + ", ".join(wins)
     if all(d > 0 for d in signs):
         return "make it the default: better on every seed, task and measure"
-    return "keep today's default: no clear win (mixed signs, within seed noise)"
+    return "keep the default: no clear win (mixed signs, within seed noise)"
 
 
 def task_table(results: list[Result], task: str) -> list[str]:

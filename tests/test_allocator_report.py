@@ -46,17 +46,15 @@ def test_the_decision_rule() -> None:
     # +1, +2, +3 points ([-0.48, +4.48]) and recall higher on every seed, but the answer loss and the
     # residual tied: neither beyond noise nor better on every seed and measure
     tied = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93])
-    assert report.verdict(tied, "strict") == "keep today's default: no clear win (mixed signs, within seed noise)"
+    assert report.verdict(tied, "strict") == "keep the default: no clear win (mixed signs, within seed noise)"
     better_loss = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93], variant_loss=0.29)
     assert report.verdict(better_loss, "strict").startswith(
         "make it the default: better beyond seed noise on 1/16 answer"
     )
     mixed = _results([0.81, 0.79, 0.82], [0.9, 0.9, 0.9])
-    assert report.verdict(mixed, "strict") == "keep today's default: no clear win (mixed signs, within seed noise)"
+    assert report.verdict(mixed, "strict") == "keep the default: no clear win (mixed signs, within seed noise)"
     worse_loss = _results([0.81, 0.82, 0.83], [0.95, 0.92, 0.93], variant_loss=0.35)  # worse on every seed, sd 0
-    assert report.verdict(worse_loss, "strict").startswith(
-        "keep today's default: worse beyond seed noise on 1/16 answer"
-    )
+    assert report.verdict(worse_loss, "strict").startswith("keep the default: worse beyond seed noise on 1/16 answer")
     two_seeds = [r for r in clear if not (r.variant == "strict" and r.task == "planted" and r.seed == 2)]
     assert report.verdict(two_seeds, "strict") == "incomplete (planted recall: 2 of 3 seeds)"
 
