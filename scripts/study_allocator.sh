@@ -67,6 +67,18 @@ done
 for fraction in 64 4; do
     for seed in 0 1 2; do point per-param "$fraction" "$seed"; done
 done
+# A probe toward lr robustness (not the lr-range measure): at 8e-3, where the budget study's
+# AdaLoRA seeds 1-2 diverged at 1/16 (gradient norms to 414), does a lower lambda lr multiplier (3 instead
+# of 10) keep every seed stable? The new defaults, 3 seeds each.
+probe_point() {
+    local multiplier=$1 seed=$2
+    python scripts/sweep.py --out "$OUT/probe-mult$multiplier" --methods "$ADA" --seeds "$seed" \
+        --budgets "${BUDGET[16]} train.singular_lr_multiplier=$multiplier train.learning_rate=8e-3" --set $COMMON || failed=1
+    archive_runs "$OUT" "$ARCHIVE"
+}
+for seed in 0 1 2; do
+    for multiplier in 10 3; do claimed "$CLAIMS" "probe-$multiplier-$seed" probe_point "$multiplier" "$seed"; done
+done
 # the known-answer benchmark: each variant's options on adarank AdaLoRA (final budget = the planted one)
 planted_point() {
     local variant=$1 seed=$2
