@@ -108,3 +108,13 @@ def test_the_redrawn_curve_shows_each_method_at_2e_3_and_at_its_chosen_lr() -> N
         "| 1/16 | LoRA, v+o of the top layers (0.002) | 2 | 79.50 ± 0.71 | 0.200 ± 0.000 | 18,000 | "
         "-5.000 [-17.706, +7.706] |"
     )
+
+
+def test_the_lr_probe_lists_each_seed() -> None:
+    results = [
+        report.Result("probe-mult3", "1/16", s, {"test_accuracy": em, "test_answer_loss": 0.2, "params": 18e3}, "c", g)
+        for s, em, g in ((0, 0.84, 5.0), (1, 0.82, 7.25))
+    ]
+    assert (
+        report.probe_table(results)[2] == "| lambda lr x3 | 2 | 83.00 ± 1.41 | 0.200 ± 0.000 | 5.0 7.2 | 84.00 82.00 |"
+    )
