@@ -220,7 +220,7 @@ class AdaRankTrainer(Trainer):
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """``Trainer._clip_grad_norm``; the penalty's recorded gradient share is scaled like the rest."""
         norm = super()._clip_grad_norm(model)
-        if self._callback is not None and self.args.max_grad_norm:
+        if self._callback is not None and self._callback.allocator.penalty_grads:  # importance.task_only
             self._callback.allocator.scale_penalty_gradient_(clip_coefficient(float(norm), self.args.max_grad_norm))
         return norm
 
