@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -134,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
 
             intrinsic_dimension(cfg)
         else:
-            from adarank.loop import close_distributed
+            from adarank.loop import close_distributed, exit_distributed
             from adarank.run import train as run_train
 
             run_train(cfg)
-            close_distributed()  # under torchrun: a clean exit (0), not gloo's abort at shutdown
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: exit 0, not gloo's abort at shutdown
+                exit_distributed(0)
+            close_distributed()
     except (ConfigError, FileNotFoundError) as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2

@@ -164,7 +164,7 @@ def table(records: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    from adarank.loop import close_distributed
+    from adarank.loop import exit_distributed
 
     main()
-    close_distributed()
+    exit_distributed(0)

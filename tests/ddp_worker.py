@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback, Tr
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, RankAllocator, inject_adapters
 from adarank.importance import triplet_scores
-from adarank.loop import close_distributed
+from adarank.loop import exit_distributed
 from adarank.run import check_launch
 
 STEPS = 24
@@ -129,4 +129,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    close_distributed()
+    exit_distributed(0)  # no interpreter shutdown, where gloo can abort (adarank.loop.exit_distributed)

@@ -23,7 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from adarank import BudgetConfig, RankAllocator, inject_adapters
 from adarank.config import ImportanceConfig
-from adarank.loop import LoopConfig, close_distributed, train_loop
+from adarank.loop import LoopConfig, exit_distributed, train_loop
 from adarank.sharding import gathered_trainables, is_sharded, local
 
 STEPS = 24
@@ -121,7 +121,7 @@ def main() -> None:
         "trace": result.trace,
         "train_loss": result.train_loss,
         "log": result.log_history,
-        "first_pq_sensitivity": FIRST_PQ_SENSITIVITY[0],
+        "first_pq_sensitivity": FIRST_PQ_SENSITIVITY[0] if FIRST_PQ_SENSITIVITY else None,  # None: resumed
     }))  # fmt: skip
 
 
@@ -155,4 +155,4 @@ def trainer_fsdp2(model: torch.nn.Module, allocator: RankAllocator, args: argpar
 
 if __name__ == "__main__":
     main()
-    close_distributed()
+    exit_distributed(0)  # no interpreter shutdown, where gloo can abort (adarank.loop.exit_distributed)
