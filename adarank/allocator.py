@@ -61,9 +61,9 @@ def select_top(
         assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
         keep[order[:budget]] = True
     elif per_cost:
-        left = budget
+        left, allowed = budget, eligible.tolist()
         for index, cost in zip(order.tolist(), costs[order].tolist(), strict=True):
-            if cost <= left and bool(eligible[index]):
+            if cost <= left and allowed[index]:
                 keep[index] = True
                 left -= cost
     else:

@@ -24,7 +24,18 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from budget_report import LABELS, STUDIES, T95, Run, best_lrs, largest_grad_norm, load_runs, mean_sd, paired
+from budget_report import (
+    LABELS,
+    STUDIES,
+    T95,
+    Run,
+    best_lrs,
+    largest_grad_norm,
+    load_runs,
+    mean_sd,
+    paired,
+    write_report,
+)
 
 BUDGETS = {"4770": "1/64", "19080": "1/16", "76320": "1/4", "305280": "1x"}
 CURVE = {"1/64": "1/64", "1/16": "1/16", "1/4": "1/4", "1x": "1"}  # this report's budget -> budget_report's
@@ -124,18 +135,14 @@ def task_table(results: list[Result], task: str) -> list[str]:
         norms = [r.grad_norm for r in done if r.grad_norm is not None]
         em = differences(results, variant, task, "test_accuracy")
         loss = differences(results, variant, task, "test_answer_loss")
+        largest = f"{max(norms):.1f}" if norms else "-"
+        deltas = ["", "", ""] if variant == "base" else [
+            paired([100 * d for d in em]), paired(loss), " ".join(f"{100 * d:+.2f}" for d in em)
+        ]  # fmt: skip
         lines.append(
             f"| {label} | {len(done)} | {mean_sd([r.values['test_accuracy'] for r in done], 100, 2)} | "
             f"{mean_sd([r.values['test_answer_loss'] for r in done])} | "
-            f"{round(statistics.mean(r.values['params'] for r in done)):,} | "
-            f"{max(norms):.1f} | "
-            if norms
-            else "- | "
-        )
-        lines[-1] += (
-            f"{paired([100 * d for d in em]) if variant != 'base' else ''} | "
-            f"{paired(loss) if variant != 'base' else ''} | "
-            f"{' '.join(f'{100 * d:+.2f}' for d in em) if variant != 'base' else ''} |"
+            f"{round(statistics.mean(r.values['params'] for r in done)):,} | {largest} | {' | '.join(deltas)} |"
         )
     return lines
 
@@ -285,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = load(args.runs)
     budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []
-    text = report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}", budget_runs)
-    args.out.with_suffix(".md.tmp").write_text(text)
-    args.out.with_suffix(".md.tmp").replace(args.out)
+    write_report(
+        args.out, report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}", budget_runs)
+    )
     print(f"wrote {args.out} ({len(results)} runs)")
     return 0
 

@@ -418,6 +418,13 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
     ])  # fmt: skip
 
 
+def write_report(out: Path, text: str) -> None:
+    """Write ``text`` to ``out`` whole or not at all (a temporary file beside it, then a rename)."""
+    temporary = out.with_suffix(".md.tmp")
+    temporary.write_text(text)
+    temporary.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
@@ -434,9 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lrs[args.best_lr]:g}")
         return 0
     command = f"python scripts/budget_report.py {args.runs} --study {args.study} --out {args.out}"
-    text = report(runs, args.out, command, study)
-    args.out.with_suffix(".md.tmp").write_text(text)
-    args.out.with_suffix(".md.tmp").replace(args.out)
+    write_report(args.out, report(runs, args.out, command, study))
     print(f"wrote {args.out} ({len(runs)} runs)")
     return 0
 

@@ -118,3 +118,12 @@ def test_the_lr_probe_lists_each_seed() -> None:
     assert (
         report.probe_table(results)[2] == "| lambda lr x3 | 2 | 83.00 ± 1.41 | 0.200 ± 0.000 | 5.0 7.2 | 84.00 82.00 |"
     )
+
+
+def test_a_run_without_a_training_log_keeps_every_column() -> None:
+    runs = [report.Result(v, "1/16", 0, {"test_accuracy": 0.8, "test_answer_loss": 0.2, "params": 18e3}, "c")
+            for v in ("base", "strict")]  # fmt: skip
+    assert report.task_table(runs, "1/16")[3] == (
+        "| strict masking (`budget.strict=true`: no regrowth) | 1 | 80.00 | 0.200 | 18,000 | - | +0.000 (1 seed) | "
+        "+0.000 (1 seed) | +0.00 |"
+    )
