@@ -39,6 +39,7 @@ _EXPORTS = {
     "plan_budget": "adarank.schedule",
     "AdaRankTrainer": "adarank.trainer",
     "param_groups": "adarank.trainer",
+    "warm_start_": "adarank.warm_start",
 }
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "save_adapter",
     "shrink_",
     "swap_adapter",
+    "warm_start_",
 ]
 
 
@@ -104,3 +106,4 @@ if TYPE_CHECKING:
     from adarank.schedule import BudgetPlan, budget_at, plan_budget
     from adarank.shrink import shrink_
     from adarank.trainer import AdaRankTrainer, param_groups
+    from adarank.warm_start import warm_start_

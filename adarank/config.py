@@ -28,6 +28,7 @@ from adarank.hub import is_hub_id, looks_local
 SCHEDULES = ("cubic", "linear", "constant")
 SCORES = ("sensitivity_uncertainty", "sensitivity")
 SELECTIONS = ("prefix", "per_param")
+INITS = ("orthonormal", "gradient")
 DATASETS = BUNDLED_DATASETS
 FORMATS = ("classification", "generation", "language_modeling")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -128,6 +129,12 @@ class AdapterConfig:
     """Weight of the orthogonality penalty sum_k ||P_k^T P_k - I||^2 + ||Q_k Q_k^T - I||^2."""
     modules_to_save: list[str] = field(default_factory=list)
     """Extra modules trained in full (the new classification head is always trained)."""
+    init: str = "orthonormal"
+    """How P and Q start (lambda starts at 0 either way, so the model is unchanged at step 0): orthonormal (random
+    semi-orthonormal) | gradient (a warm start: each weight's top singular directions of the task gradient over
+    adapter.init_batches training batches, before training; not under FSDP2)."""
+    init_batches: int = 4
+    """adapter.init=gradient: how many training batches (of train.batch_size) the gradient sums."""
 
 
 @dataclass(frozen=True)
@@ -690,6 +697,10 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(f"adapter.dropout ({ad.dropout}) must be in [0, 1).")
     if ad.orth_weight < 0:
         problems.append(f"adapter.orth_weight ({ad.orth_weight}) must be >= 0 (0 disables it).")
+    if ad.init not in INITS:
+        problems.append(f"adapter.init `{ad.init}` is not one of {', '.join(INITS)}.")
+    if ad.init_batches < 1:
+        problems.append(f"adapter.init_batches ({ad.init_batches}) must be >= 1.")
     tr = cfg.train
     if tr.eval_steps is not None and tr.eval_steps < 1:
         problems.append(f"train.eval_steps ({tr.eval_steps}) must be >= 1, or null for no evaluation during training.")
@@ -731,6 +742,11 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
     if strategy != "fsdp2":
         return []
     problems = []
+    if cfg.adapter.init == "gradient":
+        problems.append(
+            "adapter.init=gradient is not supported under distributed.strategy=fsdp2 (yet: the warm start needs the "
+            "whole model's gradient on one process); use adapter.init=orthonormal, or the default strategy ddp."
+        )
     if "WORLD_SIZE" not in os.environ:
         problems.append(
             "distributed.strategy=fsdp2 shards the model across processes: launch with "

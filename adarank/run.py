@@ -267,6 +267,32 @@ def _write_start(cfg: RunConfig, allocator: RankAllocator, out: Path) -> None:
     print(plan_summary(replace(cfg, budget=allocator.budget), shapes, allocator.base_params or 0))
 
 
+def _warm_start(
+    cfg: RunConfig, model: nn.Module, allocator: RankAllocator, rows: Any, collate: Any, main_process: bool
+) -> None:
+    """adapter.init=gradient (not on resume: the checkpoint holds P and Q): P and Q from the gradient of
+    adapter.init_batches batches of training rows drawn with the run's seed, the same on every process."""
+    from adarank.warm_start import warm_start_
+
+    if cfg.adapter.init != "gradient" or cfg.resume or not allocator.adapters:
+        return
+    size = cfg.train.batch_size
+    count = min(len(rows), cfg.adapter.init_batches * size)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))[:count].tolist()
+    device = next(model.parameters()).device
+    batches = (
+        {k: v.to(device) for k, v in collate([rows[i] for i in order[s : s + size]]).items()}
+        for s in range(0, count, size)
+    )
+    start = time.perf_counter()
+    warm_start_(model, allocator.adapters, batches)
+    if main_process:
+        print(
+            f"adarank: warm start: P and Q of {len(allocator.adapters)} adapters from the gradient of "
+            f"{-(-count // size)} batch(es) of {size} ({time.perf_counter() - start:.1f} s)"
+        )
+
+
 def _floor(
     cfg: RunConfig, model: nn.Module, classify: Any, tokenizer: Any, task: TaskData, data: dict
 ) -> dict[str, float]:
@@ -309,10 +335,11 @@ def _train(
         from adarank.dashboards import WandbDashboard
 
         callbacks.append(WandbDashboard(allocator, cfg.wandb.project, trainable_initial))
+    train_rows = training_rows(data["train"], cfg.data)
     trainer = AdaRankTrainer(
         model=model,
         args=args,
-        train_dataset=training_rows(data["train"], cfg.data),
+        train_dataset=train_rows,
         eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
         data_collator=collator(cfg, tokenizer),
         compute_metrics=None if is_causal(cfg) else classification_accuracy,
@@ -322,6 +349,7 @@ def _train(
     )
     classify = _trainer_classify(trainer, data)
     before = _floor(cfg, model, classify, tokenizer, task, data)
+    _warm_start(cfg, model, allocator, train_rows, collator(cfg, tokenizer), main_process)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     trained = _Trained(

@@ -60,6 +60,7 @@ from adarank import BudgetConfig, RankAllocator, orthogonality_penalty, param_gr
 from adarank.config import ImportanceConfig
 from adarank.data import default_model_path, load_splits
 from adarank.inject import build_adapters, find_adapters, module_shapes
+from adarank.warm_start import warm_start_
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class Setup:
     learning_rate: float = 5e-3
     orth_weight: float = 0.1
     eval_batches: int = 4
+    init: str = "orthonormal"  # adapter.init: orthonormal | gradient (warm start on the first init_batches)
+    init_batches: int = 4
     variant: str = "base"  # a name for the options below (scripts/study_allocator.sh)
     options: tuple[str, ...] = ()  # `budget.KEY=VALUE` / `importance.KEY=VALUE` for adarank's AdaLoRA,
-    # or `adapter.orth_weight=W`
+    # or `adapter.orth_weight=W`, `adapter.init=I`, `adapter.init_batches=N`
 
 
 def section_options(setup: Setup, section: str) -> dict[str, Any]:
@@ -88,18 +91,22 @@ def section_options(setup: Setup, section: str) -> dict[str, Any]:
 
 
 def with_options(setup: Setup, options: list[str]) -> Setup:
-    """``setup`` with ``options`` applied: `adapter.orth_weight` sets its weight, `budget.*` and
-    `importance.*` are kept for the allocator; any other key is refused."""
-    orth_weight = setup.orth_weight
+    """``setup`` with ``options`` applied: `adapter.orth_weight`, `adapter.init` and `adapter.init_batches`
+    set theirs, `budget.*` and `importance.*` are kept for the allocator; any other key is refused."""
+    adapter = {"orth_weight": setup.orth_weight, "init": setup.init, "init_batches": setup.init_batches}
     for option in options:
         key, sep, value = option.partition("=")
-        if key == "adapter.orth_weight" and sep:
-            orth_weight = float(value)
+        name = key.removeprefix("adapter.")
+        if key.startswith("adapter.") and name in adapter and sep:
+            adapter[name] = type(adapter[name])(value)
         elif not (key.startswith(("budget.", "importance.")) and sep):
             raise SystemExit(
-                f"--set {option}: expected budget.KEY=VALUE, importance.KEY=VALUE or adapter.orth_weight=W"
+                f"--set {option}: expected budget.KEY=VALUE, importance.KEY=VALUE, adapter.orth_weight=W, "
+                "adapter.init=orthonormal|gradient or adapter.init_batches=N"
             )
-    return replace(setup, orth_weight=orth_weight, options=tuple(options))
+    if adapter["init"] not in ("orthonormal", "gradient"):
+        raise SystemExit(f"--set adapter.init={adapter['init']}: expected orthonormal or gradient")
+    return replace(setup, **adapter, options=tuple(options))  # type: ignore[arg-type]
 
 
 def base_model(setup: Setup, seed: int) -> tuple[Any, nn.Module]:
@@ -288,6 +295,9 @@ def run(setup: Setup, seed: int, method: str) -> dict[str, Any]:
             importance = ImportanceConfig(**section_options(setup, "importance"))
             allocator = RankAllocator(adapters, budget, importance, total_steps=setup.steps)
         penalty = lambda _: orthogonality_penalty(adapters.values())  # noqa: E731
+        if setup.init == "gradient":  # P, Q from the matching loss's gradient on the first training batches
+            first = list(zip(train, train_targets, strict=True))[: setup.init_batches]
+            warm_start_(student, adapters, first, loss=lambda model, pair: matching_loss(model, pair[1], pair[0]))
         optimizer = torch.optim.AdamW(param_groups(student, setup.learning_rate, singular_lr_multiplier=10))
     with torch.no_grad():  # the student starts as the base exactly (lambda = 0)
         base_loss = sum(float(matching_loss(student, t, b)) for b, t in zip(held_out, held_targets, strict=True))
@@ -407,7 +417,8 @@ def main() -> None:
         default=[],
         dest="options",
         metavar="KEY=VALUE",
-        help="options for adarank's AdaLoRA: budget.KEY=VALUE, importance.KEY=VALUE, adapter.orth_weight=W",
+        help="options for adarank's AdaLoRA: budget.KEY=VALUE, importance.KEY=VALUE, adapter.orth_weight=W, "
+        "adapter.init=I, adapter.init_batches=N",
     )
     parser.add_argument("--out", type=Path, help="JSONL file: one line per run; runs already in it are skipped")
     parser.add_argument("--report", type=Path, help="print the Markdown tables of this JSONL file and exit")

@@ -22,6 +22,9 @@
 #   per-param  budget.selection=per_param: triplets ranked by score per parameter, greedy fill
 #   no-orth    adapter.orth_weight=0: the orthogonality penalty off, at a stable lr
 #   task-only  importance.task_only=true: scores from the task loss's gradient alone (not the penalty's)
+#   warm       adapter.init=gradient: P, Q from the top singular directions of each weight's task gradient
+#              over 4 training batches (a warm start), on the new defaults (per-param): compared with
+#              per-param, not base
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/allocator}
@@ -44,8 +47,9 @@ declare -A VARIANT=(
     [per-param]="budget.selection=per_param"
     [no-orth]="adapter.orth_weight=0"
     [task-only]="importance.task_only=true"
+    [warm]="budget.selection=per_param adapter.init=gradient"
 )
-VARIANTS=(base strict reset per-param no-orth task-only)
+VARIANTS=(base strict reset per-param no-orth task-only warm)
 failed=0
 source scripts/study_lib.sh
 restore_runs "$OUT" "$ARCHIVE"

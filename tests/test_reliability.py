@@ -178,7 +178,9 @@ def _case_names(text: str, overrides: list[str], path: Path | None) -> list[str]
 # Issue 22 moved them from (460, 70): the 12 intrinsic_dim.* keys, 8 of them numeric (80 more sweep cases).
 # Issue 18 moved them from (535, 75): 3 new keys (budget.reset_pruned, budget.selection,
 # importance.task_only), none numeric, change which keys the fuzzer draws (the sweep is unchanged).
-FUZZ_REFUSED, FUZZ_ACCEPTED = 533, 77
+# Then from (533, 77): the warm start's 2 keys (adapter.init, adapter.init_batches), 1 numeric (10 more
+# sweep cases), change the draws again.
+FUZZ_REFUSED, FUZZ_ACCEPTED = 553, 67
 
 
 def _insane(cfg) -> list[str]:
@@ -198,6 +200,8 @@ def _insane(cfg) -> list[str]:
         "adapter": a.alpha > 0
         and 0 <= a.dropout < 1
         and a.orth_weight >= 0
+        and a.init in ("orthonormal", "gradient")
+        and a.init_batches >= 1
         and (bool(a.target_modules) or d.format == "classification"),  # [] = the head alone
         "choices": b.schedule in ("cubic", "linear", "constant")
         and b.selection in ("per_param", "prefix")
