@@ -6,8 +6,14 @@ known-answer benchmark, with the decision rule of the issue applied to the figur
 
 Reads RUNS/<variant>/<config>/<budget>/seed<k>/{sweep.json, metrics.json, train_log.json} (a budget is
 named by its `budget.target_params`: 19080 = 1/16 of LoRA r=1's parameters, 305280 = 1x) and
-RUNS/planted_<variant>-seed<k>.jsonl (scripts/planted_rank.py). Differences are variant - base, paired
-by seed: mean and 95% t-interval; `*` marks an interval that excludes 0.
+RUNS/planted_<variant>-seed<k>.jsonl (scripts/planted_rank.py). Differences are variant - reference,
+paired by seed (the reference is base, the defaults before the ablation, except for the warm start,
+which is run on the new defaults and compared with per-param): mean and 95% t-interval; `*` marks an
+interval that excludes 0.
+
+The lr-range measure (scripts/study_lr.sh) is read from RUNS/lr/<method>/<config>/<budget>/seed<k>:
+validation accuracy by lr, the contiguous range of grid lrs around the best within 1 point of it, and
+its width in decades (log10 of highest / lowest); a range that reaches the grid's edge is a lower bound.
 
 The decision rule (issue 18): an option becomes the default only if it wins clearly: an interval
 that excludes 0 in its favour on some measure, or the same favourable sign on every seed of both
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -47,7 +54,16 @@ VARIANTS = {
     "per-param": "score per parameter, greedy fill (`budget.selection=per_param`)",
     "no-orth": "no orthogonality penalty (`adapter.orth_weight=0`)",
     "task-only": "scores from the task loss alone (`importance.task_only=true`)",
+    "warm": "gradient warm start (`adapter.init=gradient`; Δ against per-param, the defaults it would change)",
 }
+REFERENCE = {"warm": "per-param"}  # variant -> the runs its differences are taken against (default: base)
+LR_METHODS = {
+    "peft-lora": "PEFT LoRA r=8",
+    "m10": "adarank AdaLoRA, lambda lr x10 (the default)",
+    "m3": "adarank AdaLoRA, lambda lr x3",
+    "m3-rs": "adarank AdaLoRA, lambda lr x3, scale alpha/sqrt(r)",
+}
+WITHIN = 1.0  # points of validation accuracy: the issue's "within 1 point of the best"
 # measure -> (label, scale, +1 if higher is better)
 TASK = {"test_accuracy": ("exact match %", 100.0, +1), "test_answer_loss": ("answer loss", 1.0, -1)}
 PLANTED = {"recall": ("recall", 1.0, +1), "residual": ("residual", 1.0, -1)}
@@ -91,8 +107,8 @@ def by_seed(results: list[Result], variant: str, task: str) -> dict[int, Result]
 
 
 def differences(results: list[Result], variant: str, task: str, key: str) -> list[float]:
-    """variant - base on ``key``, one per seed both ran, in seed order."""
-    mine, base = by_seed(results, variant, task), by_seed(results, "base", task)
+    """variant - its reference (``REFERENCE``, else base) on ``key``, one per seed both ran, in seed order."""
+    mine, base = by_seed(results, variant, task), by_seed(results, REFERENCE.get(variant, "base"), task)
     return [mine[s].values[key] - base[s].values[key] for s in sorted(set(mine) & set(base))]
 
 
@@ -232,7 +248,71 @@ def probe_table(results: list[Result]) -> list[str]:
     return lines
 
 
-def report(results: list[Result], command: str, budget_runs: list[Run] | None = None) -> str:
+@dataclass(frozen=True)
+class LrRun:
+    method: str
+    lr: float
+    seed: int
+    validation: float  # accuracy, %
+    test: float  # accuracy, %
+    commit: str
+
+
+def load_lr(folder: Path) -> list[LrRun]:
+    """The lr-range runs (scripts/study_lr.sh) under ``folder``: RUNS/lr/<method>/<config>/<budget>/seed<k>."""
+    out = []
+    for marker in sorted(folder.glob("*/*/*/seed*/metrics.json")):
+        point = json.loads((marker.parent / "sweep.json").read_text())
+        found = re.search(r"train\.learning_rate=([0-9.eE+-]+)", point["budget"])
+        if found is None:
+            continue
+        metrics = json.loads(marker.read_text())
+        out.append(LrRun(marker.relative_to(folder).parts[0], float(found.group(1)), int(point["seed"]),
+                         100 * float(metrics["validation_accuracy"]), 100 * float(metrics["eval_accuracy"]),
+                         point.get("commit", "?")))  # fmt: skip
+    return out
+
+
+def good_range(curve: dict[float, float], within: float = WITHIN) -> tuple[float, float, bool]:
+    """(lowest lr, highest lr, reaches the grid's edge) of the contiguous grid lrs around the best score
+    whose score is within ``within`` of it."""
+    lrs = sorted(curve)
+    best = max(lrs, key=lambda lr: curve[lr])
+    low = high = lrs.index(best)
+    while low > 0 and curve[lrs[low - 1]] >= curve[best] - within:
+        low -= 1
+    while high < len(lrs) - 1 and curve[lrs[high + 1]] >= curve[best] - within:
+        high += 1
+    return lrs[low], lrs[high], low == 0 or high == len(lrs) - 1
+
+
+def lr_table(runs: list[LrRun]) -> list[str]:
+    """Validation accuracy by lr, one row per method and seed: the best, the range within 1 point of it and
+    its width in decades; test accuracy at each lr below."""
+    lrs = sorted({r.lr for r in runs})
+    head = " | ".join(f"{lr:g}" for lr in lrs)
+    lines = [f"| method | seed | {head} | best | range within {WITHIN:g} point | width (decades) |",
+             "|---|---|" + "---|" * len(lrs) + "---|---|---|"]  # fmt: skip
+    tests = [f"| method | seed | {head} |", "|---|---|" + "---|" * len(lrs)]
+    for method, label in LR_METHODS.items():
+        for seed in sorted({r.seed for r in runs if r.method == method}):
+            mine = {r.lr: r for r in runs if r.method == method and r.seed == seed}
+            curve = {lr: run.validation for lr, run in mine.items()}
+            low, high, edge = good_range(curve)
+            best = max(curve, key=lambda lr: curve[lr])
+            cells = " | ".join(f"{curve[lr]:.2f}" if lr in curve else "-" for lr in lrs)
+            width = f"{'≥ ' if edge else ''}{math.log10(high / low):.1f}"
+            lines.append(f"| {label} | {seed} | {cells} | {best:g} ({curve[best]:.2f}) | {low:g} .. {high:g} | "
+                         f"{width} |")  # fmt: skip
+            cells = " | ".join(f"{mine[lr].test:.2f}" if lr in mine else "-" for lr in lrs)
+            tests.append(f"| {label} | {seed} | {cells} |")
+    return [*lines, "", "Test accuracy % at each lr (read after the ranges above, which use validation only):", "",
+            *tests]  # fmt: skip
+
+
+def report(
+    results: list[Result], command: str, budget_runs: list[Run] | None = None, lr_runs: list[LrRun] | None = None
+) -> str:
     commits = sorted({r.commit for r in results})
     text = [
         "# Allocator options against the defaults before them (issue 18)",
@@ -244,7 +324,8 @@ def report(results: list[Result], command: str, budget_runs: list[Run] | None = 
         "parameters (19,080, below one rank per module) and at 1x (305,280), lr 2e-3 for every variant; "
         "and the known-answer benchmark (scripts/planted_rank.py: MiniLM, ranks planted in 4 of 36 "
         "modules, final budget = the planted one). Δ = variant − defaults, paired by seed, mean [95% "
-        "t-interval]; * = the interval excludes 0.",
+        "t-interval]; * = the interval excludes 0. The warm start came after per-param became the default: it "
+        "is run on the new defaults and its Δ is against per-param.",
         "",
         "Commands:",
         "",
@@ -263,7 +344,8 @@ def report(results: list[Result], command: str, budget_runs: list[Run] | None = 
     text += [
         "",
         "How far to trust it: each option meets 6 measures (exact match and answer loss at two budgets, recall "
-        "and residual), 5 options in all; at 95% about one of 30 intervals excludes 0 by chance alone, so a "
+        f"and residual), {len(VARIANTS) - 1} options in all; at 95% about one of {6 * (len(VARIANTS) - 1)} "
+        "intervals excludes 0 by chance alone, so a "
         "single significant measure is weak evidence; the by-seed columns show whether a sign holds. Exact "
         "match moves in steps of 1/600 (0.17 points). The variants share the base's seeds, data order and "
         "rows, one thread each; between the commits listed above only the options changed (each off unless set), "
@@ -275,6 +357,17 @@ def report(results: list[Result], command: str, budget_runs: list[Run] | None = 
                  "at lr 8e-3, where the budget study's AdaLoRA diverged on seeds 1 and 2 at 1/16, does a lower "
                  "learning-rate multiplier for lambda keep every seed stable? The new defaults, 1/16, 3 seeds.", "",
                  *probe_table(results)]  # fmt: skip
+    if lr_runs:
+        commits = ", ".join(sorted({r.commit for r in lr_runs}))
+        text += ["", "## Learning-rate robustness: the width of the good lr range", "",
+                 "The issue's measure: validation accuracy by lr on the task where the gap was seen "
+                 "(reports/quality_rt.md: MiniLM on Rotten Tomatoes, 24 attention linears, the budget of LoRA r=8 = "
+                 "147,648 parameters, AdaLoRA 12 -> 8, 400 steps, batch 32), lr 1e-4 to 3e-2 in half decades; the "
+                 "range is the contiguous grid lrs around the best whose validation accuracy is within 1 point of "
+                 "the best, its width log10(highest / lowest) (0.5 = one grid step; ≥ = the range reaches the "
+                 "grid's edge). One validation point is 1/1,245 = 0.08; seed-to-seed spread at one lr is about 1 "
+                 f"point (reports/quality_rt.md). `scripts/study_lr.sh`; {len(lr_runs)} runs, commits: {commits}.",
+                 "", *lr_table(lr_runs)]  # fmt: skip
     if budget_runs:
         text += ["", "## The budget curve redrawn with the new default", "",
                  "adarank AdaLoRA with `budget.selection=per_param` at lr 2e-3 at every budget of the curve, beside "
@@ -292,9 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = load(args.runs)
     budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []
-    write_report(
-        args.out, report(results, f"python scripts/allocator_report.py {args.runs} --out {args.out}", budget_runs)
-    )
+    lr_runs = load_lr(args.runs / "lr") if (args.runs / "lr").is_dir() else []
+    command = f"python scripts/allocator_report.py {args.runs} --out {args.out}"
+    write_report(args.out, report(results, command, budget_runs, lr_runs))
     print(f"wrote {args.out} ({len(results)} runs)")
     return 0
 

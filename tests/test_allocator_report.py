@@ -127,3 +127,35 @@ def test_a_run_without_a_training_log_keeps_every_column() -> None:
         "| strict masking (`budget.strict=true`: no regrowth) | 1 | 80.00 | 0.200 | 18,000 | - | +0.000 (1 seed) | "
         "+0.000 (1 seed) | +0.00 |"
     )
+
+
+def test_the_warm_start_is_paired_with_per_param_not_base() -> None:
+    runs = [report.Result(v, "1/16", s, {"test_accuracy": em, "test_answer_loss": 0.2, "params": 18e3}, "c")
+            for v, s, em in (("base", 0, 0.70), ("base", 1, 0.71), ("per-param", 0, 0.80), ("per-param", 1, 0.81),
+                             ("warm", 0, 0.82), ("warm", 1, 0.80))]  # fmt: skip
+    assert [round(d, 6) for d in report.differences(runs, "warm", "1/16", "test_accuracy")] == [0.02, -0.01]
+    assert [round(d, 6) for d in report.differences(runs, "per-param", "1/16", "test_accuracy")] == [0.1, 0.1]
+
+
+def test_the_good_lr_range_is_contiguous_around_the_best() -> None:
+    # best 83.0 at 1e-2; 3e-3 (82.1) within 1 point, 1e-3 (81.9) not, so 3e-4 (82.5) is cut off though within
+    curve = {3e-4: 82.5, 1e-3: 81.9, 3e-3: 82.1, 1e-2: 83.0, 3e-2: 60.0}
+    assert report.good_range(curve) == (3e-3, 1e-2, False)
+    assert report.good_range({1e-3: 80.0, 3e-3: 80.5}) == (1e-3, 3e-3, True)  # the whole grid: an edge
+    assert report.good_range({1e-4: 70.0, 1e-3: 80.0, 1e-2: 79.0}) == (1e-3, 1e-2, True)  # exactly 1 point: in
+
+
+def test_the_lr_table_reads_the_lr_study(tmp_path: Path) -> None:
+    for method, lr, val in (("m3", "1e-3", 0.80), ("m3", "3e-3", 0.825), ("m3", "1e-2", 0.82), ("m3", "3e-2", 0.5)):
+        run = tmp_path / method / "rt-minilm-adalora" / f"target_params-147648_lr-{lr}" / "seed0"
+        run.mkdir(parents=True)
+        budget = f"budget.target_params=147648 train.singular_lr_multiplier=3 train.learning_rate={lr}"
+        (run / "sweep.json").write_text(json.dumps({"budget": budget, "seed": 0, "commit": "abc1234"}))
+        (run / "metrics.json").write_text(json.dumps({"validation_accuracy": val, "eval_accuracy": val - 0.01}))
+    runs = report.load_lr(tmp_path)
+    assert [(r.lr, round(r.validation, 2), round(r.test, 2)) for r in runs] == [
+        (1e-2, 82.0, 81.0), (1e-3, 80.0, 79.0), (3e-2, 50.0, 49.0), (3e-3, 82.5, 81.5)]  # fmt: skip
+    table = report.lr_table(runs)
+    assert table[2] == "| adarank AdaLoRA, lambda lr x3 | 0 | 80.00 | 82.50 | 82.00 | 50.00 | 0.003 (82.50) | " \
+        "0.003 .. 0.01 | 0.5 |"  # fmt: skip
+    assert table[-1] == "| adarank AdaLoRA, lambda lr x3 | 0 | 79.00 | 81.50 | 81.00 | 49.00 |"
