@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--stop-at", type=int, help="kill the process group right after this step")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--task-only", action="store_true", help="importance.task_only: scores without the penalty")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="the loop's clipping norm")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, allocator = build(args.task_only)
@@ -103,7 +104,7 @@ def main() -> None:
     config = LoopConfig(
         steps=STEPS, batch_size=args.batch, learning_rate=1e-2, warmup_ratio=0.0, seed=0,
         strategy=args.strategy, save_steps=args.save_steps, checkpoint_dir=str(args.out / "checkpoints"),
-        resume=args.resume, log_steps=4,
+        resume=args.resume, log_steps=4, max_grad_norm=args.max_grad_norm,
     )  # fmt: skip
     wrapped, result = train_loop(model, allocator, dataset(), collate, config, on_step=record)
     inner = wrapped.module if hasattr(wrapped, "module") else wrapped

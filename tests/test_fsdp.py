@@ -49,6 +49,13 @@ def test_task_only_scores_in_the_loop_sharded_and_not(tmp_path) -> None:
     assert paper > 1e-9
     assert max(r["first_pq_sensitivity"] for r in (rank0, rank1, single)) <= 1e-5 * paper
     assert _masks(rank0) == _masks(single) and rank0["final_ranks"] == single["final_ranks"]
+    # where clipping bites (norm 1e-4): the penalty's share is scaled by the same coefficient before it is
+    # taken out (unscaled, (coefficient - 1) x the penalty's gradient would be left in the scores)
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "clipped"), "16", "--task-only", "--max-grad-norm", "1e-4")
+    _torchrun(1, str(WORKER), "none", str(tmp_path / "paper-clipped"), "16", "--max-grad-norm", "1e-4")
+    clipped = _record(tmp_path / "paper-clipped")["first_pq_sensitivity"]
+    assert 1e-12 < clipped < 1e-2 * paper  # clipping scaled the gradients down
+    assert _record(tmp_path / "clipped")["first_pq_sensitivity"] <= 1e-5 * clipped
 
 
 @pytest.mark.slow
