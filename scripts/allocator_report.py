@@ -310,6 +310,33 @@ def lr_table(runs: list[LrRun]) -> list[str]:
             *tests]  # fmt: skip
 
 
+def lr_widths(runs: list[LrRun], seed: int = 0) -> dict[str, float]:
+    """Method -> the width (decades) of its good lr range on ``seed``."""
+    out = {}
+    for method in LR_METHODS:
+        curve = {r.lr: r.validation for r in runs if r.method == method and r.seed == seed}
+        if curve:
+            low, high, _ = good_range(curve)
+            out[method] = math.log10(high / low)
+    return out
+
+
+def lr_decision(runs: list[LrRun]) -> str:
+    """The issue's aim (a good-lr range as wide as PEFT LoRA's) checked for the default and each candidate."""
+    widths = lr_widths(runs)
+    if "peft-lora" not in widths or "m10" not in widths:
+        return "incomplete (PEFT LoRA's or the default's grid has no run)"
+    reference, default = widths["peft-lora"], widths["m10"]
+    others = "; ".join(f"{LR_METHODS[m]}: {w:.1f} ({'at least as wide' if w >= reference - 1e-9 else 'narrower'})"
+                       for m, w in widths.items() if m not in ("peft-lora", "m10"))  # fmt: skip
+    if default >= reference - 1e-9:
+        head = (f"the default's good lr range is at least as wide as PEFT LoRA r=8's ({default:.1f} vs {reference:.1f} "
+                "decades, seed 0), so no candidate is needed and no default changed")  # fmt: skip
+    else:
+        head = f"the default's good lr range is narrower than PEFT LoRA r=8's ({default:.1f} vs {reference:.1f} decades)"
+    return f"{head}. The candidates: {others}." if others else f"{head}."
+
+
 def report(
     results: list[Result], command: str, budget_runs: list[Run] | None = None, lr_runs: list[LrRun] | None = None
 ) -> str:
@@ -365,9 +392,9 @@ def report(
                  "147,648 parameters, AdaLoRA 12 -> 8, 400 steps, batch 32), lr 1e-4 to 3e-2 in half decades; the "
                  "range is the contiguous grid lrs around the best whose validation accuracy is within 1 point of "
                  "the best, its width log10(highest / lowest) (0.5 = one grid step; ≥ = the range reaches the "
-                 "grid's edge). One validation point is 1/1,245 = 0.08; seed-to-seed spread at one lr is about 1 "
-                 f"point (reports/quality_rt.md). `scripts/study_lr.sh`; {len(lr_runs)} runs, commits: {commits}.",
-                 "", *lr_table(lr_runs)]  # fmt: skip
+                 "grid's edge). One validation example is 0.08 points (1,245 rows); seed-to-seed spread at one lr "
+                 f"is about 1 point (reports/quality_rt.md). `scripts/study_lr.sh`; {len(lr_runs)} runs, commits: {commits}.",
+                 "", *lr_table(lr_runs), "", f"Decision: {lr_decision(lr_runs)}"]  # fmt: skip
     if budget_runs:
         text += ["", "## The budget curve redrawn with the new default", "",
                  "adarank AdaLoRA with `budget.selection=per_param` at lr 2e-3 at every budget of the curve, beside "

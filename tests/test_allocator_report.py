@@ -159,3 +159,17 @@ def test_the_lr_table_reads_the_lr_study(tmp_path: Path) -> None:
     assert table[2] == "| adarank AdaLoRA, lambda lr x3 | 0 | 80.00 | 82.50 | 82.00 | 50.00 | 0.003 (82.50) | " \
         "0.003 .. 0.01 | 0.5 |"  # fmt: skip
     assert table[-1] == "| adarank AdaLoRA, lambda lr x3 | 0 | 79.00 | 81.50 | 81.00 | 49.00 |"
+
+
+def test_the_lr_decision_compares_each_width_with_peft_loras() -> None:
+    def runs(method: str, curve: dict[float, float]) -> list:
+        return [report.LrRun(method, lr, 0, v, v, "c") for lr, v in curve.items()]
+
+    peft = runs("peft-lora", {1e-3: 82.0, 3e-3: 81.5, 1e-2: 60.0})  # 1e-3 .. 3e-3: 0.5 decades
+    wide = runs("m10", {1e-3: 82.0, 3e-3: 82.5, 1e-2: 82.5})  # 1e-3 .. 1e-2: 1.0
+    narrow = runs("m3", {1e-3: 80.0, 3e-3: 83.0, 1e-2: 81.0})  # 3e-3 alone: 0.0
+    assert report.lr_decision(peft + wide + narrow) == (
+        "the default's good lr range is at least as wide as PEFT LoRA r=8's (1.0 vs 0.5 decades, seed 0), so no "
+        "candidate is needed and no default changed. The candidates: adarank AdaLoRA, lambda lr x3: 0.0 (narrower)."
+    )
+    assert report.lr_decision(peft + narrow) == "incomplete (PEFT LoRA's or the default's grid has no run)"
