@@ -56,7 +56,13 @@ VARIANTS = {
     "task-only": "scores from the task loss alone (`importance.task_only=true`)",
     "warm": "gradient warm start (`adapter.init=gradient`; Δ against per-param, the defaults it would change)",
 }
-REFERENCE = {"warm": "per-param"}  # variant -> the runs its differences are taken against (default: base)
+REFERENCE = {"warm": "per-param", "warm-m3": "m3"}  # variant -> the runs its Δ is against (default: base)
+ANCHORS = {"base", "m3"}  # variants shown without a Δ: the references themselves
+# the warm start's diagnostic (1/16 only): both starts with lambda's lr at 3x
+DIAGNOSTIC = {
+    "m3": "random start, lambda lr x3 (per-param)",
+    "warm-m3": "gradient warm start, lambda lr x3 (per-param; Δ against the random start at x3)",
+}
 LR_METHODS = {
     "peft-lora": "PEFT LoRA r=8",
     "m10": "adarank AdaLoRA, lambda lr x10 (the default)",
@@ -137,13 +143,13 @@ def verdict(results: list[Result], variant: str, seeds: int = 3) -> str:
     return "keep the default: no clear win (mixed signs, within seed noise)"
 
 
-def task_table(results: list[Result], task: str) -> list[str]:
+def task_table(results: list[Result], task: str, variants: dict[str, str] = VARIANTS) -> list[str]:
     lines = [
         "| variant | seeds | exact match % | answer loss | params | largest grad norm | Δ exact match | "
         "Δ answer loss | Δ EM by seed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for variant, label in VARIANTS.items():
+    for variant, label in variants.items():
         runs = by_seed(results, variant, task)
         if not runs:
             continue
@@ -152,7 +158,7 @@ def task_table(results: list[Result], task: str) -> list[str]:
         em = differences(results, variant, task, "test_accuracy")
         loss = differences(results, variant, task, "test_answer_loss")
         largest = f"{max(norms):.1f}" if norms else "-"
-        deltas = ["", "", ""] if variant == "base" else [
+        deltas = ["", "", ""] if variant in ANCHORS else [
             paired([100 * d for d in em]), paired(loss), " ".join(f"{100 * d:+.2f}" for d in em)
         ]  # fmt: skip
         lines.append(
@@ -333,7 +339,8 @@ def lr_decision(runs: list[LrRun]) -> str:
         head = (f"the default's good lr range is at least as wide as PEFT LoRA r=8's ({default:.1f} vs {reference:.1f} "
                 "decades, seed 0), so no candidate is needed and no default changed")  # fmt: skip
     else:
-        head = f"the default's good lr range is narrower than PEFT LoRA r=8's ({default:.1f} vs {reference:.1f} decades)"
+        head = (f"the default's good lr range is narrower than PEFT LoRA r=8's ({default:.1f} vs {reference:.1f} "
+                "decades)")  # fmt: skip
     return f"{head}. The candidates: {others}." if others else f"{head}."
 
 
@@ -384,6 +391,12 @@ def report(
                  "at lr 8e-3, where the budget study's AdaLoRA diverged on seeds 1 and 2 at 1/16, does a lower "
                  "learning-rate multiplier for lambda keep every seed stable? The new defaults, 1/16, 3 seeds.", "",
                  *probe_table(results)]  # fmt: skip
+    if any(r.variant in DIAGNOSTIC for r in results):
+        text += ["", "## The warm start at a lower lambda lr (a diagnostic)", "",
+                 "At lambda x10 the warm start's largest gradient norms (tables above) are far above the random "
+                 "start's: triplets that all start on steep directions may overshoot at lambda's lr. Both starts "
+                 "with lambda's lr at 3x, 1/16, 3 seeds (per-param, lr 2e-3); Δ = warm − random, paired by seed.", "",
+                 *task_table(results, "1/16", DIAGNOSTIC)]  # fmt: skip
     if lr_runs:
         commits = ", ".join(sorted({r.commit for r in lr_runs}))
         text += ["", "## Learning-rate robustness: the width of the good lr range", "",
@@ -393,7 +406,8 @@ def report(
                  "range is the contiguous grid lrs around the best whose validation accuracy is within 1 point of "
                  "the best, its width log10(highest / lowest) (0.5 = one grid step; ≥ = the range reaches the "
                  "grid's edge). One validation example is 0.08 points (1,245 rows); seed-to-seed spread at one lr "
-                 f"is about 1 point (reports/quality_rt.md). `scripts/study_lr.sh`; {len(lr_runs)} runs, commits: {commits}.",
+                 f"is about 1 point (reports/quality_rt.md). `scripts/study_lr.sh`; {len(lr_runs)} runs, "
+                 f"commits: {commits}.",
                  "", *lr_table(lr_runs), "", f"Decision: {lr_decision(lr_runs)}"]  # fmt: skip
     if budget_runs:
         text += ["", "## The budget curve redrawn with the new default", "",

@@ -93,5 +93,12 @@ planted_point() {
 for seed in 0 1 2; do
     for variant in "${VARIANTS[@]}"; do claimed "$CLAIMS" "planted-$variant-$seed" planted_point "$variant" "$seed"; done
 done
+# A diagnostic of the warm start (its gradient norms reached 58 in the first steps at lambda x10, 2 on the
+# random start): is it the lr? The warm start and the random start with lambda's lr at 3x, 1/16, 3 seeds.
+VARIANT[m3]="budget.selection=per_param train.singular_lr_multiplier=3"
+VARIANT[warm-m3]="budget.selection=per_param adapter.init=gradient train.singular_lr_multiplier=3"
+for seed in 0 1 2; do
+    for variant in warm-m3 m3; do point "$variant" 16 "$seed"; done
+done
 wait_for_claims "$CLAIMS"
 exit $failed
