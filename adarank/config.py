@@ -132,7 +132,8 @@ class AdapterConfig:
     init: str = "orthonormal"
     """How P and Q start (lambda starts at 0 either way, so the model is unchanged at step 0): orthonormal (random
     semi-orthonormal) | gradient (a warm start: each weight's top singular directions of the task gradient over
-    adapter.init_batches training batches, before training; not under FSDP2)."""
+    adapter.init_batches training batches, before training; not under FSDP2; measured worse than orthonormal on both
+    tasks of reports/allocator.md)."""
     init_batches: int = 4
     """adapter.init=gradient: how many training batches (of train.batch_size) the gradient sums."""
 
