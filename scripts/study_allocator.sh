@@ -56,9 +56,8 @@ restore_runs "$OUT" "$ARCHIVE"
 CLAIMS=$OUT/.claims
 run_point() {
     local variant=$1 fraction=$2 seed=$3
-    python scripts/sweep.py --out "$OUT/$variant" --methods "$ADA" --seeds "$seed" \
-        --budgets "${BUDGET[$fraction]} ${VARIANT[$variant]} train.learning_rate=$LR" --set $COMMON || failed=1
-    archive_runs "$OUT" "$ARCHIVE"
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/$variant" "$ADA" "$seed" \
+        "${BUDGET[$fraction]} ${VARIANT[$variant]} train.learning_rate=$LR" $COMMON || failed=1
 }
 point() { claimed "$CLAIMS" "$1-$2-$3" run_point "$@"; }
 for fraction in 16 1; do
@@ -76,9 +75,8 @@ done
 # of 10) keep every seed stable? The new defaults, 3 seeds each.
 probe_point() {
     local multiplier=$1 seed=$2
-    python scripts/sweep.py --out "$OUT/probe-mult$multiplier" --methods "$ADA" --seeds "$seed" \
-        --budgets "${BUDGET[16]} train.singular_lr_multiplier=$multiplier train.learning_rate=8e-3" --set $COMMON || failed=1
-    archive_runs "$OUT" "$ARCHIVE"
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/probe-mult$multiplier" "$ADA" "$seed" \
+        "${BUDGET[16]} train.singular_lr_multiplier=$multiplier train.learning_rate=8e-3" $COMMON || failed=1
 }
 for seed in 0 1 2; do
     for multiplier in 10 3; do claimed "$CLAIMS" "probe-$multiplier-$seed" probe_point "$multiplier" "$seed"; done

@@ -60,3 +60,15 @@ wait_for_claims() {
     done
     return 0
 }
+
+# sweep_point OUT ARCHIVE DIR METHOD SEED OVERRIDES SET...: one run of scripts/sweep.py (METHOD at SEED,
+# the space-separated OVERRIDES as its budget, SET... as --set) into DIR, then archive OUT's finished runs
+# into ARCHIVE. Status 1 if the run failed (what finished is archived all the same).
+sweep_point() {
+    local out=$1 archive=$2 dir=$3 method=$4 seed=$5 overrides=$6 status=0
+    shift 6
+    python scripts/sweep.py --out "$dir" --methods "$method" --seeds "$seed" --budgets "$overrides" --set "$@" ||
+        status=1
+    archive_runs "$out" "$archive"
+    return $status
+}

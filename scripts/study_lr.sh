@@ -38,9 +38,8 @@ restore_runs "$OUT" "$ARCHIVE"
 CLAIMS=$OUT/.claims
 run_point() {
     local method=$1 lr=$2 seed=$3
-    python scripts/sweep.py --out "$OUT/$method" --methods "${METHOD[$method]}" --seeds "$seed" \
-        --budgets "$B8 ${VARIANT[$method]} train.learning_rate=$lr" --set wandb.mode=disabled || failed=1
-    archive_runs "$OUT" "$ARCHIVE"
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/$method" "${METHOD[$method]}" "$seed" \
+        "$B8 ${VARIANT[$method]} train.learning_rate=$lr" wandb.mode=disabled || failed=1
 }
 for seed in ${SEEDS:-0}; do
     for lr in 1e-3 3e-3 1e-2 3e-4 3e-2 1e-4; do

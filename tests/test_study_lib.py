@@ -129,3 +129,22 @@ def test_workers_side_by_side_never_run_the_same_point(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["p: another worker is on it", "status 1", "waited"]
     assert not (tmp_path / "ran-p").exists() and (tmp_path / "ran-q").exists()
     assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == ["p.lock", "q.lock", "r.lock"]
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_sweep_point_passes_its_point_and_archives_even_after_a_failure(tmp_path: Path, code: int) -> None:
+    """sweep_point hands sweep.py one method, seed and budget (the overrides one argument, --set's split),
+    archives what finished, and reports the run's failure."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "sweep.py").write_text(
+        f"import json, pathlib, sys\npathlib.Path('argv.json').write_text(json.dumps(sys.argv[1:]))\nsys.exit({code})\n"
+    )
+    _run(tmp_path / "runs" / "m3" / "cfg" / "budget" / "seed0")
+    _bash("status=0; sweep_point runs reports runs/m3 cfg.yaml 1 'budget.x=1 train.learning_rate=1e-3' a=1 b=2 "
+          "|| status=$?; echo $status > status", tmp_path)  # fmt: skip
+    assert json.loads((tmp_path / "argv.json").read_text()) == [
+        "--out", "runs/m3", "--methods", "cfg.yaml", "--seeds", "1", "--budgets", "budget.x=1 train.learning_rate=1e-3",
+        "--set", "a=1", "b=2",
+    ]  # fmt: skip
+    assert (tmp_path / "status").read_text().strip() == str(min(code, 1))
+    assert (tmp_path / "reports" / "m3" / "cfg" / "budget" / "seed0" / "metrics.json").is_file()
