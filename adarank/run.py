@@ -349,7 +349,7 @@ def _train(
     )
     classify = _trainer_classify(trainer, data)
     before = _floor(cfg, model, classify, tokenizer, task, data)
-    _warm_start(cfg, model, allocator, train_rows, collator(cfg, tokenizer), main_process)
+    _warm_start(cfg, model, allocator, train_rows, trainer.data_collator, main_process)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     trained = _Trained(

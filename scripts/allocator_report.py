@@ -292,6 +292,17 @@ def good_range(curve: dict[float, float], within: float = WITHIN) -> tuple[float
     return lrs[low], lrs[high], low == 0 or high == len(lrs) - 1
 
 
+def lr_curves(runs: list[LrRun]) -> dict[tuple[str, int], dict[float, LrRun]]:
+    """(method, seed) -> lr -> run, in LR_METHODS' order, seeds ascending."""
+    return {(m, seed): {r.lr: r for r in runs if r.method == m and r.seed == seed}
+            for m in LR_METHODS for seed in sorted({r.seed for r in runs if r.method == m})}  # fmt: skip
+
+
+def width(low: float, high: float) -> float:
+    """A range's width in decades."""
+    return math.log10(high / low)
+
+
 def lr_table(runs: list[LrRun]) -> list[str]:
     """Validation accuracy by lr, one row per method and seed: the best, the range within 1 point of it and
     its width in decades; test accuracy at each lr below."""
@@ -300,31 +311,24 @@ def lr_table(runs: list[LrRun]) -> list[str]:
     lines = [f"| method | seed | {head} | best | range within {WITHIN:g} point | width (decades) |",
              "|---|---|" + "---|" * len(lrs) + "---|---|---|"]  # fmt: skip
     tests = [f"| method | seed | {head} |", "|---|---|" + "---|" * len(lrs)]
-    for method, label in LR_METHODS.items():
-        for seed in sorted({r.seed for r in runs if r.method == method}):
-            mine = {r.lr: r for r in runs if r.method == method and r.seed == seed}
-            curve = {lr: run.validation for lr, run in mine.items()}
-            low, high, edge = good_range(curve)
-            best = max(curve, key=lambda lr: curve[lr])
-            cells = " | ".join(f"{curve[lr]:.2f}" if lr in curve else "-" for lr in lrs)
-            width = f"{'≥ ' if edge else ''}{math.log10(high / low):.1f}"
-            lines.append(f"| {label} | {seed} | {cells} | {best:g} ({curve[best]:.2f}) | {low:g} .. {high:g} | "
-                         f"{width} |")  # fmt: skip
-            cells = " | ".join(f"{mine[lr].test:.2f}" if lr in mine else "-" for lr in lrs)
-            tests.append(f"| {label} | {seed} | {cells} |")
+    for (method, seed), mine in lr_curves(runs).items():
+        label = LR_METHODS[method]
+        curve = {lr: run.validation for lr, run in mine.items()}
+        low, high, edge = good_range(curve)
+        best = max(curve, key=lambda lr: curve[lr])
+        cells = " | ".join(f"{curve[lr]:.2f}" if lr in curve else "-" for lr in lrs)
+        lines.append(f"| {label} | {seed} | {cells} | {best:g} ({curve[best]:.2f}) | {low:g} .. {high:g} | "
+                     f"{'≥ ' if edge else ''}{width(low, high):.1f} |")  # fmt: skip
+        cells = " | ".join(f"{mine[lr].test:.2f}" if lr in mine else "-" for lr in lrs)
+        tests.append(f"| {label} | {seed} | {cells} |")
     return [*lines, "", "Test accuracy % at each lr (read after the ranges above, which use validation only):", "",
             *tests]  # fmt: skip
 
 
 def lr_widths(runs: list[LrRun], seed: int = 0) -> dict[str, float]:
     """Method -> the width (decades) of its good lr range on ``seed``."""
-    out = {}
-    for method in LR_METHODS:
-        curve = {r.lr: r.validation for r in runs if r.method == method and r.seed == seed}
-        if curve:
-            low, high, _ = good_range(curve)
-            out[method] = math.log10(high / low)
-    return out
+    return {m: width(*good_range({lr: r.validation for lr, r in mine.items()})[:2])
+            for (m, s), mine in lr_curves(runs).items() if s == seed}  # fmt: skip
 
 
 def lr_decision(runs: list[LrRun]) -> str:
