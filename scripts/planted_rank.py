@@ -94,18 +94,27 @@ def with_options(setup: Setup, options: list[str]) -> Setup:
     """``setup`` with ``options`` applied: `adapter.orth_weight`, `adapter.init` and `adapter.init_batches`
     set theirs, `budget.*` and `importance.*` are kept for the allocator; any other key is refused."""
     adapter = {"orth_weight": setup.orth_weight, "init": setup.init, "init_batches": setup.init_batches}
+    problems = []
     for option in options:
         key, sep, value = option.partition("=")
         name = key.removeprefix("adapter.")
         if key.startswith("adapter.") and name in adapter and sep:
-            adapter[name] = type(adapter[name])(value)
+            kind = type(adapter[name])
+            try:
+                adapter[name] = kind(value)
+            except ValueError:
+                problems.append(f"--set {option}: {value!r} is not a {kind.__name__}")
         elif not (key.startswith(("budget.", "importance.")) and sep):
-            raise SystemExit(
+            problems.append(
                 f"--set {option}: expected budget.KEY=VALUE, importance.KEY=VALUE, adapter.orth_weight=W, "
                 "adapter.init=orthonormal|gradient or adapter.init_batches=N"
             )
     if adapter["init"] not in ("orthonormal", "gradient"):
-        raise SystemExit(f"--set adapter.init={adapter['init']}: expected orthonormal or gradient")
+        problems.append(f"--set adapter.init={adapter['init']}: expected orthonormal or gradient")
+    if int(adapter["init_batches"]) < 1:
+        problems.append(f"--set adapter.init_batches={adapter['init_batches']}: expected N >= 1")
+    if problems:
+        raise SystemExit("\n".join(problems))
     return replace(setup, **adapter, options=tuple(options))  # type: ignore[arg-type]
 
 

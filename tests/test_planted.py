@@ -48,6 +48,14 @@ def test_options_set_the_warm_start_and_refuse_the_unknown() -> None:
     for bad in ("adapter.init=svd", "adapter.lr=1", "train.learning_rate=1"):
         with pytest.raises(SystemExit):
             with_options(FAST, [bad])
+    with pytest.raises(SystemExit) as err:  # every problem at once, a bad number among them
+        with_options(FAST, ["adapter.init_batches=two", "adapter.orth_weight=x", "adapter.init=svd"])
+    assert str(err.value) == (
+        "--set adapter.init_batches=two: 'two' is not a int\n--set adapter.orth_weight=x: 'x' is not a float\n"
+        "--set adapter.init=svd: expected orthonormal or gradient"
+    )
+    with pytest.raises(SystemExit, match="adapter.init_batches=0: expected N >= 1"):
+        with_options(FAST, ["adapter.init_batches=0"])
 
 
 def test_the_warm_start_changes_the_run() -> None:
