@@ -105,6 +105,13 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
     base_params = sum(p.numel() for p in model.parameters())
     shapes = targets_or_raise(model, cfg)
     budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
+    narrow = [n for n, (o, i) in shapes.items() if budget.init_rank > min(o, i)]
+    if cfg.adapter.init == "gradient" and narrow:
+        raise ConfigError([
+            f"adapter.init=gradient: budget.init_rank ({budget.init_rank}) exceeds min(d_out, d_in) of {len(narrow)} "
+            f"target module(s) (e.g. {narrow[0]}: {min(shapes[narrow[0]])}), and a gradient has no more directions; "
+            "lower budget.init_rank or use adapter.init=orthonormal."
+        ])  # fmt: skip
     try:
         adapters = inject_adapters(
             model,

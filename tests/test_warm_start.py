@@ -126,3 +126,12 @@ def test_warm_start_from_the_command_line(tmp_path, capsys) -> None:
     assert "adarank: warm start: P and Q of 24 adapters from the gradient of 3 batch(es) of 8" in printed
     assert load_config(out / "config.yaml", ["overwrite=true"]).adapter.init == "gradient"
     assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] > 0
+
+
+def test_a_rank_above_a_module_width_is_refused_before_training(tmp_path) -> None:
+    """`adarank train adapter.init=gradient` with init_rank above MiniLM's width (384): a config error,
+    named with its fix, before anything is written."""
+    out = tmp_path / "run"
+    code = main(["train", f"output_dir={out}", "train.max_steps=12", "data.max_train_samples=96", "wandb.mode=disabled",
+                 "adapter.init=gradient", "budget.init_rank=400", "budget.target_rank=8"])  # fmt: skip
+    assert code == 2 and not out.exists()
