@@ -1,9 +1,18 @@
 """Scores + budget -> rank masks: the adaptive part of AdaLoRA (global top-b(t) over all triplets).
 
-``RankAllocator.step(step, optimizer)`` is called once per optimizer step, after
-``optimizer.step()`` and before ``zero_grad()``: it pairs the post-step weights with that step's
-(synchronized, accumulated, clipped) gradients, as the paper and PEFT do, updates the scores while
-the budget can still change, and masks on masking steps.
+``RankAllocator`` owns the whole lifecycle of the allocation: the schedule, the score EMAs, the masks,
+their finalization, the shrink and the record of what happened (masking events and the per-step
+trace), with ``state_dict`` / ``load_state_dict`` for checkpoints. Every training driver (adarank's
+engine, ``AdaRankCallback`` in the transformers Trainer, a loop of your own) calls the same hooks:
+
+- ``begin(total_steps)`` once before training (resolves the schedule, records the trace's step 0);
+- ``add_penalty_gradient_(term)`` before each backward and ``scale_penalty_gradient_(coefficient)``
+  after clipping, only for ``importance.task_only`` (they do nothing otherwise);
+- ``step(step, optimizer, model)`` after ``optimizer.step()`` and before ``zero_grad()``: it pairs
+  the post-step weights with that step's (synchronized, accumulated, clipped) gradients, as the paper
+  and PEFT do, updates the scores while the budget can still change, masks on masking steps and,
+  with ``budget.shrink``, cuts the adapters to their live triplets once the final masks are fixed;
+- ``check_finished()`` after the last step.
 
 Masking semantics:
 - default (the paper's): a masking step zeroes the pruned lambda; they may regrow until the next
@@ -19,11 +28,13 @@ Masking semantics:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
 import torch
+from torch import nn
 
 from adarank.config import SCORES, BudgetConfig, ConfigError, ImportanceConfig, budget_problems
 from adarank.importance import (
@@ -34,72 +45,53 @@ from adarank.importance import (
     update_importance_,
 )
 from adarank.layers import SVDLinear
+from adarank.masking import reset_optimizer_state_, select_top, zero_pruned_
 from adarank.schedule import BudgetPlan, budget_at, is_masking_step, needs_scores, plan_budget
-from adarank.sharding import all_reduce_sum_, any_sharded, local, local_rows
+from adarank.sharding import all_reduce_sum_, any_sharded, is_sharded, local, local_rows
+from adarank.shrink import cut_to_masks_, slice_scores
+
+__all__ = ["RankAllocator", "reset_optimizer_state_", "select_top", "trace_point", "zero_pruned_"]
+
+ShrinkHook = Callable[[nn.Module, Any], None]
 
 
-def select_top(
-    scores: torch.Tensor,
-    budget: int,
-    eligible: torch.Tensor,
-    costs: torch.Tensor | None = None,
-    per_cost: bool = False,
-) -> torch.Tensor:
-    """Boolean mask keeping the highest eligible scores while their total cost fits in ``budget``.
-
-    Without ``costs`` every triplet costs 1: exactly the ``budget`` best are kept. With costs the
-    best-first prefix whose cumulative cost is <= ``budget`` is kept; with ``per_cost`` too, triplets
-    are ranked by score / cost and each one that still fits is kept (a greedy fill: one that does not
-    fit is skipped, not the end). Ties break deterministically toward the lower index (adapter order,
-    then triplet order).
-    """
-    minus_inf = torch.tensor(float("-inf"), device=scores.device)
-    value = scores / costs if costs is not None and per_cost else scores
-    order = torch.argsort(value.where(eligible, minus_inf), descending=True, stable=True)
-    keep = torch.zeros_like(eligible)
-    if costs is None:
-        assert int(eligible.sum()) >= budget, "budget exceeds the eligible triplets"
-        keep[order[:budget]] = True
-    elif per_cost:
-        left, allowed = budget, eligible.tolist()
-        for index, cost in zip(order.tolist(), costs[order].tolist(), strict=True):
-            if cost <= left and allowed[index]:
-                keep[index] = True
-                left -= cost
-    else:
-        fits = torch.cumsum(costs[order], 0) <= budget
-        keep[order[fits]] = True
-        keep &= eligible
-    return keep
-
-
-def reset_optimizer_state_(optimizer: Any, adapter: SVDLinear, pruned: torch.Tensor) -> None:
-    """Zero the optimizer state (e.g. Adam moments) of the ``pruned`` triplets of ``adapter``:
-    entries of lambda, columns of P and rows of Q (mutates ``optimizer.state``). On FSDP2-sharded
-    state each process zeroes what its shard holds of them (no communication)."""
-    for param, dim in ((adapter.singular_values, 0), (adapter.left_vectors, 1), (adapter.right_vectors, 0)):
-        held = pruned[local_rows(param)] if dim == 0 else pruned  # lambda and Q are sharded by triplet
-        index = held.nonzero().squeeze(1)
-        for value in optimizer.state.get(param, {}).values():
-            if torch.is_tensor(value) and value.shape == param.shape:
-                local(value).index_fill_(dim, index.to(local(value).device), 0)
-
-
-def zero_pruned_(adapter: SVDLinear, kept: torch.Tensor) -> None:
-    """Set lambda of every triplet not ``kept`` to 0 (on this process's shard under FSDP2)."""
-    values = adapter.singular_values
-    local(values.data)[~kept[local_rows(values)].to(local(values).device)] = 0
+def trace_point(allocator: RankAllocator, step: int) -> dict[str, int]:
+    """b(step) in the plan's unit, and the live rank (triplets with lambda * mask nonzero) in triplets
+    and in parameters. One host sync for all adapters; on FSDP2-sharded adapters each process counts
+    its own triplets and one all_reduce sums the counts."""
+    adapters = list(allocator.adapters.values())
+    counts: list[int] = []
+    if adapters:
+        with torch.no_grad():
+            values = [a.singular_values for a in adapters]
+            per_adapter = torch.stack(
+                [
+                    torch.count_nonzero(local(v) * a.rank_mask[local_rows(v)].to(local(v).device))
+                    for v, a in zip(values, adapters, strict=True)
+                ]
+            )
+            if any_sharded(values):
+                all_reduce_sum_(per_adapter)
+            counts = per_adapter.tolist()
+    active = [(int(n), a.triplet_cost) for n, a in zip(counts, adapters, strict=True)]
+    plan = allocator.plan
+    return {
+        "step": step,
+        "budget": budget_at(step, plan) if plan is not None else 0,
+        "live_rank": sum(r for r, _ in active),
+        "live_params": sum(r * c for r, c in active),
+    }
 
 
 class RankAllocator:
-    """Global rank allocator over a set of SVD adapters.
+    """Global rank allocator over a set of SVD adapters, and the one owner of the allocation's state.
 
     Args:
         adapters: the adapters by module name (from ``inject_adapters`` or ``find_adapters``).
         budget: the budget schedule; ranks are taken from the adapters, b(0) must match them.
         importance: EMA coefficients of the scores.
-        total_steps: optimizer steps of the run; may be given later with ``set_total_steps``
-            (``AdaRankCallback`` takes it from the Trainer).
+        total_steps: optimizer steps of the run; may be given later with ``begin`` (``AdaRankCallback``
+            takes it from the Trainer).
         base_params: parameters of the base model, needed for a ``target_params`` given in %.
 
     Raises:
@@ -137,19 +129,65 @@ class RankAllocator:
         self.scores: dict[str, ImportanceState] = {}
         self.last_step = 0
         self.skipped_steps = 0
-        self.finalized = False
-        self.shrunk = False
-        self.last_event: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        """Every masking event: step, budget, unit, live, threshold, final, per-module ranks."""
+        self.trace: list[dict[str, int]] = []
+        """One point per accounted step from step 0 (``trace_point``): b(t) and the live rank."""
+        self.masked_scores: list[float] = []
+        """Every triplet's score at the last masking step (the report's score distribution)."""
         self.penalty_grads: dict[str, dict[str, torch.Tensor]] = {}
         """With importance.task_only: this step's orthogonality-penalty share of each adapter's P and Q
         gradients (``add_penalty_gradient_``); left out of the scores, then cleared."""
-        self.masked_scores: list[float] = []
-        """Every triplet's score at the last masking step (the report's score distribution)."""
-        if total_steps is not None:
+        self._shrink_hooks: list[ShrinkHook] = []
+        self._warned_no_model = False
+        if total_steps is not None:  # begin() may come later (the trace's step 0 needs real weights)
             self.set_total_steps(total_steps)
 
+    # ---- what can be derived is derived -------------------------------------------------------------
+
+    @property
+    def finalized(self) -> bool:
+        """Whether the final masks are fixed: the schedule adapts and its final phase has been reached."""
+        plan = self.plan
+        return plan is not None and plan.adapts and self.last_step >= plan.final_start
+
+    @property
+    def shrunk(self) -> bool:
+        """Whether the adapters have been cut to their live triplets (some module lost triplets)."""
+        return any(
+            name not in self.adapters or self.adapters[name].rank < rank for name, rank in self.initial_ranks.items()
+        )
+
+    @property
+    def last_event(self) -> dict[str, Any] | None:
+        """The latest masking event (``history[-1]``); None before the first."""
+        return self.history[-1] if self.history else None
+
+    # ---- lifecycle hooks ----------------------------------------------------------------------------
+
+    def begin(self, total_steps: int) -> BudgetPlan:
+        """Before training: resolve the schedule for ``total_steps`` optimizer steps and, unless resumed,
+        record the trace's step 0 (init_rank with lambda = 0).
+
+        Raises:
+            ConfigError: a resumed allocator was planned for another number of steps.
+            RuntimeError: ``budget.shrink`` on FSDP2-sharded adapters (the transformers Trainer's FSDP2),
+                which cannot be cut in place.
+        """
+        plan = self.set_total_steps(total_steps)
+        sharded = [a for a in self.adapters.values() if is_sharded(a.singular_values)]
+        if sharded and self.budget.shrink and plan.adapts:
+            raise RuntimeError(
+                "budget.shrink cannot cut adapters whose parameters are sharded DTensors (the transformers "
+                "Trainer's FSDP2): set budget.shrink=false, or train with `adarank train "
+                "distributed.strategy=fsdp2`, whose engine keeps the adapters whole."
+            )
+        if not self.trace and self.last_step == 0:
+            self.trace.append(trace_point(self, 0))
+        return plan
+
     def set_total_steps(self, total_steps: int) -> BudgetPlan:
-        """Resolve the schedule for a run of ``total_steps`` optimizer steps."""
+        """Resolve the schedule for a run of ``total_steps`` optimizer steps (``begin`` calls it)."""
         costs = list(self.triplet_costs.values())  # every module adapted at the start, shrunk or not
         plan = plan_budget(self.budget, total_steps, costs, self.base_params)
         if self.plan is not None and self.plan != plan:
@@ -162,22 +200,35 @@ class RankAllocator:
         self.plan = plan
         return plan
 
+    def register_shrink_hook(self, hook: ShrinkHook) -> None:
+        """Call ``hook(model, optimizer)`` right after every shrink: a driver that wraps the model (e.g.
+        in DistributedDataParallel, whose reducer holds the parameters it was built with) rebuilds the
+        wrapper there. ``AdaRankTrainer`` registers one."""
+        self._shrink_hooks.append(hook)
+
+    @property
+    def has_shrink_hooks(self) -> bool:
+        """Whether a driver registered a shrink hook (``register_shrink_hook``)."""
+        return bool(self._shrink_hooks)
+
     def _require_plan(self) -> BudgetPlan:
         if self.plan is None:
             raise RuntimeError(
                 "the allocator does not know the number of training steps: call "
-                "set_total_steps(T) first (AdaRankCallback does it at train begin)."
+                "begin(T) first (AdaRankCallback does it at train begin)."
             )
         return self.plan
 
-    def step(self, step: int, optimizer: Any = None) -> dict[str, Any] | None:
-        """Account for optimizer step ``step`` (1-based): update scores, mask if it is a masking step.
+    def step(self, step: int, optimizer: Any = None, model: nn.Module | None = None) -> dict[str, Any] | None:
+        """Account for optimizer step ``step`` (1-based): update scores, mask if it is a masking step,
+        shrink once the final masks are fixed (``budget.shrink``, given ``model``), record the trace.
 
         Call after ``optimizer.step()`` and before ``optimizer.zero_grad()``, on unscaled gradients
         (with a loss scaler: after ``scaler.unscale_(optimizer)``). Pass the optimizer so the state of
-        pruned triplets can be reset. A step whose adapter gradients hold inf or NaN (an fp16
-        overflow: the scaler skipped the optimizer step) leaves the scores untouched and is counted
-        in ``skipped_steps``; masking still happens on schedule, on the scores so far.
+        pruned triplets can be reset, and the (unwrapped) model so a shrink can replace modules. A step
+        whose adapter gradients hold inf or NaN (an fp16 overflow: the scaler skipped the optimizer
+        step) leaves the scores untouched and is counted in ``skipped_steps``; masking still happens
+        on schedule, on the scores so far.
 
         Returns:
             The masking event (step, budget, threshold, ranks) on a masking step, else None.
@@ -200,7 +251,19 @@ class RankAllocator:
         due_final = plan.adapts and not self.finalized and step >= plan.final_start
         if is_masking_step(step, plan) or due_final or self._strict_due(step, plan):
             event = self._mask(step, optimizer)
+            self.history.append(event)
         self.last_step = step
+        if event is not None and event["final"] and self.budget.shrink:
+            if model is not None:
+                self.shrink_(model, optimizer)
+            elif not self._warned_no_model:
+                self._warned_no_model = True
+                warnings.warn(
+                    "budget.shrink is on but allocator.step got no model: the adapters keep their pruned "
+                    "triplets (masked, so the result is the same, only slower); pass model= to shrink.",
+                    stacklevel=2,
+                )
+        self.trace.append(trace_point(self, step))
         return event
 
     def add_penalty_gradient_(self, penalty: torch.Tensor) -> None:
@@ -226,6 +289,23 @@ class RankAllocator:
         for held in self.penalty_grads.values():
             for grad in held.values():
                 grad.mul_(clip_coefficient)
+
+    def check_finished(self) -> None:
+        """Raise if training ended before the final masks were fixed (allocation never ran).
+
+        Raises:
+            RuntimeError: the schedule adapts but the final phase was never reached.
+        """
+        plan = self._require_plan()
+        if plan.adapts and not self.finalized:
+            raise RuntimeError(
+                f"rank allocation did not finish: {self.last_step} of {plan.total_steps} steps were "
+                f"accounted for and the final masks (from step {plan.final_start}) were never fixed. The "
+                "model is a partly pruned LoRA, not an AdaLoRA result. Call allocator.step() after every "
+                "optimizer step (in a Trainer, add AdaRankCallback) and train for all planned steps."
+            )
+
+    # ---- scores and masks ---------------------------------------------------------------------------
 
     def _gradients_finite(self) -> bool:
         """Whether every adapter gradient is finite; on sharded gradients agreed by all processes (one
@@ -299,8 +379,7 @@ class RankAllocator:
         kept_scores = scores[kept_all]
         self.masked_scores = scores.float().cpu().tolist()
         live = int(kept_all.sum()) if costs is None else int(costs[kept_all].sum())
-        self.finalized = final
-        self.last_event = {
+        return {
             "step": step,
             "budget": budget,
             "unit": plan.unit,
@@ -309,66 +388,104 @@ class RankAllocator:
             "final": final,
             "ranks": {n: int(k.sum()) for n, k in zip(self.adapters, keep, strict=True)},
         }
-        return self.last_event
-
-    def check_finished(self) -> None:
-        """Raise if training ended before the final masks were fixed (allocation never ran).
-
-        Raises:
-            RuntimeError: the schedule adapts but the final phase was never reached.
-        """
-        plan = self._require_plan()
-        if plan.adapts and not self.finalized:
-            raise RuntimeError(
-                f"rank allocation did not finish: {self.last_step} of {plan.total_steps} steps were "
-                f"accounted for and the final masks (from step {plan.final_start}) were never fixed. The "
-                "model is a partly pruned LoRA, not an AdaLoRA result. Call allocator.step() after every "
-                "optimizer step (in a Trainer, add AdaRankCallback) and train for all planned steps."
-            )
 
     def ranks(self) -> dict[str, int]:
         """Current forward-pass rank of every adapted module (rank-mask entries equal to 1); 0 for one a
         shrink turned back into its plain layer."""
         return {name: self.adapters[name].live_rank() if name in self.adapters else 0 for name in self.initial_ranks}
 
-    def remove_adapters(self, names: list[str]) -> None:
-        """Forget adapters a shrink turned back into plain layers (``ranks`` reports them at 0)."""
-        for name in names:
+    # ---- shrink -------------------------------------------------------------------------------------
+
+    def shrink_(self, model: nn.Module, optimizer: Any = None) -> dict[str, int]:
+        """Cut every adapter to the triplets its fixed forward mask keeps, in ``model`` (unwrapped) and in
+        ``optimizer``, slice the score EMAs along, forget adapters left with none (they become plain
+        layers; ``ranks`` reports them at 0) and run the shrink hooks. A no-op once shrunk. Returns
+        the live rank of every module.
+
+        Raises:
+            RuntimeError: the masks are not fixed yet (shrink only in the final phase).
+        """
+        if not self.finalized:
+            raise RuntimeError("shrink only after the final masks are fixed (the final phase of the schedule).")
+        if self.shrunk:
+            return self.ranks()
+        keep = {name: adapter.rank_mask.bool() for name, adapter in self.adapters.items()}
+        self._cut(model, keep, optimizer)
+        for hook in self._shrink_hooks:
+            hook(model, optimizer)
+        return self.ranks()
+
+    def _cut(self, model: nn.Module, keep: Mapping[str, torch.Tensor], optimizer: Any = None) -> None:
+        removed = cut_to_masks_(model, self.adapters, keep, optimizer)
+        self.scores = {
+            name: slice_scores(state, keep[name].to(torch.bool))
+            for name, state in self.scores.items()
+            if name not in removed
+        }
+        for name in removed:
             self.adapters.pop(name)
-            self.scores.pop(name, None)
+
+    def _final_ranks(self) -> dict[str, int] | None:
+        """The ranks the final masks fixed (the final masking event's), if the allocation finished."""
+        final = [e for e in self.history if e.get("final")]
+        return dict(final[-1]["ranks"]) if final else None
+
+    # ---- state --------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Score EMAs and counters (masks live on the adapters, in ``model.state_dict()``)."""
+        """Score EMAs, counters, history and trace (masks live on the adapters, in ``model.state_dict()``).
+        Everything but ``scores`` (tensors) is JSON-serialisable."""
         return {
             "last_step": self.last_step,
             "skipped_steps": self.skipped_steps,
-            "finalized": self.finalized,
-            "shrunk_ranks": self.ranks() if self.shrunk else None,
             "masked_scores": self.masked_scores,
             "plan": asdict(self.plan) if self.plan else None,
+            "history": self.history,
+            "trace": self.trace,
+            "shrunk": self.shrunk,
             "scores": {n: {k: v.clone() for k, v in s.items()} for n, s in self.scores.items()},
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()`` output; the adapters must be the same modules by name (after a shrink:
-        the same shrunk shapes, see ``adarank.shrink.shrink_to_ranks_``)."""
-        if state.get("shrunk_ranks") and not self.shrunk:
-            raise ValueError(
-                "this allocator state was saved after the final-phase shrink: rebuild the shrunk shapes first "
-                "with adarank.shrink.shrink_to_ranks_(model, allocator, state['shrunk_ranks']) (AdaRankTrainer does)."
-            )
-        if state["scores"] and set(state["scores"]) != set(self.adapters):
+    def load_state_dict(self, state: Mapping[str, Any], model: nn.Module | None = None) -> None:
+        """Restore ``state_dict()`` output; the adapters must be the same modules by name. A state saved
+        after the shrink first gives ``model`` the shrunk shapes (each adapter keeps its first
+        final-rank triplets, overwritten when the model's weights are loaded; rank-0 ones become plain
+        layers): load the weights and build the optimizer after this.
+
+        Raises:
+            ValueError: the state is for other adapters, or was saved after a shrink and no model is given.
+        """
+        shrunk_ranks = state.get("shrunk_ranks")  # written by adarank 0.1 (the Trainer engine's callback)
+        history = list(state.get("history", []))
+        if shrunk_ranks is None and state.get("shrunk"):
+            final = [e for e in history if e.get("final")]
+            shrunk_ranks = final[-1]["ranks"] if final else None
+        if shrunk_ranks and not self.shrunk:
+            if model is None:
+                raise ValueError(
+                    "this allocator state was saved after the final-phase shrink: pass the model "
+                    "(allocator.load_state_dict(state, model)) so its shrunk shapes can be rebuilt first."
+                )
+            keep = {}
+            for name, adapter in self.adapters.items():
+                kept = torch.zeros(adapter.rank, dtype=torch.bool)
+                kept[: int(shrunk_ranks.get(name, adapter.rank))] = True
+                keep[name] = kept
+            self._cut(model, keep)
+        scores = state["scores"]
+        if scores and set(scores) != set(self.adapters):
             raise ValueError(
                 "allocator state is for other adapters than this model's: differs in "
-                f"{sorted(set(state['scores']) ^ set(self.adapters))[:3]}"
+                f"{sorted(set(scores) ^ set(self.adapters))[:3]}"
             )
         self.plan = BudgetPlan(**state["plan"]) if state["plan"] else None
         self.last_step = int(state["last_step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.finalized = bool(state["finalized"])
         self.masked_scores = list(state.get("masked_scores", []))
+        self.history = history
+        self.trace = list(state.get("trace", []))
         self.scores = {  # in adapter order, whatever order the saved state used
-            name: {k: v.to(self.adapters[name].singular_values.device) for k, v in state["scores"][name].items()}
+            name: {k: v.to(self.adapters[name].singular_values.device) for k, v in scores[name].items()}
             for name in self.adapters
-            if name in state["scores"]
+            if name in scores
         }

@@ -33,7 +33,8 @@ DATASETS = BUNDLED_DATASETS
 FORMATS = ("classification", "generation", "language_modeling")
 DTYPES = ("float32", "bfloat16", "float16")
 INCLUDE_KEY = "include"
-RESUME_MARKER = "adarank_allocator.json"  # = adarank.callback.ALLOCATOR_STATE
+RESUME_MARKER = "adarank_allocator.json"  # = adarank.checkpoint.ALLOCATOR_STATE
+ENGINE_STATE = "engine_state.pt"  # adarank.loop's part of a checkpoint (>= 0.2; 0.1's Trainer engine had none)
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -132,7 +133,7 @@ class AdapterConfig:
     init: str = "orthonormal"
     """How P and Q start (lambda starts at 0 either way, so the model is unchanged at step 0): orthonormal (random
     semi-orthonormal) | gradient (a warm start: each weight's top singular directions of the task gradient over
-    adapter.init_batches training batches, before training; not under FSDP2; measured worse than orthonormal on both
+    adapter.init_batches training batches, before training, in every strategy; measured worse than orthonormal on both
     tasks of reports/allocator.md)."""
     init_batches: int = 4
     """adapter.init=gradient: how many training batches (of train.batch_size) the gradient sums."""
@@ -169,8 +170,8 @@ class BudgetConfig:
     fits: the default before). The same when the budget counts ranks."""
     shrink: bool = True
     """When the final phase fixes the masks, cut every adapter to its live triplets (P, lambda, Q and their
-    optimizer state; rank-0 modules become plain layers), so the final phase trains at b(T)'s cost. Not
-    applied under FSDP2 (a note says so)."""
+    optimizer state; rank-0 modules become plain layers), so the final phase trains at b(T)'s cost. In every
+    strategy of `adarank train`."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,11 @@ class ImportanceConfig:
     a loop of your own call ``allocator.add_penalty_gradient_`` (see its docstring)."""
 
 
+SINGULAR_LR_MULTIPLIER = 10.0
+"""lambda's learning rate relative to the others: the one default of the config, the engine,
+``param_groups`` and ``AdaRankTrainer`` (README, "Initialisation", says why)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 400
@@ -199,7 +205,7 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step."""
     learning_rate: float = 1e-3
     """Peak learning rate of AdamW (linear decay after warm-up)."""
-    singular_lr_multiplier: float = 10.0
+    singular_lr_multiplier: float = SINGULAR_LR_MULTIPLIER
     """Learning rate of the singular values lambda relative to learning_rate (see README)."""
     warmup_ratio: float = 0.05
     """Fraction of steps of linear learning-rate warm-up."""
@@ -233,9 +239,9 @@ STRATEGIES = ("ddp", "fsdp2")
 @dataclass(frozen=True)
 class DistributedConfig:
     strategy: str = "ddp"
-    """ddp (every process holds the whole model; the transformers Trainer) | fsdp2 (parameters, gradients
-    and optimizer state sharded with torch's fully_shard, per transformer block, in adarank's own
-    training loop; launch with torchrun --nproc_per_node N -m adarank train ...)."""
+    """ddp (every process holds the whole model) | fsdp2 (the frozen base's weights sharded with torch's
+    fully_shard per transformer block; adapters and a new head whole on every process; launch with
+    torchrun --nproc_per_node N -m adarank train ...). One engine for both, and for one process."""
 
 
 HEAD_MODES = ("subspace", "fixed")
@@ -727,6 +733,12 @@ def validate(cfg: RunConfig) -> list[str]:
                 f"resume=`{cfg.resume}` holds no complete checkpoint (trainer/checkpoint-N with {RESUME_MARKER}); "
                 "train with train.save_steps=N to write them."
             )
+        elif not (max(checkpoints, key=lambda p: int(p.name.split("-")[-1])) / ENGINE_STATE).is_file():
+            problems.append(
+                f"resume=`{cfg.resume}`: its checkpoints were written by adarank 0.1.0 (the transformers Trainer "
+                "engine, or the FSDP2 loop of that version), which this engine cannot continue; resume it with "
+                "adarank 0.1.0 (`pip install adarank==0.1.0`, or a checkout of that version), or start the run again."
+            )
     out = Path(cfg.output_dir)
     if (out / "metrics.json").exists() and not cfg.overwrite:
         problems.append(
@@ -736,18 +748,13 @@ def validate(cfg: RunConfig) -> list[str]:
 
 
 def distributed_problems(cfg: RunConfig) -> list[str]:
-    """Problems with ``distributed.strategy`` and what the FSDP2 loop does not do (yet)."""
+    """Problems with ``distributed.strategy`` (FSDP2 needs torchrun)."""
     strategy = cfg.distributed.strategy
     if strategy not in STRATEGIES:
         return [f"distributed.strategy `{strategy}` is not one of {', '.join(STRATEGIES)}."]
     if strategy != "fsdp2":
         return []
     problems = []
-    if cfg.adapter.init == "gradient":
-        problems.append(
-            "adapter.init=gradient is not supported under distributed.strategy=fsdp2 (yet: the warm start needs the "
-            "whole model's gradient on one process); use adapter.init=orthonormal, or the default strategy ddp."
-        )
     if "WORLD_SIZE" not in os.environ:
         problems.append(
             "distributed.strategy=fsdp2 shards the model across processes: launch with "

@@ -1,25 +1,32 @@
-"""adarank's own training loop, for what the transformers Trainer cannot do on every device: FSDP2.
+"""adarank's training engine: the one loop behind ``adarank train``, for every strategy.
 
-``train_loop`` trains a model with adarank adapters under torchrun with one of three strategies:
-``fsdp2`` (``fully_shard`` per transformer block, then the root: parameters, gradients and optimizer
-state sharded on dim 0 across processes; CPU/gloo or CUDA/nccl), ``ddp`` (DistributedDataParallel) or
-``none`` (one process, no wrapper). The allocator runs on the sharded parameters (see
-``adarank.sharding``), so every process holds identical masks.
+``train_loop`` trains a model with adarank adapters in one process or under torchrun, with one of three
+strategies: ``none`` (one process), ``ddp`` (every process holds the whole model) or ``fsdp2`` (the
+frozen base sharded with ``fully_shard`` per transformer block, then the root; CPU/gloo or CUDA/nccl).
+In every strategy the trainable parameters (adapters, a new head) are whole on every process and their
+gradients are averaged across processes in one all-reduce per optimizer step, after the micro-batches
+are accumulated: the allocator, the shrink and the checkpoints see plain tensors everywhere, so every
+feature works the same in every strategy, and every process holds identical masks. (Adapters are a
+small fraction of the model; FSDP2's saving is the base's weights, which are sharded.)
 
 The data order is a function of (seed, step) alone: the optimizer step s of every strategy and world
 size trains on the same global batch, split across processes in rank order, so runs with different
 world sizes or strategies can be compared batch for batch, and a resumed run continues the stream.
 AdamW with ``param_groups``, linear warm-up then linear decay, gradients clipped to norm 1 (the
-Trainer's defaults). Checkpoints (``save_steps``) are distributed checkpoints (torch.distributed.
-checkpoint): every process writes its own shards of the trainable parameters, masks, optimizer state
-and score EMAs; process 0 writes the allocator's counters, history and trace last, as the marker of a
-complete checkpoint (``latest_complete_checkpoint``).
+Trainer's defaults). The allocator is driven through its hooks (``RankAllocator.begin``,
+``add_penalty_gradient_``, ``scale_penalty_gradient_``, ``step``, ``check_finished``).
+
+Checkpoints (``save_steps``): process 0 writes the trainable parameters, rank masks, optimizer,
+scheduler and log (``engine_state.pt``), every process its RNG state, then process 0 the allocator's
+state last (``adarank.checkpoint``), whose presence marks the checkpoint complete. Resuming from one
+continues bitwise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,15 +38,22 @@ import torch.distributed as dist
 from torch import nn
 
 from adarank.allocator import RankAllocator
-from adarank.callback import ALLOCATOR_STATE, flat_scores, latest_complete_checkpoint, nested_scores, trace_point
-from adarank.importance import init_importance
+from adarank.checkpoint import (
+    ALLOCATOR_STATE,
+    latest_complete_checkpoint,
+    load_allocator_state,
+    save_allocator_state,
+)
+from adarank.config import ENGINE_STATE, SINGULAR_LR_MULTIPLIER
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
-from adarank.sharding import full, is_fully_sharded, shard_model, unwrap
+from adarank.sharding import is_fully_sharded, shard_model, unwrap
 from adarank.tasks import only_scored_logits
 from adarank.trainer import clip_coefficient, param_groups
 
 STRATEGIES = ("fsdp2", "ddp", "none")
+KEEP_CHECKPOINTS = 2
+"""Complete checkpoints kept: the newest may be half-written when a process dies; the one before is whole."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +65,13 @@ class LoopConfig:
     """Examples per process per micro-batch (the global batch is batch_size x world size x grad_accum_steps)."""
     learning_rate: float
     grad_accum_steps: int = 1
-    singular_lr_multiplier: float = 10.0
+    singular_lr_multiplier: float = SINGULAR_LR_MULTIPLIER
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     orth_weight: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    strategy: str = "fsdp2"
+    strategy: str = "none"
     save_steps: int | None = None
     checkpoint_dir: str | None = None
     """Where checkpoint-N folders go (required with save_steps or resume)."""
@@ -66,31 +80,31 @@ class LoopConfig:
     log_steps: int = 1
     eval_steps: int | None = None
     """Call ``train_loop``'s ``evaluate`` every this many steps (on every process, in lockstep)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (``model.gradient_checkpointing_enable``)."""
+    progress: bool = False
+    """Show a progress bar on process 0 (log entries are printed above it)."""
 
 
 @dataclass
 class LoopResult:
-    """What a finished loop returns: the Trainer-like log history, the allocator's masking events and
-    per-step trace, the mean training loss and the steps run."""
+    """What a finished loop returns: its log history (one entry per logging step, and one per
+    evaluation), the mean training loss and the steps run. What the allocator did is the allocator's
+    (``allocator.history``, ``allocator.trace``)."""
 
     log_history: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    trace: list[dict[str, int]] = field(default_factory=list)
     train_loss: float = float("nan")
     global_step: int = 0
     optimizer: Any = field(default=None, repr=False)
-    """The AdamW the loop stepped (its state is sharded like the parameters under FSDP2)."""
+    """The AdamW the loop stepped."""
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this torchrun process, initialising the default process group
-    (nccl on CUDA, gloo on CPU) if needed.
-
-    Raises:
-        RuntimeError: not launched by torchrun (no WORLD_SIZE / RANK in the environment).
-    """
+    """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE and RANK in the
+    environment) the default process group is initialised if needed (nccl on CUDA, gloo on CPU);
+    otherwise this is the one process of a world of 1, with no process group."""
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
-        raise RuntimeError("adarank's training loop runs under torchrun: `torchrun --nproc_per_node N ...`")
+        return 0, 1, torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
     if cuda:
@@ -145,17 +159,34 @@ def batch_indices(
     return out
 
 
-def _wrap(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
+def _place(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
+    """Put ``model`` on ``device`` for ``strategy``: under fsdp2, the frozen base sharded (unless already)
+    and the trainable parameters moved whole; otherwise the whole model moved. No wrapper."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy `{strategy}` is not one of {', '.join(STRATEGIES)}")
-    if strategy == "fsdp2":  # fully_shard moves each process's shards to its device, never the whole model
-        if not is_fully_sharded(model):  # adarank train shards while loading (sharding.shard_from_rank0_)
-            shard_model(model)
-        return model
-    model.to(device)
-    if strategy == "ddp":
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy != "fsdp2":
+        return model.to(device)
+    if not is_fully_sharded(model):  # adarank train shards while loading (sharding.shard_from_rank0_)
+        shard_model(model)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad and param.device != device:
+                param.data = param.data.to(device)
     return model
+
+
+def _average_gradients_(params: Sequence[nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` over the processes in one all-reduce (flattened)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -169,74 +200,96 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _checkpoint_state(inner: nn.Module, allocator: RankAllocator) -> dict[str, Any]:
-    """The tensors a checkpoint holds, by name: trainable parameters and rank masks (sharded as in
-    training), and the score EMAs. Loading writes into these same tensors in place."""
-    trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
-    model_state = {k: v for k, v in inner.state_dict().items() if k in trainable or k.endswith("rank_mask")}
-    return {"model": model_state, "scores": flat_scores(allocator.scores)}
+def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint holds of the model: trainable parameters and rank masks, by name."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k.endswith("rank_mask")}
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def save_checkpoint(
-    folder: Path, inner: nn.Module, optimizer: Any, scheduler: Any, allocator: RankAllocator, result: LoopResult
+    folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, allocator: RankAllocator, result: LoopResult
 ) -> None:
-    """Write a distributed checkpoint (every process its shards), then, on process 0, the allocator's
-    JSON state last: its presence marks the checkpoint complete. A collective."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    state = _checkpoint_state(inner, allocator)
-    state["optimizer"] = get_optimizer_state_dict(inner, optimizer)
-    dcp.save(state, checkpoint_id=str(folder))
-    torch.save(torch.get_rng_state(), folder / f"rng_{dist.get_rank()}.pt")
-    dist.barrier()
-    if dist.get_rank() == 0:
+    """Write a checkpoint: on process 0 the engine's state, on every process its RNG state, then on
+    process 0 the allocator's state last (the completion marker). A collective under torchrun."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    # every process reads the state dict: under FSDP2 it reshards a root left unsharded after an
+    # evaluation's forward, and a reshard on one process alone desynchronises the next all-gathers
+    trained = _trained_state(model)
+    if rank == 0:
         payload = {
-            **{k: v for k, v in allocator.state_dict().items() if k != "scores"},
-            "scored": bool(allocator.scores),
+            "model": {k: v.detach().cpu() for k, v in trained.items()},
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "history": result.history,
-            "trace": result.trace,
             "log_history": result.log_history,
             "train_loss": result.train_loss,
+            "global_step": result.global_step,
         }
-        tmp = folder / (ALLOCATOR_STATE + ".tmp")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, folder / ALLOCATOR_STATE)
-    dist.barrier()
+        torch.save(payload, folder / (ENGINE_STATE + ".tmp"))
+        os.replace(folder / (ENGINE_STATE + ".tmp"), folder / ENGINE_STATE)
+    torch.save(_rng_state(), folder / f"rng_{rank}.pt")
+    _barrier(world)
+    if rank == 0:
+        save_allocator_state(folder, allocator, {"engine": ENGINE_STATE})
+        _drop_old_checkpoints(folder.parent, keep=KEEP_CHECKPOINTS)
+    _barrier(world)
 
 
-def load_checkpoint(
-    folder: Path, inner: nn.Module, optimizer: Any, scheduler: Any, allocator: RankAllocator
-) -> LoopResult:
-    """Restore what ``save_checkpoint`` wrote into the live (sharded) tensors. A collective."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-    payload = json.loads((folder / ALLOCATOR_STATE).read_text())
-    if payload["scored"]:
-        allocator.scores = {n: init_importance(a) for n, a in allocator.adapters.items()}
-    state = _checkpoint_state(inner, allocator)
-    state["optimizer"] = get_optimizer_state_dict(inner, optimizer)
-    dcp.load(state, checkpoint_id=str(folder))
-    with torch.no_grad():  # the model's state_dict tensors may be copies: write the loaded values back
-        for name, tensor in inner.state_dict().items():
-            loaded = state["model"].get(name)
-            if loaded is not None and loaded is not tensor:
-                tensor.copy_(loaded)
-    set_optimizer_state_dict(inner, optimizer, state["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    rng = folder / f"rng_{dist.get_rank()}.pt"
-    if rng.is_file():
-        torch.set_rng_state(torch.load(rng))
-    allocator.load_state_dict({**payload, "scores": nested_scores(state["scores"])})  # the tensors loaded in place
-    return LoopResult(
-        log_history=payload["log_history"],
-        history=payload["history"],
-        trace=payload["trace"],
-        train_loss=payload["train_loss"],
-        global_step=int(payload["last_step"]),
+def _drop_old_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints under ``root`` (incomplete ones, from a
+    killed process, are overwritten when their step comes again)."""
+    complete = sorted(
+        (int(p.name.split("-")[-1]), p) for p in root.glob("checkpoint-*") if (p / ALLOCATOR_STATE).is_file()
     )
+    for _, folder in complete[:-keep]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model: nn.Module, allocator: RankAllocator) -> dict[str, Any]:
+    """Restore the allocator (rebuilding shrunk shapes first), the model's trainable tensors and this
+    process's RNG from ``folder``; returns the engine's payload (optimizer, scheduler, log), to be
+    loaded into an optimizer built afterwards from the (possibly shrunk) model.
+
+    Raises:
+        FileNotFoundError: the checkpoint was not written by this engine (adarank 0.1's Trainer engine).
+    """
+    if not (folder / ENGINE_STATE).is_file():
+        raise FileNotFoundError(
+            f"`{folder}` was written by adarank 0.1 (its Trainer or FSDP2 loop), whose checkpoints this "
+            "engine cannot continue; resume it with adarank 0.1.0, or start the run again."
+        )
+    load_allocator_state(folder, allocator, model)
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    payload = torch.load(folder / ENGINE_STATE, map_location="cpu", weights_only=True)
+    live = _trained_state(model)
+    if set(live) != set(payload["model"]):
+        raise ValueError(
+            f"checkpoint `{folder}` holds other trainable tensors than this model: "
+            f"{sorted(set(live) ^ set(payload['model']))[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in live.items():
+            tensor.copy_(payload["model"][name].to(device))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng = folder / f"rng_{rank}.pt"
+    if rng.is_file():
+        state = torch.load(rng, weights_only=True)
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+    return payload
 
 
 def train_loop(
@@ -250,45 +303,51 @@ def train_loop(
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, LoopResult]:
     """Train ``model`` (adapters injected, ``allocator`` built on them) for ``config.steps`` optimizer
-    steps under torchrun; returns the wrapped model (sharded in place for fsdp2, a DDP wrapper for ddp)
-    and the result. ``on_step(step, allocator)`` runs after each step's allocation on every process.
-    Every ``config.eval_steps`` steps ``evaluate()`` runs on every process (the model in eval mode is
-    the caller's to set) and its scores join the log as ``eval_<name>``; ``on_log(entry)`` sees every
-    log entry (training and evaluation) on every process. The process group stays up for the caller's
-    own collectives (exports); end with ``close_distributed()``.
+    steps; returns the model (sharded in place for fsdp2) and the result. ``on_step(step, allocator)``
+    runs after each step's allocation on every process. Every ``config.eval_steps`` steps
+    ``evaluate()`` runs on every process (the model in eval mode is the caller's to set) and its scores
+    join the log as ``eval_<name>``; ``on_log(entry)`` sees every log entry (training and evaluation)
+    on every process. Under torchrun the process group stays up for the caller's own collectives
+    (exports); end with ``close_distributed()``.
 
     Raises:
-        RuntimeError: not under torchrun; or the allocation did not finish (``check_finished``).
-        FileNotFoundError: ``resume`` without a complete checkpoint.
+        RuntimeError: the allocation did not finish (``check_finished``).
+        FileNotFoundError: ``resume`` without a complete checkpoint of this engine.
     """
     rank, world, device = init_distributed()
     cfg = config
-    allocator.set_total_steps(cfg.steps)
-    wrapped = _wrap(model, cfg.strategy, device)
-    inner = unwrap(wrapped)
-    adapters = list(allocator.adapters.values())
-    optimizer = torch.optim.AdamW(param_groups(inner, cfg.learning_rate, cfg.weight_decay, cfg.singular_lr_multiplier))
-    scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+    if cfg.strategy == "fsdp2" and not dist.is_initialized():
+        raise RuntimeError("the fsdp2 strategy runs under torchrun: `torchrun --nproc_per_node N ...`")
+    inner = _place(unwrap(model), cfg.strategy, device)
+    if cfg.gradient_checkpointing:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     checkpoints = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     result = LoopResult()
+    payload = None
     if cfg.resume:
         folder = latest_complete_checkpoint(checkpoints) if checkpoints else None
         if folder is None:
             raise FileNotFoundError(f"no complete checkpoint under `{checkpoints}` to resume from.")
-        result = load_checkpoint(folder, inner, optimizer, scheduler, allocator)
-    else:
-        result.trace.append(trace_point(allocator, 0))
-    trainable = [p for p in inner.parameters() if p.requires_grad]
-    loss_sum = 0.0 if not cfg.resume else result.train_loss * result.global_step
+        payload = load_checkpoint(folder, inner, allocator)
+        result = LoopResult(payload["log_history"], payload["train_loss"], int(payload["global_step"]))
+    allocator.begin(cfg.steps)
+    optimizer = torch.optim.AdamW(param_groups(inner, cfg.learning_rate, cfg.weight_decay, cfg.singular_lr_multiplier))
+    scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+    if payload is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+    loss_sum = 0.0 if payload is None else result.train_loss * result.global_step
     window: list[float] = []
-    wrapped.train()
+    bar = _progress(cfg, rank, result.global_step)
+    inner.train()
     for step in range(result.global_step + 1, cfg.steps + 1):
+        adapters = list(allocator.adapters.values())  # a shrink removes some
         step_loss = torch.zeros((), device=device)
         penalty = None
         for micro in range(cfg.grad_accum_steps):
             rows = batch_indices(len(dataset), cfg.seed, step, micro, rank, world, cfg.batch_size, cfg.grad_accum_steps)
-            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in rows]).items()}
-            loss = wrapped(**only_scored_logits(wrapped, batch)).loss / cfg.grad_accum_steps
+            batch = {k: v.to(device) for k, v in collate(_rows(dataset, rows)).items()}
+            loss = inner(**only_scored_logits(inner, batch)).loss / cfg.grad_accum_steps
             step_loss += loss.detach()
             if cfg.orth_weight and adapters:
                 penalty = orthogonality_penalty(adapters, live_only=allocator.finalized)
@@ -296,19 +355,19 @@ def train_loop(
                 allocator.add_penalty_gradient_(term)  # importance.task_only: left out of the scores
                 loss = loss + term.to(loss.dtype)
             loss.backward()
-        norm = full(torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)) if trainable else torch.zeros(())
+        trainable = [p for p in inner.parameters() if p.requires_grad]
+        _average_gradients_(trainable, world)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm) if trainable else torch.zeros(())
         if allocator.penalty_grads:  # importance.task_only on a scoring step (no host sync otherwise)
             allocator.scale_penalty_gradient_(clip_coefficient(float(norm), cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
-        event = allocator.step(step, optimizer)
-        if event is not None:
-            result.history.append(event)
-        result.trace.append(trace_point(allocator, step))
+        allocator.step(step, optimizer, inner)
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step, allocator)
-        dist.all_reduce(step_loss)  # the global batch's loss (one scalar per step)
+        if world > 1:
+            dist.all_reduce(step_loss)  # the global batch's loss (one scalar per step)
         loss_value = float(step_loss) / world
         loss_sum += loss_value
         window.append(loss_value)
@@ -318,31 +377,62 @@ def train_loop(
                 "grad_norm": float(norm),
                 "learning_rate": scheduler.get_last_lr()[0],
                 "rank_budget": budget_at(step, allocator.plan) if allocator.plan else 0,
-                "forward_rank": sum(a.live_rank() for a in adapters),
-                "live_rank": result.trace[-1]["live_rank"],
+                "forward_rank": sum(a.live_rank() for a in allocator.adapters.values()),
+                "live_rank": allocator.trace[-1]["live_rank"],
                 "step": step,
             }
             if penalty is not None:  # the step's own (last micro-batch's), before the optimizer moved P and Q
                 entry["orth_penalty"] = float(penalty.detach())
             window = []
-            _log(result, entry, rank, on_log)
+            _log(result, entry, rank, on_log, bar)
         if evaluate is not None and cfg.eval_steps and step % cfg.eval_steps == 0:
             scores = evaluate()
-            _log(result, {**{f"eval_{k}": v for k, v in scores.items()}, "step": step}, rank, on_log)
+            inner.train()
+            _log(result, {**{f"eval_{k}": v for k, v in scores.items()}, "step": step}, rank, on_log, bar)
         result.global_step = step
         result.train_loss = loss_sum / step
+        if bar is not None:
+            bar.update(1)
         if checkpoints is not None and cfg.save_steps and step % cfg.save_steps == 0:
             save_checkpoint(checkpoints / f"checkpoint-{step}", inner, optimizer, scheduler, allocator, result)
+    if bar is not None:
+        bar.close()
     allocator.check_finished()
     result.optimizer = optimizer
-    return wrapped, result
+    return inner, result
 
 
-def _log(result: LoopResult, entry: dict[str, Any], rank: int, on_log: Callable[[dict[str, Any]], None] | None) -> None:
-    """Append ``entry`` to the log history, print it on process 0 and hand it to ``on_log``."""
+def _rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
+    """The rows at ``indices`` (one batched read where the dataset offers it, as datasets' Dataset does)."""
+    getitems = getattr(dataset, "__getitems__", None)
+    return list(getitems(indices)) if getitems is not None else [dataset[i] for i in indices]
+
+
+def _progress(cfg: LoopConfig, rank: int, done: int) -> Any:
+    """A tqdm bar over the optimizer steps on process 0 when ``cfg.progress``; None otherwise."""
+    if not cfg.progress or rank != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=done, desc="training", unit="step", dynamic_ncols=True)
+
+
+def _log(
+    result: LoopResult,
+    entry: dict[str, Any],
+    rank: int,
+    on_log: Callable[[dict[str, Any]], None] | None,
+    bar: Any = None,
+) -> None:
+    """Append ``entry`` to the log history, print it on process 0 (above the progress bar) and hand it
+    to ``on_log``."""
     result.log_history.append(entry)
     if rank == 0:
-        print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+        line = json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()})
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line, flush=True)
     if on_log is not None:
         on_log(entry)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,23 +21,22 @@ import torch
 from torch import nn
 
 from adarank.allocator import RankAllocator
-from adarank.callback import AdaRankCallback
 from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
-from adarank.dashboards import setup_wandb
+from adarank.dashboards import WandbDashboard, setup_wandb
 from adarank.data import LABEL_NAMES, TaskData, load_task
 from adarank.export import export_native
 from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
+from adarank.loop import LoopConfig, classify_split, init_distributed, train_loop
 from adarank.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
 from adarank.plan import adapter_plan, plan_summary, plot_budget
-from adarank.regularization import orthogonality_penalty
 from adarank.report import RunRecord, write_report
 from adarank.rundir import OutputLock, write_json_atomic
 from adarank.schedule import BudgetPlan, constant_rank_budget
+from adarank.sharding import gathered_trainables, shard_from_rank0_
 from adarank.tasks import (
     GenerationCollator,
     answer_tokens,
     build_datasets,
-    classification_accuracy,
     exact_match,
     forced_answers,
     mean_token_loss,
@@ -46,7 +44,7 @@ from adarank.tasks import (
     scored_pass,
     training_rows,
 )
-from adarank.trainer import AdaRankTrainer
+from adarank.warm_start import warm_start_
 
 
 def is_causal(cfg: RunConfig) -> bool:
@@ -207,40 +205,26 @@ def check_launch(launcher_world_size: int, trainer_world_size: int) -> None:
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Read and check the data, fine-tune, evaluate on validation and test, and write the run directory;
-    returns metrics. Nothing is written before the data and the model have passed their checks.
+    returns metrics. Nothing is written before the data and the model have passed their checks. One
+    engine (``adarank.loop.train_loop``) for every strategy: one process, or under torchrun every
+    process trains (``ddp``: whole models; ``fsdp2``: the base sharded) and process 0 writes.
 
     Raises:
         ConfigError: the data (``adarank.data.DataError``), model, targets or budget are invalid.
     """
     task = load_task(cfg.data)
-    if cfg.distributed.strategy == "fsdp2":
-        from adarank.loop import init_distributed
-
-        init_distributed()  # prepare() loads the weights on process 0 alone
+    rank, _, _ = init_distributed()  # under fsdp2 prepare() loads the weights on process 0 alone
     tokenizer, model, allocator = prepare(cfg, task.label_names)
-    plan = allocator.plan
-    assert plan is not None
     check_chat_template(tokenizer, cfg)
     try:
         data = build_datasets(tokenizer, cfg, task)
     except ValueError as err:  # a chat template whose renderings cannot be aligned
         raise ConfigError([f"data.chat_template: {err}."]) from err
     out = Path(cfg.output_dir)
-    if cfg.distributed.strategy == "fsdp2":
-        from adarank.loop import init_distributed
-
-        if init_distributed()[0] == 0:
-            with OutputLock(out):
-                return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
-        return _train_fsdp2(cfg, task, tokenizer, model, allocator, data, out)
-    report_to = ["wandb"] if setup_wandb(cfg.wandb.mode, cfg.wandb.project, out) else []
-    args = training_arguments(cfg, out, report_to)
-    check_launch(int(os.environ.get("WORLD_SIZE", "1")), args.world_size)
-    main_process = args.process_index == 0
-    if main_process:
+    if rank == 0:
         with OutputLock(out):
-            return _train(cfg, task, tokenizer, model, allocator, data, args, out)
-    return _train(cfg, task, tokenizer, model, allocator, data, args, out)
+            return _train(cfg, task, tokenizer, model, allocator, data, out)
+    return _train(cfg, task, tokenizer, model, allocator, data, out)
 
 
 @dataclass
@@ -275,15 +259,14 @@ def _write_start(cfg: RunConfig, allocator: RankAllocator, out: Path) -> None:
 
 
 def _warm_start(
-    cfg: RunConfig, model: nn.Module, allocator: RankAllocator, rows: Any, collate: Any, main_process: bool
+    cfg: RunConfig, model: nn.Module, allocator: RankAllocator, rows: Any, collate: Any, world: int, main_process: bool
 ) -> None:
     """adapter.init=gradient (not on resume: the checkpoint holds P and Q): P and Q from the gradient of
-    adapter.init_batches batches of training rows drawn with the run's seed, the same on every process."""
-    from adarank.warm_start import warm_start_
-
+    adapter.init_batches global batches (batch_size x world size rows each) of training rows drawn with the
+    run's seed: the same rows, in the same batches, whatever the strategy and the number of processes."""
     if cfg.adapter.init != "gradient" or cfg.resume or not allocator.adapters:
         return
-    size = cfg.train.batch_size
+    size = cfg.train.batch_size * world
     count = min(len(rows), cfg.adapter.init_batches * size)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))[:count].tolist()
     device = next(model.parameters()).device
@@ -322,106 +305,31 @@ def collator(cfg: RunConfig, tokenizer: Any) -> Any:
 
 
 def _train(
-    cfg: RunConfig,
-    task: TaskData,
-    tokenizer: Any,
-    model: nn.Module,
-    allocator: RankAllocator,
-    data: dict,
-    args: Any,
-    out: Path,
-) -> dict[str, Any]:
-    """The Trainer phase (one process or DDP), then ``_finish``."""
-    main_process = args.process_index == 0
-    if main_process:
-        _write_start(cfg, allocator, out)
-    trainable_initial = count_trainable(model)
-    allocation = AdaRankCallback(allocator)
-    callbacks: list[Any] = [allocation]
-    if report_to_wandb(args):
-        from adarank.dashboards import WandbDashboard
-
-        callbacks.append(WandbDashboard(allocator, cfg.wandb.project, trainable_initial))
-    train_rows = training_rows(data["train"], cfg.data)
-    trainer = AdaRankTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=model_columns(data["validation"]) if cfg.train.eval_steps else None,
-        data_collator=collator(cfg, tokenizer),
-        compute_metrics=None if is_causal(cfg) else classification_accuracy,
-        callbacks=callbacks,
-        orth_weight=cfg.adapter.orth_weight,
-        singular_lr_multiplier=cfg.train.singular_lr_multiplier,
-    )
-    classify = _trainer_classify(trainer, data)
-    before = _floor(cfg, model, classify, tokenizer, task, data)
-    _warm_start(cfg, model, allocator, train_rows, trainer.data_collator, main_process)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-    trained = _Trained(
-        model=trainer.accelerator.unwrap_model(model),
-        classify=classify,
-        history=allocation.history,
-        trace=allocation.trace,
-        log=trainer.state.log_history,
-        before=before,
-        train_seconds=time.perf_counter() - start,
-        steps=result.global_step,
-        train_loss=result.training_loss,
-        world_size=args.world_size,
-        main_process=main_process,
-        trainable_initial=trainable_initial,
-        wandb=report_to_wandb(args),
-    )
-    return _finish(cfg, task, tokenizer, allocator, data, out, trained)
-
-
-def _train_fsdp2(
     cfg: RunConfig, task: TaskData, tokenizer: Any, model: nn.Module, allocator: RankAllocator, data: dict, out: Path
 ) -> dict[str, Any]:
-    """The FSDP2 phase in adarank's own loop (``adarank.loop``), then ``_finish``. Every process
-    evaluates every split in lockstep on the sharded model (the forward passes gather the shards);
-    process 0 logs to wandb."""
-    from adarank.loop import LoopConfig, classify_split, init_distributed, train_loop
-    from adarank.sharding import shard_from_rank0_
-
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    """Place the model for the strategy, warm-start, train with the engine, then ``_finish``. Under
+    FSDP2 every process evaluates every split in lockstep on the sharded model (the forward passes
+    gather the shards); process 0 logs to wandb."""
+    rank, world, device = init_distributed()
+    main_process = rank == 0
+    fsdp2 = cfg.distributed.strategy == "fsdp2"
     if main_process:
         _write_start(cfg, allocator, out)
-        if cfg.budget.shrink:
-            print("adarank: budget.shrink is not applied under FSDP2 (yet): the final phase keeps all triplets.")
     trainable_initial = count_trainable(model)
-    logging = setup_wandb(cfg.wandb.mode, cfg.wandb.project, out)  # the same on every process: see on_step
-    dashboard = None
-    if logging and main_process:  # opens the run (named after the run directory, the config attached)
-        from adarank.dashboards import WandbDashboard
-
-        dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)
-        dashboard.begin(config=asdict(cfg))
-        dashboard = dashboard if dashboard.active else None
     tr = cfg.train
-    if tr.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     collate = collator(cfg, tokenizer)
     train_rows = training_rows(data["train"], cfg.data)
-    loop = LoopConfig(
-        steps=tr.max_steps,
-        batch_size=tr.batch_size,
-        learning_rate=tr.learning_rate,
-        grad_accum_steps=tr.grad_accum_steps,
-        singular_lr_multiplier=tr.singular_lr_multiplier,
-        weight_decay=tr.weight_decay,
-        warmup_ratio=tr.warmup_ratio,
-        orth_weight=cfg.adapter.orth_weight,
-        seed=cfg.seed,
-        strategy="fsdp2",
-        save_steps=tr.save_steps,
-        checkpoint_dir=str(out / "trainer"),
-        resume=bool(cfg.resume),
-        log_steps=max(1, tr.max_steps // 20),
-        eval_steps=tr.eval_steps,
-    )
+    if not fsdp2:
+        model.to(device)
+    if main_process or not fsdp2:  # under FSDP2 process 0 alone holds the weights; the broadcast carries P, Q
+        _warm_start(cfg, model, allocator, train_rows, collate, world, main_process)
+    if fsdp2:
+        shard_from_rank0_(model, device)
+    dashboard = None
+    if setup_wandb(cfg.wandb.mode, cfg.wandb.project, out) and main_process:
+        dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)
+        dashboard.begin(config=asdict(cfg))  # named after the run directory, the config attached
+        dashboard = dashboard if dashboard.active else None
 
     def classify(split: str) -> dict[str, float]:
         return classify_split(model, model_columns(data[split]), collate, tr.eval_batch_size)
@@ -434,17 +342,29 @@ def _train_fsdp2(
 
     def on_step(step: int, allocator: RankAllocator) -> None:
         event = allocator.last_event
-        if not logging or event is None or event["step"] != step:
-            return
-        penalty = 0.0
-        if allocator.adapters:  # gathers P and Q: every process, before process 0 logs
-            with torch.no_grad():
-                penalty = float(orthogonality_penalty(allocator.adapters.values(), live_only=allocator.finalized))
-        if dashboard is not None:
-            dashboard.log_event(event, penalty)
+        if dashboard is not None and event is not None and event["step"] == step:
+            dashboard.log_event(event)
 
-    shard_from_rank0_(model, init_distributed()[2])  # process 0 alone loaded the weights
-    before = _floor(cfg, model, classify, tokenizer, task, data)  # sharded: every process in lockstep
+    loop = LoopConfig(
+        steps=tr.max_steps,
+        batch_size=tr.batch_size,
+        learning_rate=tr.learning_rate,
+        grad_accum_steps=tr.grad_accum_steps,
+        singular_lr_multiplier=tr.singular_lr_multiplier,
+        weight_decay=tr.weight_decay,
+        warmup_ratio=tr.warmup_ratio,
+        orth_weight=cfg.adapter.orth_weight,
+        seed=cfg.seed,
+        strategy="fsdp2" if fsdp2 else "ddp" if world > 1 else "none",
+        save_steps=tr.save_steps,
+        checkpoint_dir=str(out / "trainer"),
+        resume=bool(cfg.resume),
+        log_steps=max(1, tr.max_steps // 20),
+        eval_steps=tr.eval_steps,
+        gradient_checkpointing=tr.gradient_checkpointing,
+        progress=True,
+    )
+    before = _floor(cfg, model, classify, tokenizer, task, data)
     start = time.perf_counter()
     model, result = train_loop(
         model,
@@ -461,14 +381,14 @@ def _train_fsdp2(
     trained = _Trained(
         model=model,
         classify=classify,
-        history=result.history,
-        trace=result.trace,
+        history=allocator.history,
+        trace=allocator.trace,
         log=result.log_history,
         before=before,
         train_seconds=time.perf_counter() - start,
         steps=result.global_step,
         train_loss=result.train_loss,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        world_size=world,
         main_process=main_process,
         trainable_initial=trainable_initial,
         wandb=dashboard is not None,
@@ -480,8 +400,6 @@ def _finish(
     cfg: RunConfig, task: TaskData, tokenizer: Any, allocator: RankAllocator, data: dict, out: Path, trained: _Trained
 ) -> dict[str, Any]:
     """Evaluate, and on process 0 write metrics, allocation, trace, log, report and the native export."""
-    from adarank.sharding import gathered_trainables
-
     plan = allocator.plan
     assert plan is not None
     model = trained.model
@@ -683,13 +601,3 @@ def evaluate_splits(
             out[f"{split}_loss"] = loss
             out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
     return out
-
-
-def _trainer_classify(trainer: Any, data: dict) -> Any:
-    """``classify(split)`` for ``evaluate_splits`` through the Trainer's evaluation loop."""
-
-    def classify(split: str) -> dict[str, float]:
-        scores = trainer.evaluate(model_columns(data[split]), metric_key_prefix=split)
-        return {"accuracy": scores[f"{split}_accuracy"], "macro_f1": scores[f"{split}_macro_f1"]}
-
-    return classify

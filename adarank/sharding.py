@@ -92,7 +92,10 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 def shard_model(model: nn.Module) -> int:
     """Apply FSDP2 in place: ``fully_shard`` every transformer block, then the root (embeddings, norms,
-    head and anything outside the blocks). Returns the number of blocks sharded.
+    head and anything outside the blocks). Only frozen parameters are sharded: the trainable ones
+    (adapters, a new head) are left whole on every process (``ignored_params``), so the allocator, the
+    shrink and the checkpoints see plain tensors; adarank's engine averages their gradients itself.
+    Returns the number of blocks sharded.
 
     Raises:
         ValueError: the model has no repeated blocks to shard.
@@ -102,9 +105,10 @@ def shard_model(model: nn.Module) -> int:
     blocks = transformer_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no repeated transformer blocks (an nn.ModuleList) to shard")
+    trainable = {p for p in model.parameters() if p.requires_grad}
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, ignored_params=trainable)
+    fully_shard(model, ignored_params=trainable)
     return len(blocks)
 
 

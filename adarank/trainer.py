@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from adarank.callback import AdaRankCallback, latest_complete_checkpoint
+from adarank.callback import AdaRankCallback
+from adarank.checkpoint import latest_complete_checkpoint
+from adarank.config import SINGULAR_LR_MULTIPLIER
 from adarank.inject import RECORD_ATTR, find_adapters
 from adarank.regularization import orthogonality_penalty
 from adarank.schedule import budget_at
@@ -21,7 +23,10 @@ from adarank.tasks import only_scored_logits
 
 
 def param_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float = 0.0, singular_lr_multiplier: float = 1.0
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    singular_lr_multiplier: float = SINGULAR_LR_MULTIPLIER,
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups: singular values at ``learning_rate * singular_lr_multiplier`` without
     weight decay; other trainable matrices with ``weight_decay``; other vectors without.
@@ -99,7 +104,13 @@ class AdaRankTrainer(Trainer):
         *args, **kwargs: as for ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, orth_weight: float = 0.1, singular_lr_multiplier: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        orth_weight: float = 0.1,
+        singular_lr_multiplier: float = SINGULAR_LR_MULTIPLIER,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         if self.model_accepts_loss_kwargs and not _loss_counts_items(self.accelerator.unwrap_model(self.model)):
             # transformers 5.x takes any forward(**kwargs) for one that normalizes its loss by the
@@ -123,7 +134,7 @@ class AdaRankTrainer(Trainer):
                 stacklevel=2,
             )
         else:
-            self._callback.rewraps_ddp = True  # training_step below rebuilds a DDP wrapper after a shrink
+            self._callback.allocator.register_shrink_hook(self._rewrap_after_shrink)
         self._rewrapped: nn.Module | None = None
 
     @property
@@ -134,16 +145,20 @@ class AdaRankTrainer(Trainer):
         assert self.model is not None
         return list(find_adapters(self.model).values())
 
+    def _rewrap_after_shrink(self, model: nn.Module, optimizer: Any) -> None:
+        """The allocator's shrink hook: DDP's reducer holds the parameters it was built with, so a DDP
+        wrapper is rebuilt around the shrunk model (``training_step`` uses it from then on)."""
+        wrapped = self.model_wrapped
+        if isinstance(wrapped, nn.parallel.DistributedDataParallel):
+            self._rewrapped = nn.parallel.DistributedDataParallel(
+                wrapped.module, device_ids=wrapped.device_ids, output_device=wrapped.output_device,
+                find_unused_parameters=wrapped.find_unused_parameters,
+            )  # fmt: skip
+            self.model_wrapped = self._rewrapped
+
     def training_step(self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        """``Trainer.training_step``; after a shrink under DDP, through a DDP wrapper rebuilt around the
-        shrunk model (DDP's reducer holds the parameters it was built with)."""
-        if isinstance(model, nn.parallel.DistributedDataParallel) and self._callback and self._callback.shrunk_at:
-            if self._rewrapped is None:
-                self._rewrapped = nn.parallel.DistributedDataParallel(
-                    model.module, device_ids=model.device_ids, output_device=model.output_device,
-                    find_unused_parameters=model.find_unused_parameters,
-                )  # fmt: skip
-                self.model_wrapped = self._rewrapped
+        """``Trainer.training_step``; after a shrink under DDP, through the rebuilt DDP wrapper."""
+        if self._rewrapped is not None and isinstance(model, nn.parallel.DistributedDataParallel):
             model = self._rewrapped
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -232,6 +247,6 @@ class AdaRankTrainer(Trainer):
             if plan is not None:
                 logs["rank_budget"] = budget_at(self.state.global_step, plan)
             logs["forward_rank"] = sum(a.live_rank() for a in self._adapters)
-            trace = self._callback.trace if self._callback else []
+            trace = self._callback.allocator.trace if self._callback else []
             logs["live_rank"] = trace[-1]["live_rank"] if trace else sum(a.active_rank() for a in self._adapters)
         super().log(logs, *args, **kwargs)

@@ -63,11 +63,13 @@ def main() -> None:
     step = 0
     while step < args.steps:
         for batch in loader:
-            loss = model(**batch).loss + 0.1 * orthogonality_penalty(adapters.values())
+            penalty = orthogonality_penalty(allocator.adapters.values(), live_only=allocator.finalized)
+            loss = model(**batch).loss + 0.1 * penalty
             accelerator.backward(loss)
             optimizer.step()
             step += 1
-            event = allocator.step(step, optimizer)  # after optimizer.step(), before zero_grad()
+            # after optimizer.step(), before zero_grad(); the model, so that budget.shrink can cut the adapters
+            event = allocator.step(step, optimizer, accelerator.unwrap_model(model))
             scheduler.step()
             optimizer.zero_grad()
             if event and accelerator.is_main_process:

@@ -103,7 +103,7 @@ def main() -> None:
         args=args,
         train_dataset=data,
         data_collator=collator,
-        callbacks=[callback := AdaRankCallback(allocator), recorder],
+        callbacks=[AdaRankCallback(allocator), recorder],
         orth_weight=0.1,
         singular_lr_multiplier=10,
     )
@@ -120,7 +120,7 @@ def main() -> None:
         "events": recorder.events,
         "final_ranks": allocator.ranks(),
         "adapter_sha256": digest.hexdigest(),
-        "shrunk_at": callback.shrunk_at,
+        "shrunk_at": next((e["step"] for e in allocator.history if e["final"]), None) if allocator.shrunk else None,
         "trainable_after": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "ddp_rebuilt": trainer._rewrapped is not None,
     }

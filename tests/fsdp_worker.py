@@ -29,7 +29,8 @@ from adarank.sharding import gathered_trainables, is_sharded, local
 STEPS = 24
 TARGETS = ["query", "value", "attention.output.dense", "intermediate.dense"]
 EVENTS: list[dict] = []  # what record() saw after every masking step
-SHARDED: list[bool] = []  # whether every adapter parameter was a DTensor, per step
+SHARDED: list[bool] = []  # whether every adapter's base weight was a DTensor, per step
+WHOLE: list[bool] = []  # whether every adapter's trainable parameters were plain tensors, per step
 FIRST_PQ_SENSITIVITY: list[float] = []  # the largest P / Q sensitivity (this process's shard) after step 1
 
 
@@ -76,7 +77,9 @@ def main() -> None:
 
     def record(step: int, alloc: RankAllocator) -> None:
         values = [a.singular_values for a in alloc.adapters.values()]
-        sharded.append(all(is_sharded(p) for a in alloc.adapters.values() for p in a.parameters()))
+        # FSDP2 on: each adapter's frozen base weight a DTensor, its own P, lambda, Q whole (adarank's engine)
+        sharded.append(all(is_sharded(a.base.weight) for a in alloc.adapters.values()))
+        WHOLE.append(not any(is_sharded(p) for a in alloc.adapters.values() for p in a.parameters() if p.requires_grad))
         event = alloc.last_event
         if event is not None and event["step"] == step:
             scores = alloc.triplet_scores()  # a collective on sharded adapters: every process calls it
@@ -117,9 +120,10 @@ def main() -> None:
         "world_size": int(os.environ["WORLD_SIZE"]),
         "events": events,
         "sharded": sharded,
+        "whole": WHOLE,
         "final_ranks": allocator.ranks(),
-        "history": result.history,
-        "trace": result.trace,
+        "history": allocator.history,
+        "trace": allocator.trace,
         "train_loss": result.train_loss,
         "log": result.log_history,
         "first_pq_sensitivity": FIRST_PQ_SENSITIVITY[0] if FIRST_PQ_SENSITIVITY else None,  # None: resumed
@@ -150,7 +154,7 @@ def trainer_fsdp2(model: torch.nn.Module, allocator: RankAllocator, args: argpar
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"rank{rank}.json").write_text(json.dumps({
         "world_size": int(os.environ["WORLD_SIZE"]), "events": EVENTS, "sharded": SHARDED,
-        "final_ranks": allocator.ranks(), "history": callback.history, "trace": callback.trace,
+        "final_ranks": allocator.ranks(), "history": allocator.history, "trace": allocator.trace,
     }))  # fmt: skip
 
 

@@ -263,7 +263,7 @@ def test_help_version_and_argument_errors_import_no_torch(argv) -> None:
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
     if argv == ["--version"]:
-        assert done.stdout.strip() == "adarank 0.1.0"
+        assert done.stdout.strip() == "adarank 0.2.0"
     if argv == ["train", "--help"]:
         assert "  budget.schedule = 'cubic'\n      Budget schedule b(t): cubic | linear | constant" in done.stdout
 

@@ -64,9 +64,11 @@ def _state_elements(optimizer) -> int:
 
 
 def test_a_shrunk_run_equals_the_same_run_unshrunk(tmp_path: Path) -> None:
-    shrunk, shrunk_alloc, shrunk_cb = _run(tmp_path / "shrunk", shrink=True)
+    shrunk, shrunk_alloc, _ = _run(tmp_path / "shrunk", shrink=True)
     whole, whole_alloc, _ = _run(tmp_path / "whole", shrink=False)
-    assert shrunk_cb.shrunk_at == 18 and shrunk_alloc.shrunk and not whole_alloc.shrunk
+    assert shrunk_alloc.shrunk and not whole_alloc.shrunk
+    final = [e for e in shrunk_alloc.history if e["final"]]
+    assert [e["step"] for e in final] == [18], "one final masking step, where the shrink happened"
     ranks = whole_alloc.ranks()
     assert shrunk_alloc.ranks() == ranks and sorted(ranks) == sorted(shrunk_alloc.initial_ranks)
     assert 0 in ranks.values() and any(0 < r < 4 for r in ranks.values()), "the case needs pruned and cut modules"
@@ -128,9 +130,10 @@ def test_a_checkpoint_taken_after_the_shrink_resumes_exactly(tmp_path: Path) -> 
     whole, whole_alloc, _ = _run(tmp_path / "whole", shrink=True)
     _run(tmp_path / "run", shrink=True, extra=[StopAt(20)], save_strategy="steps", save_steps=4)
     state = json.loads((tmp_path / "run" / "checkpoint-20" / "adarank_allocator.json").read_text())
-    assert state["shrunk_at"] == 18 and state["shrunk_ranks"] == whole_alloc.ranks()
-    resumed, alloc, callback = _run(tmp_path / "run", shrink=True, resume=True, save_strategy="steps", save_steps=4)
-    assert callback.shrunk_at == 18 and alloc.ranks() == whole_alloc.ranks()
+    assert state["shrunk"] and state["last_step"] == 20
+    assert [(e["step"], e["ranks"]) for e in state["history"] if e["final"]] == [(18, whole_alloc.ranks())]
+    resumed, alloc, _ = _run(tmp_path / "run", shrink=True, resume=True, save_strategy="steps", save_steps=4)
+    assert alloc.shrunk and alloc.ranks() == whole_alloc.ranks()
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name  # bitwise
 
@@ -139,8 +142,11 @@ def test_a_shrunk_state_is_not_loaded_into_full_shapes() -> None:
     model = tiny_bert()
     allocator = RankAllocator(inject_adapters(model, ["query"], rank=4, alpha=8, seed=0), BUDGET, total_steps=24)
     state = {**allocator.state_dict(), "shrunk_ranks": {n: 1 for n in allocator.adapters}}
-    with pytest.raises(ValueError, match="saved after the final-phase shrink: rebuild the shrunk shapes first"):
+    with pytest.raises(ValueError, match="saved after the final-phase shrink: pass the model"):
         allocator.load_state_dict(state)
+    allocator.load_state_dict(state, model)  # with the model: the shrunk shapes are rebuilt first
+    assert allocator.shrunk and allocator.ranks() == {n: 1 for n in allocator.adapters}
+    assert all(a.left_vectors.shape[1] == 1 for a in find_adapters(model).values())
 
 
 def test_the_export_of_a_shrunk_model_loads_and_reproduces_it(tmp_path: Path) -> None:
