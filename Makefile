@@ -29,8 +29,8 @@ test-fast:
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist worksteal -m "not slow"
 
 lint:
-	$(PY) -m ruff check adarank tests scripts
-	$(PY) -m ruff format --check adarank tests scripts
+	$(PY) -m ruff check adarank tests examples benchmarks studies tools
+	$(PY) -m ruff format --check adarank tests examples benchmarks studies tools
 
 typecheck:
 	$(PY) -m mypy adarank

@@ -9,37 +9,40 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from adarank import _moved
+from adarank._version import __version__ as __version__
+
+_moved.install()  # adarank 0.1's module names (adarank.loop, adarank.trainer, ...) still import
 
 _EXPORTS = {
-    "RankAllocator": "adarank.allocator",
-    "AdaRankCallback": "adarank.callback",
+    "RankAllocator": "adarank.core.allocator",
+    "AdaRankCallback": "adarank.training.callback",
     "AdapterConfig": "adarank.config",
     "BudgetConfig": "adarank.config",
     "ConfigError": "adarank.config",
     "ImportanceConfig": "adarank.config",
     "RunConfig": "adarank.config",
-    "load_config": "adarank.config",
-    "ExportError": "adarank.export",
-    "export_merged": "adarank.export",
-    "export_native": "adarank.export",
-    "export_peft": "adarank.export",
-    "load_adapter": "adarank.export",
-    "save_adapter": "adarank.export",
-    "swap_adapter": "adarank.export",
-    "count_live_parameters": "adarank.inject",
-    "count_trainable": "adarank.inject",
-    "find_adapters": "adarank.inject",
-    "inject_adapters": "adarank.inject",
-    "SVDLinear": "adarank.layers",
-    "orthogonality_penalty": "adarank.regularization",
-    "BudgetPlan": "adarank.schedule",
-    "shrink_": "adarank.shrink",
-    "budget_at": "adarank.schedule",
-    "plan_budget": "adarank.schedule",
-    "AdaRankTrainer": "adarank.trainer",
-    "param_groups": "adarank.trainer",
-    "warm_start_": "adarank.warm_start",
+    "load_config": "adarank.checks",
+    "ExportError": "adarank.core.export",
+    "export_merged": "adarank.core.export",
+    "export_native": "adarank.core.export",
+    "export_peft": "adarank.core.export",
+    "load_adapter": "adarank.core.export",
+    "save_adapter": "adarank.core.export",
+    "swap_adapter": "adarank.core.export",
+    "count_live_parameters": "adarank.core.inject",
+    "count_trainable": "adarank.core.inject",
+    "find_adapters": "adarank.core.inject",
+    "inject_adapters": "adarank.core.inject",
+    "SVDLinear": "adarank.core.layers",
+    "orthogonality_penalty": "adarank.core.regularization",
+    "BudgetPlan": "adarank.core.schedule",
+    "shrink_": "adarank.core.shrink",
+    "budget_at": "adarank.core.schedule",
+    "plan_budget": "adarank.core.schedule",
+    "AdaRankTrainer": "adarank.training.trainer",
+    "param_groups": "adarank.core.optim",
+    "warm_start_": "adarank.core.warm_start",
 }
 
 __all__ = [
@@ -88,10 +91,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from adarank.allocator import RankAllocator
-    from adarank.callback import AdaRankCallback
-    from adarank.config import AdapterConfig, BudgetConfig, ConfigError, ImportanceConfig, RunConfig, load_config
-    from adarank.export import (
+    from adarank.checks import load_config
+    from adarank.config import AdapterConfig, BudgetConfig, ConfigError, ImportanceConfig, RunConfig
+    from adarank.core.allocator import RankAllocator
+    from adarank.core.export import (
         ExportError,
         export_merged,
         export_native,
@@ -100,10 +103,12 @@ if TYPE_CHECKING:
         save_adapter,
         swap_adapter,
     )
-    from adarank.inject import count_live_parameters, count_trainable, find_adapters, inject_adapters
-    from adarank.layers import SVDLinear
-    from adarank.regularization import orthogonality_penalty
-    from adarank.schedule import BudgetPlan, budget_at, plan_budget
-    from adarank.shrink import shrink_
-    from adarank.trainer import AdaRankTrainer, param_groups
-    from adarank.warm_start import warm_start_
+    from adarank.core.inject import count_live_parameters, count_trainable, find_adapters, inject_adapters
+    from adarank.core.layers import SVDLinear
+    from adarank.core.optim import param_groups
+    from adarank.core.regularization import orthogonality_penalty
+    from adarank.core.schedule import BudgetPlan, budget_at, plan_budget
+    from adarank.core.shrink import shrink_
+    from adarank.core.warm_start import warm_start_
+    from adarank.training.callback import AdaRankCallback
+    from adarank.training.trainer import AdaRankTrainer

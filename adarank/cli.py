@@ -1,6 +1,10 @@
 """Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`,
 `adarank compare RUN_DIR RUN_DIR ...`, `adarank intrinsic-dim [CONFIG] [key=value ...]`,
-`adarank export RUN_DIR --format native|peft|merged --out DIR`."""
+`adarank export RUN_DIR --format native|peft|merged --out DIR`.
+
+The commands' modules are imported inside the functions that run them, on purpose: `adarank --help`,
+`--version` and argument errors import neither torch nor transformers (a test holds it). Every such
+import points down the layers (tests/test_import_layers.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from adarank.config import ConfigError, RunConfig, budget_warnings, key_docs, load_config
+from adarank.config import ConfigError, RunConfig, key_docs
+from adarank.core.budget import budget_warnings
 
 REPEAT_SUFFIX = "-repeat"
 
@@ -62,7 +67,7 @@ def _split(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from adarank import __version__
+    from adarank._version import __version__
 
     parser = argparse.ArgumentParser(prog="adarank", description="Adaptive-rank (AdaLoRA) fine-tuning.")
     parser.add_argument("--version", action="version", version=f"adarank {__version__}")
@@ -125,18 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         return _analyze(args.path, args.other, args.out)
     try:
         config, overrides = _resume_items(*_split(args.items))
+        from adarank.checks import load_config  # reads models and data: torch, not for --help
+
         cfg = load_config(config, _repeat_items(config, overrides), check_model=True)
         for warning in budget_warnings(cfg.budget, cfg.train.max_steps):
             print(f"adarank: warning: {warning}", file=sys.stderr)
         if args.command == "plan":
             _plan(cfg, args.png)
         elif args.command == "intrinsic-dim":
-            from adarank.intrinsic import intrinsic_dimension
+            from adarank.analysis.intrinsic import intrinsic_dimension
 
             intrinsic_dimension(cfg)
         else:
-            from adarank.loop import close_distributed, exit_distributed
             from adarank.run import train as run_train
+            from adarank.training.engine import close_distributed, exit_distributed
 
             run_train(cfg)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: exit 0, not gloo's abort at shutdown
@@ -150,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(cfg: RunConfig, png: Path | None) -> None:
     """Print the plan summary; write the b(t) plot only where ``--png`` asks (a dry run writes nothing)."""
-    from adarank.plan import plot_budget
-    from adarank.run import describe
+    from adarank.reporting.plan import plot_budget
+    from adarank.training.setup import describe
 
     summary, budget_plan = describe(cfg)
     print(summary)
@@ -160,7 +167,7 @@ def _plan(cfg: RunConfig, png: Path | None) -> None:
 
 
 def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
-    from adarank.export import (
+    from adarank.core.export import (
         ExportError,
         check_destination,
         export_merged,
@@ -169,7 +176,7 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         load_adapter,
         read_native,
     )
-    from adarank.run import load_base
+    from adarank.training.setup import load_base
 
     folder = source / "adapter" if (source / "adapter").is_dir() else source
     try:
@@ -192,8 +199,8 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
 
 
 def _analyze(path: Path, other: Path | None, out: Path | None) -> int:
-    from adarank.analyze import analysis_table, analyze, write_analysis
-    from adarank.export import ExportError
+    from adarank.analysis.analyze import analysis_table, analyze, write_analysis
+    from adarank.core.export import ExportError
 
     try:
         result = analyze(path, other)
@@ -205,7 +212,7 @@ def _analyze(path: Path, other: Path | None, out: Path | None) -> int:
     page = write_analysis(result, out or (path / "analysis" if is_run else Path("analysis")))
     print(f"written: {page}")
     if is_run:
-        from adarank.dashboards import log_analysis
+        from adarank.reporting.dashboards import log_analysis
 
         run_id = log_analysis(path, result, sorted(page.parent.glob("*.png")))
         if run_id:
@@ -214,7 +221,7 @@ def _analyze(path: Path, other: Path | None, out: Path | None) -> int:
 
 
 def _compare(paths: list[Path], out: Path) -> int:
-    from adarank.compare import compare_table, load_runs, write_compare
+    from adarank.reporting.compare import compare_table, load_runs, write_compare
 
     try:
         runs = load_runs(paths)
@@ -229,7 +236,7 @@ def _compare(paths: list[Path], out: Path) -> int:
 def _inspect(path: Path) -> int:
     import json
 
-    from adarank.report import rank_table
+    from adarank.reporting.report import rank_table
 
     file = path / "allocation.json" if path.is_dir() else path
     if (path / "adarank_adapter.json").is_file():  # a native adapter export

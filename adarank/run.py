@@ -1,17 +1,16 @@
-"""The main job: fine-tune with adaptive-rank adapters and write a run directory.
+"""The main job, as a recipe: check the data, set up the model, adapters and allocator, train with the
+engine, evaluate, and write the run directory.
 
 Run directory contract: ``config.yaml`` (resolved), ``metrics.json``, ``allocation.json``,
-``allocation_history.json``, ``report.html`` with its PNGs, ``budget_plan.png`` and the native
-adapter export in ``adapter/``. Under torchrun
-(DDP) every process trains; only process 0 writes. ``adarank intrinsic-dim`` (adarank.intrinsic) trains
-and scores with the same helpers: ``is_causal``, ``targets_or_raise``, ``collator``, ``training_arguments``
-and ``evaluate_splits``.
+``allocation_history.json``, ``rank_trace.json``, ``train_log.json``, ``report.html`` with its PNGs,
+``budget_plan.png`` and the native adapter export in ``adapter/``. Under torchrun every process trains;
+only process 0 writes. The set-up and evaluation helpers live in ``adarank.training.setup`` and
+``adarank.training.evaluate``; adarank 0.1 imported some of them from here, and they still import.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,193 +19,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from adarank.allocator import RankAllocator
-from adarank.config import ConfigError, ModelConfig, RunConfig, to_yaml
-from adarank.dashboards import WandbDashboard, setup_wandb
-from adarank.data import LABEL_NAMES, TaskData, load_task
-from adarank.export import export_native
-from adarank.inject import count_live_parameters, count_trainable, inject_adapters, module_shapes
-from adarank.loop import LoopConfig, classify_split, init_distributed, train_loop
-from adarank.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
-from adarank.plan import adapter_plan, plan_summary, plot_budget
-from adarank.report import RunRecord, write_report
-from adarank.rundir import OutputLock, write_json_atomic
-from adarank.schedule import BudgetPlan, constant_rank_budget
-from adarank.sharding import gathered_trainables, shard_from_rank0_
-from adarank.tasks import (
-    GenerationCollator,
-    answer_tokens,
-    build_datasets,
-    exact_match,
-    forced_answers,
-    mean_token_loss,
-    model_columns,
-    scored_pass,
-    training_rows,
-)
-from adarank.warm_start import warm_start_
-
-
-def is_causal(cfg: RunConfig) -> bool:
-    """Whether the run trains a causal LM (generation or language_modeling) rather than a classifier."""
-    return cfg.data.format != "classification"
-
-
-def _config_label_names(cfg: RunConfig) -> list[str]:
-    """The label names the config implies without reading the data: data.label_names, else an
-    embedded task's; empty when only the data can tell."""
-    return list(cfg.data.label_names or LABEL_NAMES.get(cfg.data.dataset, []))
-
-
-def _label_count(cfg: RunConfig) -> int:
-    """Classes of the head as far as the config tells (2 when only the data can tell)."""
-    return len(_config_label_names(cfg)) or 2
-
-
-def targets_or_raise(model: nn.Module, cfg: RunConfig) -> dict[str, tuple[int, int]]:
-    """The (out, in) shapes of the modules adapter.target_modules names in ``model``.
-
-    Raises:
-        ConfigError: a target matches nothing, or something that is not a linear layer.
-    """
-    try:
-        return module_shapes(model, cfg.adapter.target_modules)
-    except ValueError as err:
-        raise ConfigError([f"adapter.target_modules: {err}"]) from err
-
-
-def describe(cfg: RunConfig) -> tuple[str, Any]:
-    """The plan summary and BudgetPlan of ``cfg`` from the model's shapes alone (no weights loaded).
-
-    Raises:
-        ConfigError: the model, target modules or budget are invalid.
-    """
-    skeleton = model_skeleton(cfg.model, is_causal(cfg), _label_count(cfg))
-    shapes = targets_or_raise(skeleton, cfg)
-    base_params = sum(p.numel() for p in skeleton.parameters())
-    return plan_summary(cfg, shapes, base_params), adapter_plan(cfg, shapes, base_params)
-
-
-def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, nn.Module, RankAllocator]:
-    """Load the model (a classifier over ``label_names`` or a causal LM), inject adapters and build the
-    allocator; every problem raised before training. Under ``distributed.strategy=fsdp2`` (the process
-    group initialised) a collective: process 0 alone loads the weights, the others build the model on the
-    meta device (``load_model_sharded``) and get their shards in training.
-
-    Raises:
-        ConfigError: the model folder, target modules, head or budget are invalid.
-    """
-    torch.manual_seed(cfg.seed)
-    names = label_names or _config_label_names(cfg)
-    load = load_model_sharded if cfg.distributed.strategy == "fsdp2" else load_model
-    tokenizer, model, new_modules = load(cfg.model, is_causal(cfg), len(names) or 2, names or None)
-    base_params = sum(p.numel() for p in model.parameters())
-    shapes = targets_or_raise(model, cfg)
-    budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
-    narrow = [n for n, (o, i) in shapes.items() if budget.init_rank > min(o, i)]
-    if cfg.adapter.init == "gradient" and narrow:
-        raise ConfigError([
-            f"adapter.init=gradient: budget.init_rank ({budget.init_rank}) exceeds min(d_out, d_in) of {len(narrow)} "
-            f"target module(s) (e.g. {narrow[0]}: {min(shapes[narrow[0]])}), and a gradient has no more directions; "
-            "lower budget.init_rank or use adapter.init=orthonormal."
-        ])  # fmt: skip
-    try:
-        adapters = inject_adapters(
-            model,
-            cfg.adapter.target_modules,
-            rank=budget.init_rank,
-            alpha=cfg.adapter.alpha,
-            dropout=cfg.adapter.dropout,
-            modules_to_save=[*new_modules, *cfg.adapter.modules_to_save],
-            seed=cfg.seed,
-        )
-    except ValueError as err:
-        raise ConfigError([f"adapter.modules_to_save: {err}"]) from err
-    if not adapters and not count_trainable(model):
-        raise ConfigError([
-            "nothing to train: adapter.target_modules is empty and this model's classification head came with the "
-            "checkpoint, so it is not new; name it in adapter.modules_to_save (e.g. [classifier]) to train it alone."
-        ])  # fmt: skip
-    train_in_fp32(model, list(cfg.adapter.modules_to_save))
-    allocator = RankAllocator(
-        adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params
-    )
-    return tokenizer, model, allocator
-
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def check_chat_template(tokenizer: Any, cfg: RunConfig) -> None:
-    """Chat data needs a chat template: data.chat_template (installed on the tokenizer) or the tokenizer's.
-
-    Raises:
-        ConfigError: neither exists.
-    """
-    if not cfg.data.messages_field:
-        return
-    if cfg.data.chat_template:
-        tokenizer.chat_template = cfg.data.chat_template
-    elif not getattr(tokenizer, "chat_template", None):
-        raise ConfigError([
-            f"the tokenizer of `{cfg.model.name_or_path}` has no chat template, so data.messages_field cannot be "
-            f"rendered; give one as data.chat_template (a Jinja template), e.g. ChatML: {json.dumps(CHATML)}"
-        ])  # fmt: skip
-
-
-def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
-    """TrainingArguments for a run (no checkpoints; linear decay after warm-up)."""
-    from transformers import TrainingArguments
-
-    tr = cfg.train
-    return TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=tr.max_steps,
-        per_device_train_batch_size=tr.batch_size,
-        per_device_eval_batch_size=tr.eval_batch_size,
-        gradient_accumulation_steps=tr.grad_accum_steps,
-        learning_rate=tr.learning_rate,
-        weight_decay=tr.weight_decay,
-        warmup_steps=int(tr.warmup_ratio * tr.max_steps),
-        lr_scheduler_type="linear",
-        logging_steps=max(1, tr.max_steps // 20),
-        eval_strategy="steps" if tr.eval_steps else "no",
-        eval_steps=tr.eval_steps,
-        save_strategy="steps" if tr.save_steps else "no",
-        save_steps=tr.save_steps or 500,
-        save_total_limit=2,  # the newest may be half-written when a process dies; the one before is complete
-        report_to=report_to,
-        seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
-        dataloader_num_workers=0,
-        activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
-    )
-
-
-def check_launch(launcher_world_size: int, trainer_world_size: int) -> None:
-    """Refuse a launch whose processes do not form one job (each would train alone, unnoticed).
-
-    Raises:
-        RuntimeError: the launcher started ``launcher_world_size`` processes but training runs with
-            another world size.
-    """
-    if launcher_world_size != trainer_world_size:
-        raise RuntimeError(
-            f"the launcher started {launcher_world_size} processes (WORLD_SIZE) but training runs with world "
-            f"size {trainer_world_size}: each process would train alone and they would overwrite each other. "
-            "On CPU launch with `torchrun --nproc_per_node N -m adarank train ...` (accelerate launch --cpu "
-            "runs one process); on GPUs check that every process sees a device."
-        )
+from adarank.config import ConfigError, RunConfig, to_yaml
+from adarank.core.allocator import RankAllocator
+from adarank.core.export import export_native
+from adarank.core.inject import count_live_parameters, count_trainable
+from adarank.core.schedule import BudgetPlan
+from adarank.core.sharding import gathered_trainables, shard_from_rank0_
+from adarank.core.warm_start import warm_start_
+from adarank.data import TaskData, load_task
+from adarank.data.tasks import answer_tokens, build_datasets, model_columns, training_rows
+from adarank.io.rundir import OutputLock, write_json_atomic
+from adarank.reporting.dashboards import WandbDashboard, log_run_report, setup_wandb
+from adarank.reporting.plan import plan_summary, plot_budget
+from adarank.reporting.report import RunRecord, write_report
+from adarank.training.engine import LoopConfig, init_distributed, train_loop
+from adarank.training.evaluate import classify_split, evaluate_splits, exact_match, mean_token_loss
+from adarank.training.setup import CHATML as CHATML  # re-exported: adarank 0.1 imported these from here
+from adarank.training.setup import base_description, check_chat_template, collator, prepare
+from adarank.training.setup import describe as describe
+from adarank.training.setup import is_causal as is_causal
+from adarank.training.setup import load_base as load_base
+from adarank.training.setup import targets_or_raise as targets_or_raise
+from adarank.training.trainer import check_launch as check_launch
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Read and check the data, fine-tune, evaluate on validation and test, and write the run directory;
     returns metrics. Nothing is written before the data and the model have passed their checks. One
-    engine (``adarank.loop.train_loop``) for every strategy: one process, or under torchrun every
+    engine (``adarank.training.engine.train_loop``) for every strategy: one process, or under torchrun every
     process trains (``ddp``: whole models; ``fsdp2``: the base sharded) and process 0 writes.
 
     Raises:
@@ -295,13 +135,6 @@ def _floor(
         return before | ({"eval_accuracy_before": floor["test_accuracy"]} if "test_accuracy" in floor else {})
     floor = evaluate_splits(model, classify, tokenizer, cfg, task, data, ("validation",))
     return {f"{k}_before": v for k, v in floor.items()}
-
-
-def collator(cfg: RunConfig, tokenizer: Any) -> Any:
-    """The batch collator of the run's format: right-padded generation rows, or a classifier's padding."""
-    from transformers import DataCollatorWithPadding
-
-    return GenerationCollator(tokenizer.pad_token_id) if is_causal(cfg) else DataCollatorWithPadding(tokenizer)
 
 
 def _train(
@@ -451,8 +284,6 @@ def _finish(
     report = write_report(out, record)
     write_json_atomic(out / "metrics.json", metrics)
     if trained.wandb:
-        from adarank.dashboards import log_run_report
-
         log_run_report(sorted(report.parent.glob("*.png")), metrics, samples)
     shown = (
         "test_accuracy",
@@ -524,80 +355,3 @@ def run_description(cfg: RunConfig, task: TaskData, data: dict, plan: BudgetPlan
         f"lr {cfg.train.learning_rate:g}, seed {cfg.seed}",
         "run directory": cfg.output_dir,
     }
-
-
-def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> dict[str, Any]:
-    """What an export records about its base model, enough to rebuild it (see ``load_base``): the
-    model, its dtype, the format and the label names in id order (none for a causal LM)."""
-    if label_names is None:
-        label_names = _config_label_names(cfg)
-    if is_causal(cfg):
-        label_names = []
-    return {
-        "name_or_path": cfg.model.name_or_path or "minilm",
-        "gguf_file": cfg.model.gguf_file,
-        "dtype": cfg.model.dtype,
-        "format": cfg.data.format,
-        "num_labels": len(label_names),
-        "label_names": list(label_names),
-    }
-
-
-def load_base(description: dict[str, Any]) -> tuple[Any, nn.Module, Path]:
-    """Tokenizer, a fresh base model as ``base_description`` describes it, and its local folder.
-
-    Raises:
-        ConfigError: the base model cannot be found or loaded.
-    """
-    model_cfg = ModelConfig(
-        str(description.get("name_or_path", "")),
-        str(description.get("gguf_file", "")),
-        str(description.get("dtype", "float32")),
-    )
-    causal = description.get("format") in ("generation", "language_modeling")
-    names = [str(n) for n in description.get("label_names") or []] or None
-    tokenizer, model, _ = load_model(model_cfg, causal, int(description.get("num_labels", 2)), names)
-    return tokenizer, model, hf_folder(model_cfg)
-
-
-def report_to_wandb(args: Any) -> bool:
-    """Whether the Trainer reports to wandb."""
-    return "wandb" in (args.report_to or [])
-
-
-def evaluate_splits(
-    model: nn.Module,
-    classify: Any,
-    tokenizer: Any,
-    cfg: RunConfig,
-    task: TaskData,
-    data: dict,
-    splits: tuple[str, ...],
-) -> dict[str, float]:
-    """The format's metrics on each of ``splits``, keyed `<split>_<metric>`: accuracy and macro_f1
-    (classification, from ``classify(split)``), accuracy by exact match and answer_loss (generation),
-    loss and perplexity (language_modeling)."""
-    pad, batch = tokenizer.pad_token_id, cfg.train.eval_batch_size
-    out: dict[str, float] = {}
-    for split in splits:
-        if cfg.data.format == "classification":
-            scores = classify(split)
-            out[f"{split}_accuracy"] = float(scores["accuracy"])
-            out[f"{split}_macro_f1"] = float(scores["macro_f1"])
-        elif cfg.data.format == "generation":
-            rows = data[split]
-            loss, predictions = scored_pass(model, model_columns(rows), pad, batch, f"{split} loss")
-            out[f"{split}_loss"] = loss
-            out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
-            out[f"{split}_answer_loss"] = loss  # the same loss, under its earlier name
-            answer = answer_tokens(tokenizer, cfg.data, task)
-            if answer:
-                prompts, references = [list(p) for p in rows["prompt_ids"]], list(rows["reference"])
-                known = forced_answers(model, tokenizer, rows, predictions, answer)
-                accuracy, _ = exact_match(model, tokenizer, prompts, references, answer, batch, known)
-                out[f"{split}_accuracy"] = accuracy
-        else:
-            loss = mean_token_loss(model, data[split], pad, batch, f"{split} loss")
-            out[f"{split}_loss"] = loss
-            out[f"{split}_perplexity"] = float(math.exp(min(loss, 700.0)))
-    return out

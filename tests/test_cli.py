@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import save_tiny_model
 
+from adarank.checks import load_config
 from adarank.cli import main
-from adarank.config import load_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -77,7 +77,7 @@ def test_allocator_options_from_the_command_line(tmp_path) -> None:
     """issue 18's options on the default model from `adarank train`: attention (769 parameters a triplet)
     and FFN (1,921) adapters under a parameter budget filled by score per parameter (which by
     construction leaves less than the cheapest triplet unused; the prefix rule happens to here too,
-    19,994: tests/test_allocator.py tells the rules apart). The run finishes and records the options."""
+    19,994: tests/core/test_allocator.py tells the rules apart). The run finishes and records the options."""
     out = tmp_path / "run"
     options = ["budget.selection=per_param", "budget.reset_pruned=true", "importance.task_only=true"]
     short = ["train.max_steps=30", "data.max_train_samples=480", "data.max_eval_samples=64", "wandb.mode=disabled"]
@@ -126,7 +126,7 @@ def test_plain_loop_script(tmp_path: Path) -> None:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_DIR": str(tmp_path), "WANDB_API_KEY": ""}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plain_loop.py"), "--steps", "12", "--max-train", "256",
+        [sys.executable, str(ROOT / "examples" / "plain_loop.py"), "--steps", "12", "--max-train", "256",
          "--wandb", "offline"],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )  # fmt: skip
@@ -156,8 +156,8 @@ FEW_STEPS = [
 
 
 def _rt_chat(out: Path) -> Path:
-    """scripts/rt_chat.py run as a user runs it (subprocess), writing the chat data folder."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "rt_chat.py"), str(out)], check=True, capture_output=True)
+    """examples/rt_chat.py run as a user runs it (subprocess), writing the chat data folder."""
+    subprocess.run([sys.executable, str(ROOT / "examples" / "rt_chat.py"), str(out)], check=True, capture_output=True)
     return out
 
 
@@ -171,9 +171,9 @@ def test_every_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     if cfg.model.name_or_path == "smollm2":
         save_tiny_model(tmp_path / "llama", llama=True)
         overrides.append(f"model.name_or_path={tmp_path / 'llama'}")
-    if cfg.data.messages_field:  # the chat config reads what scripts/rt_chat.py writes; the tiny model's
+    if cfg.data.messages_field:  # the chat config reads what examples/rt_chat.py writes; the tiny model's
         # tokenizer has no chat template of its own, so ChatML is given as data.chat_template
-        from adarank.run import CHATML
+        from adarank.training.setup import CHATML
 
         overrides += [f"data.dataset={_rt_chat(tmp_path / 'rt-chat')}", f"data.chat_template={CHATML}"]
     assert main(["train", str(path), *overrides]) == 0
@@ -221,14 +221,14 @@ def test_a_single_string_is_a_one_item_list(tmp_path) -> None:
 
 
 def test_every_problem_in_one_pass_before_any_weights_load(tmp_path, capsys, monkeypatch) -> None:
-    import adarank.models
-    import adarank.run
+    import adarank.io.models
+    import adarank.training.setup
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the config was validated")
 
-    monkeypatch.setattr(adarank.models, "load_model", no_weights)
-    monkeypatch.setattr(adarank.run, "load_model", no_weights)
+    monkeypatch.setattr(adarank.io.models, "load_model", no_weights)
+    monkeypatch.setattr(adarank.training.setup, "load_model", no_weights)
     out = tmp_path / "run"
     code = main(["train", f"output_dir={out}", "budget.init_rank=x", "budget.target_rank=20",
                  "adapter.target_modules=[q_proj]", "adapter.alpha=[1]"])  # fmt: skip

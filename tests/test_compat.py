@@ -139,7 +139,7 @@ def test_export_peft_and_merged_give_the_adapter_logits(v01: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from adarank.export import load_adapter
+    from adarank.core.export import load_adapter
 
     ranks = _ranks(v01)
     run = str(v01 / "run")

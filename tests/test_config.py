@@ -2,9 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from adarank.config import ConfigError, RunConfig, load_config, parse_param_budget, to_yaml
+from adarank.checks import load_config
+from adarank.config import ConfigError, RunConfig, to_yaml
+from adarank.core.budget import parse_param_budget
 
-CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted([*ROOT.joinpath("configs").glob("*.yaml"), *ROOT.joinpath("studies", "configs").glob("*.yaml")])
 
 
 def test_defaults_and_overrides() -> None:

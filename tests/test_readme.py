@@ -22,17 +22,17 @@ BLOCKS = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```",
 # Blocks that cannot run here in seconds, each with the reason; a block neither run nor listed fails.
 SKIPPED = {
     "# 1. install, then run the main job": "installs the package and trains for minutes; CI runs the test command",
-    "torchrun --standalone": "multi-process and multi-node launches; tests/test_distributed.py runs the 2-process one",
+    "torchrun --standalone": "multi-process and multi-node launches; tests/training/test_engine.py runs 2-process ones",
     "make lint": "the development commands; CI runs `make test` itself",
-    "# prompt / response pairs": "needs the user's qa.jsonl and chats.jsonl; tests/test_chat.py trains both kinds "
+    "# prompt / response pairs": "needs the user's qa.jsonl and chats.jsonl; tests/data/test_chat.py trains both kinds "
     "end to end through the CLI",
-    "adarank intrinsic-dim configs/": "every grid point is a training run (an hour here); "
-    "tests/test_intrinsic.py runs the command on a tiny model with a new head",
+    "adarank intrinsic-dim studies/configs/": "every grid point is a training run (an hour here); "
+    "tests/analysis/test_intrinsic.py runs the command on a tiny model with a new head",
     "$ adarank inspect runs/default": "needs the default run's directory; "
     "test_inspect_example_is_the_default_run checks its numbers against reports/default_run.md",
 }
 PLAN_EXAMPLE = "$ adarank plan configs/bbc-minilm-adalora.yaml"
-OWN_DATA = "$ python scripts/example_data.py examples"
+OWN_DATA = "$ python examples/example_data.py my-data"
 
 # The Python blocks run with a few steps on a slice of the data. Each substitution must match exactly
 # once, so a README edit that moves them fails here instead of running 400 steps.
@@ -106,15 +106,11 @@ def test_key_table_is_the_schema() -> None:
 
 # (figure as the README writes it, report that holds it)
 FIGURES = [
-    ("80.46%", "default_run.md"),
-    ("80.20%", "default_run.md"),
-    ("80.37%", "default_run.md"),
-    ("641 s", "default_run.md"),
-    ("80.29%", "default_run.md"),
-    ("82.25%", "default_run.md"),
-    ("82.33%", "default_run.md"),
-    ("79.10%", "README.md"),  # reports/README.md names quality_rt_partial.md as its source
-    ("248", "init_and_lr.md"),
+    ("79.84%", "engine.md"),
+    ("80.37%", "engine.md"),
+    ("79.53%", "engine.md"),
+    ("79.61%", "engine.md"),
+    ("81.37%", "engine.md"),
     ("16.3%", "smollm2_rt.md"),
     ("82.7%", "smollm2_rt.md"),
     ("44.47", "bbc_smollm2_lm.md"),

@@ -19,10 +19,11 @@ from test_resume import BUDGET, Masks
 from test_trainer import _args, _dataset
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, ConfigError, RankAllocator, inject_adapters
-from adarank.callback import check_unsharded
-from adarank.config import VERBATIM_KEYS, load_config, schema_keys, validate
-from adarank.export import ExportError, export_native, load_adapter
-from adarank.importance import triplet_scores
+from adarank.checks import VERBATIM_KEYS, load_config, validate
+from adarank.config import schema_keys
+from adarank.core.export import ExportError, export_native, load_adapter
+from adarank.core.importance import triplet_scores
+from adarank.training.callback import check_unsharded
 
 
 def _masks_for(batch: int, accum: int, tmp_path: Path) -> dict:
@@ -226,7 +227,7 @@ NUMBER_VALUES = ["-1", "0", "1e400", "nan", "inf", "-inf", "0.5", "9" * 30, "1.0
 
 def _numeric_sweep() -> list[tuple[str, list[str]]]:
     """Every numeric key alone with every hostile number: a broken range check cannot hide here."""
-    from adarank.config import _schema_fields
+    from adarank.config.keys import _schema_fields
 
     numeric = [k for k, (_, default, _) in _schema_fields().items() if type(default) in (int, float)]
     return [("", [f"{key}={value}"]) for key in numeric for value in NUMBER_VALUES]

@@ -66,6 +66,14 @@ def main() -> None:
             f"validation {100 * (new['validation_accuracy'] - old['validation_accuracy']):+.2f} points; "
             f"training time new / old = {new['train_seconds'] / old['train_seconds']:.3f}.",
         ]
+    lines += [
+        "",
+        "Caveats: one machine, three seeds; the six runs ran while the developer edited code and ran short",
+        "commands (ruff, a few `python -c` imports) beside them, spread over all six runs alike; the new",
+        "engine's runs are at 7c0b59f, before the review fixes that changed the logged loss (it now includes",
+        "the orthogonality penalty, as the Trainer's did; training and accuracy are unaffected) and the",
+        "gradient averaging of parameters that some processes do not reach (one process here: no effect).",
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,56 @@
+"""Orthogonality penalty on the SVD factors (AdaLoRA eq. 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from adarank.core.layers import SVDLinear
+from adarank.core.sharding import full
+
+
+def orthogonality_penalty(adapters: Iterable[SVDLinear], live_only: bool = False) -> torch.Tensor:
+    """Sum over adapters of ||P^T P - I||_F^2 + ||Q Q^T - I||_F^2 (AdaLoRA eq. 4), in fp32.
+
+    The paper's squared Frobenius norm, summed (PEFT takes the unsquared norm and averages over
+    matrices, which divides the weight by the number of adapters). While masks can change all r
+    triplets are regularized, pruned ones included, so a triplet that regrows (default mode) is still
+    near-orthonormal. With ``live_only`` (the final phase, where the masks are fixed and pruned
+    triplets can never return) only the triplets the forward mask keeps are: the pruned ones' cross
+    terms would otherwise keep steering the live P and Q, and a shrunk adapter (``budget.shrink``),
+    which holds only the live triplets, then gets exactly the penalty it would have had unshrunk.
+
+    On FSDP2-sharded adapters P and Q are gathered whole (a differentiable all-gather per factor; they
+    are small next to the base weights FSDP gathers anyway): every process computes the same penalty,
+    and the backward hands each process the gradient of its own shard.
+
+    Raises:
+        ValueError: if ``adapters`` is empty.
+    """
+    terms = []
+    for adapter in adapters:
+        left = full(adapter.left_vectors).float()
+        right = full(adapter.right_vectors).float()
+        eye = torch.eye(adapter.rank, device=left.device)
+        if live_only:  # zero the pruned triplets' rows and columns: no host sync, same value as slicing them out
+            mask = adapter.rank_mask.float()
+            left, right, eye = left * mask, right * mask[:, None], torch.diag(mask)
+        terms.append(((left.T @ left - eye) ** 2).sum() + ((right @ right.T - eye) ** 2).sum())
+    if not terms:
+        raise ValueError("orthogonality_penalty needs at least one adapter")
+    return torch.stack(terms).sum()
+
+
+def penalty_gradients(penalty: torch.Tensor, adapters: Mapping[str, SVDLinear]) -> dict[str, dict[str, torch.Tensor]]:
+    """The gradient of ``penalty`` w.r.t. each adapter's P (``left_vectors``) and Q (``right_vectors``),
+    by autograd through the penalty alone (its graph kept for the loss's backward); parts it does not
+    reach are left out."""
+    names = list(adapters)
+    params = [p for n in names for p in (adapters[n].left_vectors, adapters[n].right_vectors)]
+    grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for i, name in enumerate(names):
+        pair = zip(("left_vectors", "right_vectors"), grads[2 * i : 2 * i + 2], strict=True)
+        out[name] = {part: grad.detach() for part, grad in pair if grad is not None}
+    return out

@@ -1,0 +1,161 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) support: shard a model per block, and the local views
+and collectives the allocator needs when its adapters' parameters are sharded DTensors.
+
+FSDP2 shards every parameter on dim 0 into ``world_size`` chunks (``torch.chunk`` sizes: ceil(n / W)
+rows each, the last ones shorter or empty). For an SVD adapter that means P (d_out x r) is split by
+rows, so each process holds every triplet's part of P, while lambda (r) and Q (r x d_in) are split by
+triplet, so whole triplets live on different processes. Everything here is a no-op on plain tensors,
+so the same allocator code serves one process, DDP and FSDP2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+try:
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # pragma: no cover - torch without distributed support
+    DTensor = None  # type: ignore[assignment,misc]
+    Shard = None  # type: ignore[assignment,misc]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper; ``model`` itself otherwise (FSDP2 shards in place, no wrapper)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (an FSDP2-sharded parameter, gradient or state)."""
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (a view sharing its storage); a plain tensor itself."""
+    return tensor.to_local() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
+
+
+def local_rows(tensor: torch.Tensor) -> slice:
+    """The global rows (dim 0) this process holds of a dim-0-sharded DTensor; all rows of a plain one.
+
+    Raises:
+        ValueError: the DTensor is not sharded on dim 0 of a one-dimensional mesh (FSDP2's layout).
+    """
+    rows = int(tensor.shape[0])
+    if not is_sharded(tensor):
+        return slice(0, rows)
+    placements = tensor.placements  # type: ignore[attr-defined]
+    mesh = tensor.device_mesh  # type: ignore[attr-defined]
+    if len(placements) != 1 or placements[0] != Shard(0):
+        raise ValueError(f"expected FSDP2's Shard(0) placement on a 1-D mesh, got {placements}")
+    world, rank = mesh.size(), mesh.get_local_rank()
+    chunk = -(-rows // world)
+    start = min(rank * chunk, rows)
+    stop = min(start + chunk, rows)
+    held = int(local(tensor).shape[0])
+    if held != stop - start:
+        raise ValueError(f"local shard has {held} rows, expected {stop - start} (rows {start}:{stop} of {rows})")
+    return slice(start, stop)
+
+
+def any_sharded(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` is sharded (then every process must join the collectives below)."""
+    return any(is_sharded(t) for t in tensors)
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` (a plain tensor) over all processes in place; returns it. Every process must call it."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every process (an all-gather for a DTensor, differentiable); a plain one itself."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformer: the elements of its longest ``nn.ModuleList`` whose entries
+    all have one class (BERT's ``encoder.layer``, Llama's ``model.layers``, GPT-2's ``transformer.h``)."""
+    best: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best):
+            kinds = {type(block) for block in module}
+            if len(kinds) == 1:
+                best = list(module)
+    return best
+
+
+def shard_model(model: nn.Module) -> int:
+    """Apply FSDP2 in place: ``fully_shard`` every transformer block, then the root (embeddings, norms,
+    head and anything outside the blocks). Only frozen parameters are sharded: the trainable ones
+    (adapters, a new head) are left whole on every process (``ignored_params``), so the allocator, the
+    shrink and the checkpoints see plain tensors; adarank's engine averages their gradients itself.
+    Returns the number of blocks sharded.
+
+    Raises:
+        ValueError: the model has no repeated blocks to shard.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no repeated transformer blocks (an nn.ModuleList) to shard")
+    trainable = {p for p in model.parameters() if p.requires_grad}
+    for block in blocks:
+        fully_shard(block, ignored_params=trainable)
+    fully_shard(model, ignored_params=trainable)
+    return len(blocks)
+
+
+def is_fully_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` has been applied to ``model`` (its root)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@torch.no_grad()
+def shard_from_rank0_(model: nn.Module, device: torch.device) -> int:
+    """Shard ``model`` (``shard_model``) where process 0 holds its weights and every other process the
+    same modules on the meta device (``adarank.io.models.load_model_sharded``), so that no process but 0
+    ever holds a whole copy: the others allocate their own shards on ``device`` and receive them from
+    process 0 one tensor at a time (each parameter whole, then sliced to the local rows; each buffer
+    whole, non-persistent ones such as rotary frequencies included). Peak memory: process 0 the model
+    plus its shards, the others their shards plus the largest tensor. A collective. Returns the number
+    of blocks sharded."""
+    rank = dist.get_rank()
+    whole = {name: param.detach() for name, param in model.named_parameters()} if rank == 0 else {}
+    blocks = shard_model(model)
+    if rank != 0:
+        model.to_empty(device=device)
+    for name, param in model.named_parameters():  # the same names in the same order on every process
+        source = whole.pop(name).to(device) if rank == 0 else torch.empty(param.shape, dtype=param.dtype, device=device)
+        dist.broadcast(source, src=0)
+        local(param).copy_(source[local_rows(param)])
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return blocks
+
+
+@contextmanager
+def gathered_trainables(model: nn.Module) -> Iterator[None]:
+    """Within the block, every trainable DTensor parameter of ``model`` (adapters, a new head) is replaced
+    by its whole tensor on every process, so code written for plain modules (exports, counts) reads
+    them; the sharded parameters are put back on exit. Frozen base weights stay sharded. A collective:
+    every process must enter it. Do not run the model's forward inside it."""
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.requires_grad and is_sharded(param):
+                    swapped.append((module, name, param))
+                    module._parameters[name] = nn.Parameter(full(param.detach()), requires_grad=True)
+        yield
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
