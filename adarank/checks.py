@@ -28,6 +28,7 @@ from adarank.config import (
     WANDB_MODES,
     ConfigError,
     IntrinsicDimConfig,
+    IntrinsicDimRunConfig,
     ModelConfig,
     RunConfig,
     list_keys,
@@ -59,12 +60,15 @@ def _flatten(node: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")]
 
 
-def _unknown_key_problems(keys: list[str], source: str) -> list[str]:
-    valid = schema_keys()
+def _unknown_key_problems(keys: list[str], source: str, schema: type = RunConfig) -> list[str]:
+    valid = schema_keys(schema)
     sections = {k.split(".")[0] for k in valid if "." in k}
     problems = []
     for key in keys:
         if key in valid:
+            continue
+        if key.split(".")[0] == OWN_SECTION:
+            problems.append(f"{source}: `{key}` is a key of `adarank intrinsic-dim`, which this command does not read.")
             continue
         if key in sections:
             problems.append(f"{source}: `{key}` is a section; set one of its keys, e.g. `{key}.<name>=...`.")
@@ -104,10 +108,19 @@ def _yaml_hint(item: str) -> str:
     )
 
 
+OWN_SECTION = "intrinsic_dim"
+"""`adarank intrinsic-dim`'s section (``IntrinsicDimRunConfig``): skipped in a YAML file read for another
+command (a file may serve both, and adarank 0.1 wrote it into every run's config.yaml)."""
+
+
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, check_model: bool = False
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    check_model: bool = False,
+    schema: type[RunConfig] = RunConfig,
 ) -> RunConfig:
-    """Merge defaults <- YAML at ``path`` <- ``key=value`` overrides, validate, return a RunConfig.
+    """Merge defaults <- YAML at ``path`` <- ``key=value`` overrides, validate, return a RunConfig (an
+    ``IntrinsicDimRunConfig`` with ``schema=IntrinsicDimRunConfig``, for `adarank intrinsic-dim`).
 
     Every problem is found in one pass: a value of the wrong type is reported and left out, and the
     rest is still validated. With ``check_model``, the target modules and the budget are also checked
@@ -117,11 +130,13 @@ def load_config(
         ConfigError: listing every problem found (missing file, bad YAML, unknown keys, wrong types,
             impossible values, modules that match nothing), each with how to fix it.
     """
-    merged = OmegaConf.structured(RunConfig)
+    merged = OmegaConf.structured(schema)
     problems: list[str] = []
     if path is not None:
         for source, layer in _read_layers(Path(path), (), problems):
-            bad = _unknown_key_problems(_flatten(OmegaConf.to_container(layer)), source)
+            if schema is RunConfig and isinstance(layer, DictConfig) and OWN_SECTION in layer:
+                layer.pop(OWN_SECTION)
+            bad = _unknown_key_problems(_flatten(OmegaConf.to_container(layer)), source, schema)
             problems += bad
             if not bad:
                 _wrap_single_strings(layer)
@@ -131,7 +146,7 @@ def load_config(
         if not sep or not key:
             problems.append(f"override `{item}` is not of the form key=value, e.g. `budget.target_rank=4`.")
             continue
-        bad = _unknown_key_problems([key.strip()], "command line")
+        bad = _unknown_key_problems([key.strip()], "command line", schema)
         problems += bad
         if not bad and key.strip() in VERBATIM_KEYS:  # templates: braces, colons and quotes are their own
             parsed = _verbatim(key.strip(), item.partition("=")[2])
@@ -278,7 +293,8 @@ def validate(cfg: RunConfig) -> list[str]:
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
     problems += distributed_problems(cfg)
-    problems += intrinsic_dim_problems(cfg.intrinsic_dim, cfg.data.format)
+    if isinstance(cfg, IntrinsicDimRunConfig):
+        problems += intrinsic_dim_problems(cfg.intrinsic_dim, cfg.data.format)
     if tr.save_steps is not None and tr.save_steps < 1:
         problems.append(f"train.save_steps ({tr.save_steps}) must be >= 1, or null for no checkpoints.")
     if cfg.resume is not None:
@@ -319,7 +335,7 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
 
 
 def intrinsic_dim_problems(idim: IntrinsicDimConfig, data_format: str) -> list[str]:
-    """Problems with the ``intrinsic_dim.*`` keys (checked for every command; they only act there)."""
+    """Problems with the ``intrinsic_dim.*`` keys (`adarank intrinsic-dim`'s own section)."""
     problems = []
     if not 1 <= idim.min_dim <= idim.max_dim:
         problems.append(

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from adarank.config import ConfigError, RunConfig, key_docs
+from adarank.config import ConfigError, IntrinsicDimRunConfig, RunConfig, key_docs
 from adarank.core.budget import budget_warnings
 
 REPEAT_SUFFIX = "-repeat"
@@ -132,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         config, overrides = _resume_items(*_split(args.items))
         from adarank.checks import load_config  # reads models and data: torch, not for --help
 
-        cfg = load_config(config, _repeat_items(config, overrides), check_model=True)
+        schema = IntrinsicDimRunConfig if args.command == "intrinsic-dim" else RunConfig
+        cfg = load_config(config, _repeat_items(config, overrides), check_model=True, schema=schema)
         for warning in budget_warnings(cfg.budget, cfg.train.max_steps):
             print(f"adarank: warning: {warning}", file=sys.stderr)
         if args.command == "plan":
             _plan(cfg, args.png)
-        elif args.command == "intrinsic-dim":
+        elif isinstance(cfg, IntrinsicDimRunConfig):  # the intrinsic-dim command
             from adarank.analysis.intrinsic import intrinsic_dimension
 
             intrinsic_dimension(cfg)

@@ -20,7 +20,7 @@ from test_trainer import _args, _dataset
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, ConfigError, RankAllocator, inject_adapters
 from adarank.checks import VERBATIM_KEYS, load_config, validate
-from adarank.config import schema_keys
+from adarank.config import IntrinsicDimRunConfig, schema_keys
 from adarank.core.export import ExportError, export_native, load_adapter
 from adarank.core.importance import triplet_scores
 from adarank.training.callback import check_unsharded
@@ -241,7 +241,8 @@ def test_fuzzed_configs_are_rejected_with_a_message(tmp_path: Path) -> None:
             path = tmp_path / f"c{index}.yaml"
             path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
         try:
-            cfg = load_config(path, [*overrides, f"output_dir={tmp_path / 'out'}"])
+            # every command's keys: the fuzzer draws `adarank intrinsic-dim`'s own section too
+            cfg = load_config(path, [*overrides, f"output_dir={tmp_path / 'out'}"], schema=IntrinsicDimRunConfig)
         except ConfigError as err:
             names = _case_names(text, overrides, path)
             assert err.problems and all(isinstance(p, str) and p for p in err.problems)

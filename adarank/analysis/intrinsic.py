@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from adarank.analysis.subspace_runs import Runner, run_metric
-from adarank.config import ConfigError, RunConfig, to_yaml
+from adarank.config import ConfigError, IntrinsicDimRunConfig, to_yaml
 from adarank.io.rundir import OutputLock, write_json_atomic
 
 POINTS_FILE = "intrinsic_dim_points.json"
@@ -142,12 +142,12 @@ class _Points:
         write_json_atomic(self.path, {"config": self.config_text, "points": [asdict(m) for m in self.items]})
 
 
-def _config_text(cfg: RunConfig) -> str:
+def _config_text(cfg: IntrinsicDimRunConfig) -> str:
     """What determines the measurements (the output directory and overwrite flag do not)."""
     return to_yaml(replace(cfg, output_dir="", overwrite=False))
 
 
-def intrinsic_dimension(cfg: RunConfig) -> dict[str, Any]:
+def intrinsic_dimension(cfg: IntrinsicDimRunConfig) -> dict[str, Any]:
     """Measure the intrinsic dimension of ``cfg``'s task over its target modules and write the output
     directory; returns the result (the contents of intrinsic_dim.json).
 
@@ -183,7 +183,7 @@ def _cached(points: _Points, kind: str, dim: int, seed: int, run: Callable[[], f
     return value
 
 
-def _measure(cfg: RunConfig, runner: Runner, points: _Points) -> dict[str, Any]:
+def _measure(cfg: IntrinsicDimRunConfig, runner: Runner, points: _Points) -> dict[str, Any]:
     idim = cfg.intrinsic_dim
     floor = _cached(points, "floor", 0, cfg.seed, runner.floor, "floor")
     reference = _given_reference(cfg, runner.metric)
@@ -237,7 +237,7 @@ def _means(items: list[Measurement]) -> dict[int, float]:
     return {d: statistics.fmean(m.value for m in items if m.kind == "subspace" and m.dim == d) for d in dims}
 
 
-def _given_reference(cfg: RunConfig, metric: str) -> float | None:
+def _given_reference(cfg: IntrinsicDimRunConfig, metric: str) -> float | None:
     given = cfg.intrinsic_dim.reference
     if given is None:
         return None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from adarank.analysis.subspace import attach_subspace_, subspace_parameters
-from adarank.config import ConfigError, RunConfig
+from adarank.config import ConfigError, IntrinsicDimRunConfig, RunConfig
 from adarank.core.export import ExportError, read_native, trained_tensors
 from adarank.core.inject import select_modules
 from adarank.data import load_task
@@ -28,7 +28,7 @@ class Runner:
     """Loads the task once and trains one configuration per call: the head alone (floor), the target
     weights in full (reference) or a random subspace of them."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: IntrinsicDimRunConfig):
 
         self.cfg = cfg
         self.causal = is_causal(cfg)

@@ -10,7 +10,7 @@ from dataclasses import MISSING, fields, is_dataclass
 from functools import cache
 from typing import Any
 
-from adarank.config.schema import RunConfig
+from adarank.config.schema import IntrinsicDimRunConfig, RunConfig
 
 
 def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[type, Any, type]]:
@@ -21,20 +21,22 @@ def _leaf_fields(schema: type = RunConfig, prefix: str = "") -> dict[str, tuple[
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         if is_dataclass(default):
             out |= _leaf_fields(type(default), f"{prefix}{f.name}.")
-        else:
-            out[prefix + f.name] = (schema, default, hints[f.name])
+        else:  # owned by the class that declares it (its docstring is in that class's source)
+            owner = next(c for c in schema.__mro__ if f.name in vars(c).get("__annotations__", {}))
+            out[prefix + f.name] = (owner, default, hints[f.name])
     return out
 
 
 @cache
-def _schema_fields() -> dict[str, tuple[type, Any, type]]:
-    """``_leaf_fields`` of the run config, computed once (callers must not modify it)."""
-    return _leaf_fields()
+def _schema_fields(schema: type = IntrinsicDimRunConfig) -> dict[str, tuple[type, Any, type]]:
+    """``_leaf_fields`` of ``schema``, computed once (callers must not modify it); by default every key
+    of every command (a run's and `adarank intrinsic-dim`'s own section)."""
+    return _leaf_fields(schema)
 
 
-def schema_keys() -> list[str]:
-    """All dotted leaf keys of the run config, e.g. ``budget.init_rank``."""
-    return list(_schema_fields())
+def schema_keys(schema: type = IntrinsicDimRunConfig) -> list[str]:
+    """All dotted leaf keys of ``schema``, e.g. ``budget.init_rank``; by default every command's."""
+    return list(_schema_fields(schema))
 
 
 def _is_list(kind: Any) -> bool:

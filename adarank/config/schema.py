@@ -288,7 +288,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    intrinsic_dim: IntrinsicDimConfig = field(default_factory=IntrinsicDimConfig)
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -321,3 +320,11 @@ def sft_mode(data: DataConfig) -> str | None:
     if data.prompt_field or data.prompt_template or data.response_field:
         return "pairs"
     return None
+
+
+@dataclass(frozen=True)
+class IntrinsicDimRunConfig(RunConfig):
+    """`adarank intrinsic-dim`'s configuration: a run's keys plus a section of its own, which no other
+    command reads, validates or writes into a run's config.yaml."""
+
+    intrinsic_dim: IntrinsicDimConfig = field(default_factory=IntrinsicDimConfig)

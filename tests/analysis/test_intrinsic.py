@@ -8,7 +8,7 @@ import pytest
 
 from adarank.analysis.intrinsic import Crossing, find_crossing, geometric_grid, interpolated_dimension, target_value
 from adarank.checks import load_config
-from adarank.config import ConfigError
+from adarank.config import ConfigError, IntrinsicDimRunConfig
 
 
 def test_geometric_grid() -> None:
@@ -77,7 +77,8 @@ def test_config_problems_all_at_once(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, ["intrinsic_dim.min_dim=0", "intrinsic_dim.grid_factor=1", "intrinsic_dim.fraction=1.5",
                            f"intrinsic_dim.reference={tmp_path}", "intrinsic_dim.head=trained",
-                           "intrinsic_dim.metric=f1", f"intrinsic_dim.floor_run={tmp_path}"])  # fmt: skip
+                           "intrinsic_dim.metric=f1", f"intrinsic_dim.floor_run={tmp_path}"],
+                    schema=IntrinsicDimRunConfig)  # fmt: skip
     text = str(err.value)
     for expected in (
         "intrinsic_dim.min_dim (0) must be >= 1",
@@ -89,7 +90,10 @@ def test_config_problems_all_at_once(tmp_path) -> None:
         f"intrinsic_dim.floor_run `{tmp_path}` is not a finished run",
     ):
         assert expected in text
-    assert load_config(None, ["intrinsic_dim.reference=0.8"]).intrinsic_dim.reference == "0.8"
+    assert (
+        load_config(None, ["intrinsic_dim.reference=0.8"], schema=IntrinsicDimRunConfig).intrinsic_dim.reference
+        == "0.8"
+    )
 
 
 class _FakeRunner:
@@ -119,7 +123,11 @@ def test_measurement_result_and_resume(tmp_path, capsys) -> None:
     the same points file trains nothing and gives the same result."""
     from adarank.analysis.intrinsic import _config_text, _measure, _Points
 
-    cfg = load_config(None, ["intrinsic_dim.min_dim=16", "intrinsic_dim.max_dim=8192", "intrinsic_dim.seeds=2"])
+    cfg = load_config(
+        None,
+        ["intrinsic_dim.min_dim=16", "intrinsic_dim.max_dim=8192", "intrinsic_dim.seeds=2"],
+        schema=IntrinsicDimRunConfig,
+    )
     runner = _FakeRunner()
     result = _measure(cfg, runner, _Points(tmp_path / "points.json", _config_text(cfg)))  # type: ignore[arg-type]
     assert (result["floor"], result["reference"], result["target"]) == pytest.approx((0.6, 0.9, 0.87))
@@ -133,7 +141,11 @@ def test_measurement_result_and_resume(tmp_path, capsys) -> None:
     again = _FakeRunner()
     assert _measure(cfg, again, _Points(tmp_path / "points.json", _config_text(cfg))) == result  # type: ignore[arg-type]
     assert again.trained == [] and "resuming from" in capsys.readouterr().out
-    changed = load_config(None, ["intrinsic_dim.min_dim=32", "intrinsic_dim.max_dim=8192", "intrinsic_dim.seeds=2"])
+    changed = load_config(
+        None,
+        ["intrinsic_dim.min_dim=32", "intrinsic_dim.max_dim=8192", "intrinsic_dim.seeds=2"],
+        schema=IntrinsicDimRunConfig,
+    )
     fresh = _FakeRunner()
     _measure(changed, fresh, _Points(tmp_path / "points.json", _config_text(changed)))  # type: ignore[arg-type]
     assert fresh.trained, "another configuration never reuses the points"
@@ -142,7 +154,7 @@ def test_measurement_result_and_resume(tmp_path, capsys) -> None:
 def test_no_gap_between_floor_and_reference_is_refused(tmp_path) -> None:
     from adarank.analysis.intrinsic import _config_text, _measure, _Points
 
-    cfg = load_config(None, ["intrinsic_dim.reference=0.55"])
+    cfg = load_config(None, ["intrinsic_dim.reference=0.55"], schema=IntrinsicDimRunConfig)
     with pytest.raises(ConfigError, match=r"the reference \(0.5500\) is not better than the floor \(0.6000\)"):
         _measure(cfg, _FakeRunner(), _Points(tmp_path / "p.json", _config_text(cfg)))  # type: ignore[arg-type]
 
@@ -201,7 +213,8 @@ def test_fixed_head_is_the_probes_and_frozen(tmp_path, monkeypatch) -> None:
     save_tiny_model(tmp_path / "llama", llama=True)
     cfg = load_config(None, [f"model.name_or_path={tmp_path / 'llama'}", "train.max_steps=4", "train.batch_size=8",
                              "data.max_train_samples=32", "data.max_eval_samples=16", "intrinsic_dim.head=fixed",
-                             "adapter.target_modules=[q_proj]", f"output_dir={tmp_path / 'out'}"])  # fmt: skip
+                             "adapter.target_modules=[q_proj]", f"output_dir={tmp_path / 'out'}"],
+                      schema=IntrinsicDimRunConfig)  # fmt: skip
     runner = Runner(cfg)
     assert runner.head_modules == ["score"]
     runner.floor()
@@ -223,3 +236,26 @@ def test_fixed_head_is_the_probes_and_frozen(tmp_path, monkeypatch) -> None:
     resumed = Runner(cfg)
     resumed.floor_head()
     assert resumed.head_state is not None and torch.equal(resumed.head_state["score.weight"], head["score.weight"])
+
+
+def test_the_intrinsic_dim_section_is_that_commands_own(tmp_path) -> None:
+    """`intrinsic_dim.*` is read, validated and written by `adarank intrinsic-dim` alone: a run's config has
+    no such section, an override of it for another command is refused naming the command, and a YAML file
+    that holds it (adarank 0.1 wrote it into every run's config.yaml) still loads for `adarank train`."""
+    from dataclasses import fields
+
+    from adarank.config import RunConfig, to_yaml
+
+    assert "intrinsic_dim" not in {f.name for f in fields(RunConfig)}
+    assert "intrinsic_dim" not in to_yaml(load_config(None, []))
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["intrinsic_dim.min_dim=0"])
+    assert refused.value.problems == [
+        "command line: `intrinsic_dim.min_dim` is a key of `adarank intrinsic-dim`, which this command does not read."
+    ]
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("train:\n  max_steps: 50\nintrinsic_dim:\n  min_dim: 64\n")
+    assert load_config(shared, []).train.max_steps == 50
+    both = load_config(shared, [], schema=IntrinsicDimRunConfig)
+    assert isinstance(both, IntrinsicDimRunConfig) and both.intrinsic_dim.min_dim == 64
+    assert "min_dim: 64" in to_yaml(both)
