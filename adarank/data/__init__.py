@@ -3,7 +3,17 @@ them for a format (``tasks``). The names below are the public ones (``from adara
 
 from adarank.data.checks import conversation_problem
 from adarank.data.sources import LABEL_NAMES, DataError
-from adarank.data.splits import PROMPTS, Split, TaskData, bbc_news, carve, label_prompt_template, load_splits, load_task, rotten_tomatoes
+from adarank.data.splits import (
+    PROMPTS,
+    Split,
+    TaskData,
+    bbc_news,
+    carve,
+    label_prompt_template,
+    load_splits,
+    load_task,
+    rotten_tomatoes,
+)
 from adarank.io.assets import default_model_path
 
 __all__ = [

@@ -11,7 +11,6 @@ from adarank.config import FORMATS, DataConfig, sft_mode, template_fields
 from adarank.data.sources import Table, source_problems
 from adarank.io.hub import is_hub_id
 
-
 SHOWN_ROWS = 3  # rows named per problem; the rest are counted
 
 
@@ -212,5 +211,3 @@ def sft_problems(data: DataConfig) -> list[str]:
     if data.max_answer_tokens is not None and data.max_answer_tokens < 1:
         problems.append(f"data.max_answer_tokens ({data.max_answer_tokens}) must be >= 1, or null for no exact match.")
     return problems
-
-

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from adarank.config import sft_mode, template_fields
+from adarank.config import ConfigError, DataConfig, sft_mode, template_fields
 from adarank.io.assets import BUNDLED_DATASETS, bbc_news_folder, missing_data_package, rotten_tomatoes_file
-from adarank.config import ConfigError, DataConfig
 from adarank.io.hub import is_hub_id, offline_if_unreachable, unreachable_problem
 
 SPLIT_SEED = 20230301  # DataConfig.split_seed's default: the embedded tasks' splits

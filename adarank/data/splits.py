@@ -23,19 +23,17 @@ loads and before anything is written.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from adarank.io.assets import BUNDLED_DATASETS, missing_data_package
-from adarank.io.assets import default_model_path as default_model_path  # re-exported: the README imports it here
 from adarank.config import DataConfig, template_fields
-from adarank.data.sources import LABEL_NAMES as LABEL_NAMES  # re-exported: the run and the scripts read it here
 from adarank.data.checks import column_problems, label_value, rows_problem, value_problems
+from adarank.data.sources import LABEL_NAMES as LABEL_NAMES  # re-exported: the run and the scripts read it here
 from adarank.data.sources import SPLITS, Table, read_source, task_columns
 from adarank.data.sources import DataError as DataError  # re-exported for callers of load_task
+from adarank.io.assets import BUNDLED_DATASETS, missing_data_package
+from adarank.io.assets import default_model_path as default_model_path  # re-exported: the README imports it here
 
 Splits = dict[str, tuple[list[str], list[int]]]
 

@@ -19,21 +19,14 @@ Loss and perplexity are per token over every evaluated token.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from adarank.config import DataConfig, RunConfig
 from adarank.data.splits import Split, TaskData
-from adarank.core.sharding import unwrap
 
 IGNORE_INDEX = -100
 
@@ -295,5 +288,3 @@ class GenerationCollator:
             key: torch.tensor([list(f[key]) + [pad] * (width - len(f[key])) for f in features])
             for key, pad in pads.items()
         }
-
-

@@ -19,8 +19,8 @@ from adarank.checks import load_config
 from adarank.cli import main
 from adarank.config import ConfigError, DataConfig
 from adarank.data import DataError, carve, load_splits, load_task
-from adarank.training.evaluate import macro_f1
 from adarank.data.tasks import pack_blocks
+from adarank.training.evaluate import macro_f1
 
 STEPS = ["train.max_steps=2", "train.batch_size=4", "train.eval_batch_size=8", "wandb.mode=disabled"]
 WORDS = {"good": "positive", "bad": "negative", "fine": "neutral"}

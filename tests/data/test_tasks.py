@@ -14,8 +14,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from adarank import inject_adapters
 from adarank.data import default_model_path
 from adarank.data.tasks import IGNORE_INDEX, GenerationCollator
-from adarank.training.evaluate import by_length, exact_match, forced_answers, mean_token_loss, scored_pass
 from adarank.training.batches import only_scored_logits
+from adarank.training.evaluate import by_length, exact_match, forced_answers, mean_token_loss, scored_pass
 
 
 def test_by_length_orders_shortest_first_keeping_ties_in_order() -> None:
