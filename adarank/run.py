@@ -32,10 +32,10 @@ from adarank.io.rundir import OutputLock, write_json_atomic
 from adarank.reporting.dashboards import WandbDashboard, log_run_report, setup_wandb
 from adarank.reporting.plan import plan_summary, plot_budget
 from adarank.reporting.report import RunRecord, write_report
-from adarank.training.engine import LoopConfig, init_distributed, train_loop
+from adarank.training.engine import init_distributed, train_loop
 from adarank.training.evaluate import classify_split, evaluate_splits, exact_match, mean_token_loss
 from adarank.training.setup import CHATML as CHATML  # re-exported: adarank 0.1 imported these from here
-from adarank.training.setup import base_description, check_chat_template, collator, prepare
+from adarank.training.setup import base_description, check_chat_template, collator, loop_config, prepare
 from adarank.training.setup import describe as describe
 from adarank.training.setup import is_causal as is_causal
 from adarank.training.setup import load_base as load_base
@@ -178,25 +178,8 @@ def _train(
         if dashboard is not None and event is not None and event["step"] == step:
             dashboard.log_event(event)
 
-    loop = LoopConfig(
-        steps=tr.max_steps,
-        batch_size=tr.batch_size,
-        learning_rate=tr.learning_rate,
-        grad_accum_steps=tr.grad_accum_steps,
-        singular_lr_multiplier=tr.singular_lr_multiplier,
-        weight_decay=tr.weight_decay,
-        warmup_ratio=tr.warmup_ratio,
-        orth_weight=cfg.adapter.orth_weight,
-        seed=cfg.seed,
-        strategy="fsdp2" if fsdp2 else "ddp" if world > 1 else "none",
-        save_steps=tr.save_steps,
-        checkpoint_dir=str(out / "trainer"),
-        resume=bool(cfg.resume),
-        log_steps=max(1, tr.max_steps // 20),
-        eval_steps=tr.eval_steps,
-        gradient_checkpointing=tr.gradient_checkpointing,
-        progress=True,
-    )
+    strategy = "fsdp2" if fsdp2 else "ddp" if world > 1 else "none"
+    loop = loop_config(cfg, strategy, checkpoint_dir=str(out / "trainer"), progress=True)
     before = _floor(cfg, model, classify, tokenizer, task, data)
     start = time.perf_counter()
     model, result = train_loop(

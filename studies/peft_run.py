@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
-from adarank.analysis.subspace_runs import training_arguments
 from adarank.checks import load_config
 from adarank.config import ConfigError, RunConfig
 from adarank.core.inject import module_shapes
@@ -69,6 +68,37 @@ class AllocateEachStep(TrainerCallback):
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         model.base_model.update_and_allocate(state.global_step)
+
+
+def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
+    """TrainingArguments from a run config's train.* keys, for the PEFT baselines, which train in the
+    transformers Trainer (adarank's own runs use its engine)."""
+    from transformers import TrainingArguments
+
+    tr = cfg.train
+    return TrainingArguments(
+        output_dir=str(output_dir / "trainer"),
+        max_steps=tr.max_steps,
+        per_device_train_batch_size=tr.batch_size,
+        per_device_eval_batch_size=tr.eval_batch_size,
+        gradient_accumulation_steps=tr.grad_accum_steps,
+        learning_rate=tr.learning_rate,
+        weight_decay=tr.weight_decay,
+        warmup_steps=int(tr.warmup_ratio * tr.max_steps),
+        lr_scheduler_type="linear",
+        logging_steps=max(1, tr.max_steps // 20),
+        eval_strategy="steps" if tr.eval_steps else "no",
+        eval_steps=tr.eval_steps,
+        save_strategy="steps" if tr.save_steps else "no",
+        save_steps=tr.save_steps or 500,
+        save_total_limit=2,  # the newest may be half-written when a process dies; the one before is complete
+        report_to=report_to,
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
+        dataloader_num_workers=0,
+        activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
+    )
 
 
 def peft_config(method: str, cfg: RunConfig, shapes: dict[str, tuple[int, int]], base_params: int) -> Any:

@@ -1,12 +1,11 @@
 """The training runs behind `adarank intrinsic-dim` (``adarank.analysis.intrinsic``): the floor (the base,
 or the head trained alone), the reference (a full fine-tune of the target modules) and a run inside a
-random d-dimensional subspace, each trained with the transformers Trainer on the run's data and scored
-on validation."""
+random d-dimensional subspace, each trained with adarank's engine on the run's data (one process) and
+scored on validation."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,16 @@ from typing import Any
 import torch
 
 from adarank.analysis.subspace import attach_subspace_, subspace_parameters
-from adarank.config import ConfigError, IntrinsicDimRunConfig, RunConfig
+from adarank.config import ConfigError, IntrinsicDimRunConfig
+from adarank.core.allocator import RankAllocator
 from adarank.core.export import ExportError, read_native, trained_tensors
 from adarank.core.inject import select_modules
 from adarank.data import load_task
 from adarank.data.tasks import answer_tokens, build_datasets, model_columns, training_rows
 from adarank.io.models import load_model
-from adarank.training.evaluate import classification_accuracy, evaluate_splits
-from adarank.training.setup import check_chat_template, collator, is_causal, targets_or_raise
+from adarank.training.engine import train_loop
+from adarank.training.evaluate import classify_split, evaluate_splits
+from adarank.training.setup import check_chat_template, collator, is_causal, loop_config, targets_or_raise
 
 
 class Runner:
@@ -125,28 +126,20 @@ class Runner:
             self.floor()
 
     def _train(self, model: Any, learning_rate: float, seed: int, steps: bool = True) -> float:
-        """Train ``model``'s trainable parameters (unless not ``steps``) and return the validation metric."""
-
-        from transformers import Trainer
-
-        cfg = replace(self.cfg, seed=seed, train=replace(self.cfg.train, learning_rate=learning_rate, eval_steps=None,
-                                                         save_steps=None))  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="adarank-idim-") as scratch:
-            args = training_arguments(cfg, Path(scratch), [])
-            trainer = Trainer(
-                model=model,
-                args=args,
-                train_dataset=training_rows(self.data["train"], cfg.data),
-                data_collator=collator(cfg, self.tokenizer),
-                compute_metrics=None if self.causal else classification_accuracy,
-            )
-            if steps:
-                trainer.train()
-            if not self.causal:
-                scores = trainer.evaluate(model_columns(self.data["validation"]), metric_key_prefix="validation")
-            else:
-                scores = evaluate_splits(model, None, self.tokenizer, cfg, self.task, self.data, ("validation",))
+        """Train ``model``'s trainable parameters (unless not ``steps``) with adarank's engine (in this
+        process; no adapters, so no allocation and no penalty) and return the validation metric."""
+        cfg = replace(self.cfg, seed=seed, resume=None, train=replace(self.cfg.train, learning_rate=learning_rate,
+                                                                      eval_steps=None, save_steps=None))  # fmt: skip
+        collate = collator(cfg, self.tokenizer)
+        if steps:
+            allocator = RankAllocator({}, cfg.budget, total_steps=cfg.train.max_steps)
+            rows = training_rows(self.data["train"], cfg.data)
+            model, _ = train_loop(model, allocator, rows, collate, loop_config(cfg, "none"))
+        if self.causal:
+            scores = evaluate_splits(model, None, self.tokenizer, cfg, self.task, self.data, ("validation",))
             return float(scores[self.metric])
+        found = classify_split(model, model_columns(self.data["validation"]), collate, cfg.train.eval_batch_size)
+        return float(found[self.metric.removeprefix("validation_")])
 
 
 def _head_from_run(run: Path, head_modules: list[str]) -> dict[str, torch.Tensor]:
@@ -162,36 +155,6 @@ def _head_from_run(run: Path, head_modules: list[str]) -> dict[str, torch.Tensor
             f"intrinsic_dim.floor_run `{run}` holds no trained head ({', '.join(head_modules)}); give a head-only run."
         ])  # fmt: skip
     return {k: head[k] for k in wanted}
-
-
-def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -> Any:
-    """TrainingArguments for a run (no checkpoints; linear decay after warm-up)."""
-    from transformers import TrainingArguments
-
-    tr = cfg.train
-    return TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=tr.max_steps,
-        per_device_train_batch_size=tr.batch_size,
-        per_device_eval_batch_size=tr.eval_batch_size,
-        gradient_accumulation_steps=tr.grad_accum_steps,
-        learning_rate=tr.learning_rate,
-        weight_decay=tr.weight_decay,
-        warmup_steps=int(tr.warmup_ratio * tr.max_steps),
-        lr_scheduler_type="linear",
-        logging_steps=max(1, tr.max_steps // 20),
-        eval_strategy="steps" if tr.eval_steps else "no",
-        eval_steps=tr.eval_steps,
-        save_strategy="steps" if tr.save_steps else "no",
-        save_steps=tr.save_steps or 500,
-        save_total_limit=2,  # the newest may be half-written when a process dies; the one before is complete
-        report_to=report_to,
-        seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
-        dataloader_num_workers=0,
-        activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
-    )
 
 
 def run_metric(run: Path, metric: str, key: str) -> float:

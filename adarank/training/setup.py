@@ -19,6 +19,7 @@ from adarank.data import LABEL_NAMES
 from adarank.data.tasks import GenerationCollator
 from adarank.io.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
 from adarank.reporting.plan import adapter_plan, plan_summary
+from adarank.training.engine import LoopConfig
 
 
 def is_causal(cfg: RunConfig) -> bool:
@@ -170,3 +171,28 @@ def load_base(description: dict[str, Any]) -> tuple[Any, nn.Module, Path]:
     names = [str(n) for n in description.get("label_names") or []] or None
     tokenizer, model, _ = load_model(model_cfg, causal, int(description.get("num_labels", 2)), names)
     return tokenizer, model, hf_folder(model_cfg)
+
+
+def loop_config(cfg: RunConfig, strategy: str, checkpoint_dir: str | None = None, progress: bool = False) -> LoopConfig:
+    """The engine's settings for ``cfg`` (its ``train.*`` keys, the penalty's weight, the seed), under
+    ``strategy``; the one mapping of ``train.*`` onto the engine, for `adarank train` and the analysis runs."""
+    tr = cfg.train
+    return LoopConfig(
+        steps=tr.max_steps,
+        batch_size=tr.batch_size,
+        learning_rate=tr.learning_rate,
+        grad_accum_steps=tr.grad_accum_steps,
+        singular_lr_multiplier=tr.singular_lr_multiplier,
+        weight_decay=tr.weight_decay,
+        warmup_ratio=tr.warmup_ratio,
+        orth_weight=cfg.adapter.orth_weight,
+        seed=cfg.seed,
+        strategy=strategy,
+        save_steps=tr.save_steps,
+        checkpoint_dir=checkpoint_dir,
+        resume=bool(cfg.resume),
+        log_steps=max(1, tr.max_steps // 20),
+        eval_steps=tr.eval_steps,
+        gradient_checkpointing=tr.gradient_checkpointing,
+        progress=progress,
+    )
