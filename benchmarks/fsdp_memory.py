@@ -11,7 +11,7 @@ builds the model and the others build it on the meta device and receive their sh
 (``adarank.core.sharding.shard_from_rank0_``); with ``--load every`` each process builds the whole model
 and ``fully_shard`` keeps its shards (the earlier behaviour).
 
-    OUT=reports/fsdp2/memory_loading.jsonl
+    OUT=studies/runs/fsdp2/memory_loading.jsonl
     torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy fsdp2 --load rank0 --out $OUT
     torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy fsdp2 --load every --out $OUT
     torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy ddp --out $OUT

@@ -2,7 +2,7 @@
 against the defaults before it, paired by seed, on the SmolLM2 generation task at two budgets and on the
 known-answer benchmark, with the decision rule of the issue applied to the figures.
 
-    python studies/allocator_report.py reports/allocator --out reports/allocator.md
+    python studies/allocator_report.py studies/runs/allocator --out reports/allocator.md
 
 Reads RUNS/<variant>/<config>/<budget>/seed<k>/{sweep.json, metrics.json, train_log.json} (a budget is
 named by its `budget.target_params`: 19080 = 1/16 of LoRA r=1's parameters, 305280 = 1x) and
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/allocator.md"))
-    parser.add_argument("--curves", type=Path, default=Path("reports/budget_curves"), help="the budget study's runs")
+    parser.add_argument("--curves", type=Path, default=Path("studies/runs/budget_curves"), help="the budget study's runs")
     args = parser.parse_args(argv)
     results = load(args.runs)
     budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []

@@ -1,7 +1,7 @@
 """The budget-curve reports from the runs of studies/study_budget.sh (issue 16, part 1).
 
-    python studies/budget_report.py reports/budget_curves --out reports/budget_curves.md
-    python studies/budget_report.py reports/minilm_curves --study minilm --out reports/minilm_curves.md
+    python studies/budget_report.py studies/runs/budget_curves --out reports/budget_curves.md
+    python studies/budget_report.py studies/runs/minilm_curves --study minilm --out reports/minilm_curves.md
     python studies/budget_report.py runs/budget --best-lr adalora     # prints the chosen lr
 
 Reads RUNS/<method>/<config>/<budget>/seed<k>/{sweep.json, metrics.json}. A run's budget fraction is

@@ -22,7 +22,7 @@ site each.
 
     python studies/planted_rank.py --model minilm --seeds 0 1 2 --steps 200
 
-The runs in reports/planted/minilm.jsonl used budget.selection=prefix, the default before the allocator
+The runs in studies/runs/planted/minilm.jsonl used budget.selection=prefix, the default before the allocator
 ablation (reports/allocator.md); `--set budget.selection=prefix` reruns them as they were.
 
 STATUS: a prototype (issue 16 is open). Measured so far, 200 steps, 1 thread, commit after bff6735:

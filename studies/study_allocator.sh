@@ -6,9 +6,9 @@
 # the known-answer benchmark (studies/planted_rank.py, MiniLM) with the same options. Then the option
 # that became the default (per-param) at the curve's other budgets (1/64, 1/4): the curve redrawn.
 # Resumable like the budget study (finished runs are skipped; their small files are archived in
-# reports/allocator/ and restored on start); two workers side by side, one thread each:
+# studies/runs/allocator/ and restored on start); two workers side by side, one thread each:
 #   for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup studies/study_allocator.sh > /tmp/allocator_$w.log 2>&1 & done
-#   python studies/allocator_report.py reports/allocator --out reports/allocator.md
+#   python studies/allocator_report.py studies/runs/allocator --out reports/allocator.md
 #
 # Learning rate 2e-3 for every variant: the budget study chose 8e-3 for AdaLoRA on seed 0, where seeds
 # 1-2 were unstable (gradient norms to 414, exact match 57-73%); at 2e-3 every seed trained (its lr
@@ -28,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/allocator}
-ARCHIVE=reports/allocator
+ARCHIVE=studies/runs/allocator
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=studies/configs/rt-smollm2-curve.yaml
 python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }

@@ -3,7 +3,7 @@
 # Rotten Tomatoes as generation, adapters on all 210 linears of the 30 blocks, final budgets of 1/64,
 # 1/16, 1/4 and 1 times the LoRA r=1 parameter count (305,280), in priority order. Resumable:
 # finished runs (a metrics.json in their folder) are skipped, and each finished run's sweep.json,
-# metrics.json and allocation.json are archived in reports/budget_curves/ (committed; restored into
+# metrics.json and allocation.json are archived in studies/runs/budget_curves/ (committed; restored into
 # $OUT on start), so the study goes on across sessions where it stopped.
 #
 #   OMP_NUM_THREADS=2 studies/study_budget.sh
@@ -27,7 +27,7 @@
 # With both fixes and 1 thread a run beside the MiniLM study, runs took 11-18 minutes each (training
 # 320-500 s of it; the vo-top arm is the cheapest, its gradients stop at layer 21).
 # A regex list item must not hold [ ] { } or commas unquoted (YAML's flow list): layers are spelled out.
-#   python studies/budget_report.py reports/budget_curves --out reports/budget_curves.md
+#   python studies/budget_report.py studies/runs/budget_curves --out reports/budget_curves.md
 #
 # Every AdaLoRA run here used budget.selection=prefix, the default until the allocator ablation
 # (reports/allocator.md) made per_param the default: a rerun of them now needs budget.selection=prefix.
@@ -51,7 +51,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/budget}
-ARCHIVE=reports/budget_curves
+ARCHIVE=studies/runs/budget_curves
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=studies/configs/rt-smollm2-curve.yaml
 LORA=studies/configs/rt-smollm2-curve-lora.yaml

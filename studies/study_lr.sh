@@ -12,13 +12,13 @@
 #   m3-rs       lambda at 3x and rsLoRA-style scaling alpha / sqrt(r): alpha 16 * sqrt(12) / 12 = 4.62 / 1.33
 #               of today's scale (adapter.alpha=55.43 gives alpha / 12 = 16 / sqrt(12))
 # Resumable like the other studies (finished runs are skipped; small files archived in
-# reports/allocator/lr/ and restored on start); two workers side by side, one thread each:
+# studies/runs/allocator/lr/ and restored on start); two workers side by side, one thread each:
 #   for w in 1 2; do OMP_NUM_THREADS=1 setsid nohup studies/study_lr.sh > /tmp/lr_$w.log 2>&1 & done
-#   python studies/allocator_report.py reports/allocator --out reports/allocator.md
+#   python studies/allocator_report.py studies/runs/allocator --out reports/allocator.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/allocator-lr}
-ARCHIVE=reports/allocator/lr
+ARCHIVE=studies/runs/allocator/lr
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=configs/rt-minilm-adalora.yaml
 LORA=configs/rt-minilm-lora.yaml

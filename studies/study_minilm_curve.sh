@@ -3,10 +3,10 @@
 # Rotten Tomatoes, adapters on all 36 linears, final budgets of 1/32, 1/8, 1/2 and 1 times LoRA r=1
 # on them (41,472 parameters), 3 seeds, and the head trained alone as the floor: where the trained
 # head does most of the work, allocation should matter little. Resumable and archived in
-# reports/minilm_curves/ like studies/study_budget.sh.
+# studies/runs/minilm_curves/ like studies/study_budget.sh.
 #
 #   OMP_NUM_THREADS=2 studies/study_minilm_curve.sh     # about 5 min per run on 2 cores, 33 runs
-#   python studies/budget_report.py reports/minilm_curves --study minilm --out reports/minilm_curves.md
+#   python studies/budget_report.py studies/runs/minilm_curves --study minilm --out reports/minilm_curves.md
 #
 # Methods, all at lr 3e-3 (studies/configs/rt-minilm-curve.yaml says why):
 #   head-only  adapter.target_modules=[]: the linear probe
@@ -19,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/minilm_curve}
-ARCHIVE=reports/minilm_curves
+ARCHIVE=studies/runs/minilm_curves
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=studies/configs/rt-minilm-curve.yaml
 LORA=studies/configs/rt-minilm-curve-lora.yaml

@@ -9,13 +9,13 @@
 # 3. ablations of adarank AdaLoRA at the larger budget, 3 seeds
 # 4. adarank AdaLoRA on all 36 linears (FFN too), rank 12 -> 8 on average, 3 seeds: where the rank goes
 # then python studies/study_report.py writes reports/quality_rt.md.
-# Each finished run's sweep.json, metrics.json and allocation.json are archived in reports/study_rt/
+# Each finished run's sweep.json, metrics.json and allocation.json are archived in studies/runs/study_rt/
 # (committed: the report is rebuilt from them, and a new checkout restores them into $OUT, so the
 # study resumes across machines and sessions without redoing finished runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/study}
-ARCHIVE=reports/study_rt
+ARCHIVE=studies/runs/study_rt
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ADA=configs/rt-minilm-adalora.yaml
 LORA=configs/rt-minilm-lora.yaml

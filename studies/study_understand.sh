@@ -5,7 +5,7 @@
 #   OMP_NUM_THREADS=2 studies/study_understand.sh      # about 95 min on 2 cores (1.5 s per step)
 #
 # 1. The default job (AdaLoRA 12 -> 8 on the 24 attention linears) with seeds 0, 1, 2, and LoRA r=8 and
-#    r=32 on the same modules (configs/rt-minilm-lora.yaml): native adapters archived in reports/understand/.
+#    r=32 on the same modules (configs/rt-minilm-lora.yaml): native adapters archived in studies/runs/understand/.
 # 2. The intrinsic dimension in the MiniLM budget curve's setting (studies/configs/rt-minilm-curve.yaml: all 36
 #    linears, 10.6M weights) at 150 steps instead of 400 (the time this study had): the floor is the head
 #    trained alone (lr 3e-3), the head is then fixed at that optimum; the reference a full fine-tune of the
@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/understand}
-ARCHIVE=reports/understand
+ARCHIVE=studies/runs/understand
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 python -c "import adarank" || { echo "activate the venv with adarank installed (make install-dev)"; exit 1; }
 source studies/study_lib.sh

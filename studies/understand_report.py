@@ -1,6 +1,6 @@
 """reports/understand.md from the runs of studies/study_understand.sh (issue 22).
 
-    python studies/understand_report.py reports/understand --out reports/understand.md
+    python studies/understand_report.py studies/runs/understand --out reports/understand.md
 
 Reads ARCHIVE/{adalora-seed0,1,2, lora-r8, lora-r32}/adapter (native exports) and
 ARCHIVE/intrinsic-dim/intrinsic_dim.json, runs `adarank analyze` on them (adarank.analysis.analyze) and writes
@@ -275,7 +275,7 @@ def _plot(lora: dict[str, Any], seeds: dict[str, Any], out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archive", type=Path)
-    parser.add_argument("--curves", type=Path, default=Path("reports/minilm_curves"))
+    parser.add_argument("--curves", type=Path, default=Path("studies/runs/minilm_curves"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     lora_lines, lora = lora_ranks_section(args.archive)
@@ -290,8 +290,8 @@ def main() -> None:
         "# What was learned on the bundled task (issue 22)",
         "",
         "Rotten Tomatoes with all-MiniLM-L6-v2. Runs: `OMP_NUM_THREADS=2 studies/study_understand.sh` (native "
-        "adapters and metrics archived in reports/understand/); this page: "
-        "`python studies/understand_report.py reports/understand --out reports/understand.md`.",
+        "adapters and metrics archived in studies/runs/understand/); this page: "
+        "`python studies/understand_report.py studies/runs/understand --out reports/understand.md`.",
         "",
         "Test accuracy of the runs analysed: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()) + ".",
         "",

@@ -1,7 +1,7 @@
-"""Summarise studies/engine/run.sh's archived runs (reports/engine/<engine>-seed<s>/) as reports/engine.md:
+"""Summarise studies/engine/run.sh's archived runs (studies/runs/engine/<engine>-seed<s>/) as reports/engine.md:
 test and validation accuracy and training time per run, the means per engine, and new / old ratios.
 
-    python studies/engine/report.py reports/engine --out reports/engine.md
+    python studies/engine/report.py studies/runs/engine --out reports/engine.md
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main() -> None:
         "`make train`'s job (AdaLoRA 12 -> 8 on MiniLM's attention linears, Rotten Tomatoes, 400 steps), seeds",
         "0-2, old and new interleaved on one 2-core machine with nothing else running, produced by",
         "`OLD=<worktree at 72bd570> NEW=<worktree at the new commit> studies/engine/run.sh`, summarised by",
-        "`python studies/engine/report.py reports/engine --out reports/engine.md`. Each run's files and commit",
-        "are in reports/engine/<engine>-seed<s>/. The two engines draw different batches (the Trainer's sampler",
+        "`python studies/engine/report.py studies/runs/engine --out reports/engine.md`. Each run's files and commit",
+        "are in studies/runs/engine/<engine>-seed<s>/. The two engines draw different batches (the Trainer's sampler",
         "against the engine's seeded stream), so runs of one seed differ by seed noise, not by a fixed offset.",
         "",
         "| engine | seed | commit | test accuracy | validation accuracy | train seconds | final total rank |",

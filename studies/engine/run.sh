@@ -2,13 +2,13 @@
 # Issue 35's acceptance runs: the default job (`adarank train`, MiniLM + Rotten Tomatoes) with adarank
 # 0.1.0's Trainer engine and with the new engine, seeds 0-2, old and new interleaved on one machine
 # (old s0, new s0, old s1, ...), nothing else running. Each run is archived under
-# reports/engine/<engine>-seed<s>/ (metrics.json, config.yaml, allocation.json, train_log.json and a
+# studies/runs/engine/<engine>-seed<s>/ (metrics.json, config.yaml, allocation.json, train_log.json and a
 # commit.txt naming the code that ran). Resumable: a finished run (metrics.json present) is skipped.
 #
 #   OLD=/path/to/worktree-at-0.1.0 NEW=/path/to/worktree-at-new-commit studies/engine/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-reports/engine}
+OUT=${OUT:-studies/runs/engine}
 : "${OLD:?a worktree of adarank 0.1.0 (72bd570)}" "${NEW:?a worktree of the commit to measure}"
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 for seed in 0 1 2; do
