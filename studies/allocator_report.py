@@ -426,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--out", type=Path, default=Path("reports/allocator.md"))
-    parser.add_argument("--curves", type=Path, default=Path("studies/runs/budget_curves"), help="the budget study's runs")
+    parser.add_argument(
+        "--curves", type=Path, default=Path("studies/runs/budget_curves"), help="the budget study's runs"
+    )
     args = parser.parse_args(argv)
     results = load(args.runs)
     budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []
