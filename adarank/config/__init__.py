@@ -15,7 +15,6 @@ from adarank.config.keys import (
     schema_keys,
 )
 from adarank.config.schema import (
-    DATASETS,
     DTYPES,
     ENGINE_STATE,
     FORMATS,
@@ -50,7 +49,6 @@ __all__ = [
     "AdapterConfig",
     "BudgetConfig",
     "ConfigError",
-    "DATASETS",
     "DTYPES",
     "DataConfig",
     "DistributedConfig",

@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
-from adarank.io.assets import BUNDLED_DATASETS
-
 SCHEDULES = ("cubic", "linear", "constant")
 SCORES = ("sensitivity_uncertainty", "sensitivity")
 SELECTIONS = ("prefix", "per_param")
 INITS = ("orthonormal", "gradient")
-DATASETS = BUNDLED_DATASETS
 FORMATS = ("classification", "generation", "language_modeling")
 DTYPES = ("float32", "bfloat16", "float16")
 INCLUDE_KEY = "include"

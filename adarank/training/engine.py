@@ -263,6 +263,7 @@ def train_loop(
     loss_sum = 0.0 if payload is None else result.train_loss * result.global_step
     window: list[float] = [] if payload is None else list(payload.get("window", []))
     bar = _progress(cfg, rank, result.global_step)
+    trainable = [p for p in inner.parameters() if p.requires_grad]  # rebuilt after a shrink replaces some
     inner.train()
     for step in range(result.global_step + 1, cfg.steps + 1):
         adapters = list(allocator.adapters.values())  # a shrink removes some
@@ -279,14 +280,15 @@ def train_loop(
                 loss = loss + term.to(loss.dtype)
             step_loss += loss.detach()  # the logged loss: task loss + penalty, as the Trainer logged it
             loss.backward()
-        trainable = [p for p in inner.parameters() if p.requires_grad]
         _average_gradients_(trainable, world)
         norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm) if trainable else torch.zeros(())
         if allocator.penalty_grads:  # importance.task_only on a scoring step (no host sync otherwise)
             allocator.scale_penalty_gradient_(clip_coefficient(float(norm), cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
-        allocator.step(step, optimizer, inner)
+        event = allocator.step(step, optimizer, inner)
+        if event is not None and event["final"]:  # the shrink (if on) swapped parameters at this step
+            trainable = [p for p in inner.parameters() if p.requires_grad]
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step, allocator)
