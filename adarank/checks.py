@@ -38,7 +38,7 @@ from adarank.config.keys import _schema_fields, _type_hint
 from adarank.core.budget import budget_problems
 from adarank.data.checks import data_problems
 from adarank.io.assets import EMBEDDED_MODELS, missing_model_packages
-from adarank.io.hub import is_hub_id, looks_local
+from adarank.io.hub import is_hub_id, looks_local, unreachable_problem
 from adarank.training.setup import describe
 
 
@@ -288,6 +288,8 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append("train.learning_rate and train.singular_lr_multiplier must be > 0.")
     if not 0 <= tr.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio ({tr.warmup_ratio}) must be in [0, 1).")
+    if tr.weight_decay < 0:  # torch's AdamW refuses it, from deep inside the first training step
+        problems.append(f"train.weight_decay ({tr.weight_decay}) must be >= 0.")
     problems += data_problems(cfg.data)
     problems += _model_name_problems(cfg.model)
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
@@ -347,13 +349,16 @@ def intrinsic_dim_problems(idim: IntrinsicDimConfig, data_format: str) -> list[s
         problems.append(f"intrinsic_dim.fraction ({idim.fraction}) must be in (0, 1], e.g. 0.9.")
     if idim.reference is not None:
         try:
-            float(idim.reference)
+            given = float(idim.reference)
         except ValueError:
             if not (Path(idim.reference) / "metrics.json").is_file():
                 problems.append(
                     f"intrinsic_dim.reference `{idim.reference}` is neither a number nor a run directory with "
                     "metrics.json; give e.g. 0.82, a finished run, or null to fine-tune in full first."
                 )
+        else:
+            if not math.isfinite(given):
+                problems.append(f"intrinsic_dim.reference ({idim.reference}) must be a finite number, e.g. 0.82.")
     if idim.floor_run is not None and not (Path(idim.floor_run) / "metrics.json").is_file():
         problems.append(
             f"intrinsic_dim.floor_run `{idim.floor_run}` is not a finished run (no metrics.json); give a head-only "
@@ -394,4 +399,7 @@ def _model_name_problems(model: ModelConfig) -> list[str]:
         )
     elif model.gguf_file:
         problems.append("model.gguf_file needs a local folder or an embedded model in model.name_or_path.")
+    else:  # a hub id: out of reach and not cached is reported here too, beside any data problem
+        offline = unreachable_problem("model.name_or_path", name, "model")
+        problems += [offline] if offline else []
     return problems

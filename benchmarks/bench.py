@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any
 
+from provenance import commit
+
 CONFIGS = ("adarank-adalora", "adarank-lora", "peft-adalora", "peft-lora")
 FINAL_CONFIGS = ("adalora-shrink", "adalora-no-shrink", "lora-target-rank", "lora-initial-rank")
 TARGET_RANK, FINAL_START = 4, 10
@@ -233,6 +235,8 @@ def main() -> None:
     parser.add_argument("--final-phase", action="store_true", help="the final phase's cost, with and without shrink")
     parser.add_argument("--worker", choices=[*CONFIGS, *FINAL_CONFIGS, "inference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker is None:
+        print(f"commit {commit()}", flush=True)
     if args.worker in FINAL_CONFIGS:
         print(json.dumps(final_phase_worker(args.worker, args.warmup, args.steps)))
         return

@@ -28,6 +28,7 @@ import resource
 from pathlib import Path
 
 import torch
+from provenance import commit
 
 ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -111,6 +112,7 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_rss_loaded_MiB": round(loaded_peak, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "commit": commit(),
     }
 
 

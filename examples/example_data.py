@@ -1,6 +1,6 @@
 """Write small example files in the layouts users bring, cut from the embedded data packages, for the
-README's "Your own data" commands: a CSV with text labels and a group column, a JSON-lines file, and a
-folder of plain-text documents.
+README's and docs/data.md's commands: a CSV with text labels and a group column, JSON-lines files of
+labelled articles, of question / answer pairs and of chats, and a folder of plain-text documents.
 
     python examples/example_data.py my-data
 """
@@ -18,7 +18,8 @@ TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
 
 def write_examples(out: Path, reviews: int = 3000, per_topic: int = 100, documents: int = 300) -> list[Path]:
-    """Write reviews.csv, topics.jsonl and articles/*.txt under ``out``; returns the paths written."""
+    """Write reviews.csv, chats.jsonl, qa.jsonl, topics.jsonl and articles/*.txt under ``out``; returns
+    the paths written. The chats and the question / answer pairs ask for a review's verdict."""
     from datasets import load_dataset
 
     out.mkdir(parents=True, exist_ok=True)
@@ -28,6 +29,18 @@ def write_examples(out: Path, reviews: int = 3000, per_topic: int = 100, documen
         writer = csv.writer(handle)
         writer.writerow(["snippet", "verdict", "movie"])
         writer.writerows([r["text"], r["category"], r["movie_name"]] for r in rows)
+    with (out / "chats.jsonl").open("w") as handle:
+        for r in rows:
+            messages = [
+                {"role": "system", "content": "You judge film reviews. Answer fresh or rotten."},
+                {"role": "user", "content": r["text"]},
+                {"role": "assistant", "content": r["category"]},
+            ]
+            handle.write(json.dumps({"messages": messages}) + "\n")
+    with (out / "qa.jsonl").open("w") as handle:
+        for r in rows:
+            question = f"Is this review fresh or rotten? {r['text']}"
+            handle.write(json.dumps({"question": question, "answer": r["category"]}) + "\n")
     root = bbc_news_folder()
     with (out / "topics.jsonl").open("w") as handle:
         for topic in TOPICS:
@@ -39,7 +52,7 @@ def write_examples(out: Path, reviews: int = 3000, per_topic: int = 100, documen
     files = sorted(f for topic in TOPICS for f in (root / topic).glob("*.txt"))[::7][:documents]
     for i, file in enumerate(files):
         (articles / f"{i:04d}.txt").write_bytes(file.read_bytes())
-    return [out / "reviews.csv", out / "topics.jsonl", articles]
+    return [out / name for name in ("reviews.csv", "chats.jsonl", "qa.jsonl", "topics.jsonl")] + [articles]
 
 
 def main() -> None:

@@ -72,6 +72,9 @@ LR_METHODS = {
 WITHIN = 1.0  # points of validation accuracy: the issue's "within 1 point of the best"
 # measure -> (label, scale, +1 if higher is better)
 TASK = {"test_accuracy": ("exact match %", 100.0, +1), "test_answer_loss": ("answer loss", 1.0, -1)}
+# the same measures on the first 600 validation rows, which no decision here read
+VALIDATION = {"validation_accuracy": ("exact match %", 100.0, +1), "validation_answer_loss": ("answer loss", 1.0, -1)}
+SPLIT = {"test": TASK, "validation": VALIDATION}
 PLANTED = {"recall": ("recall", 1.0, +1), "residual": ("residual", 1.0, -1)}
 
 
@@ -94,7 +97,7 @@ def load(folder: Path) -> list[Result]:
         if found is None or found.group(1) not in BUDGETS:
             continue
         metrics = json.loads(marker.read_text())
-        values = {key: float(metrics[key]) for key in TASK if key in metrics}
+        values = {key: float(metrics[key]) for key in (*TASK, *VALIDATION) if key in metrics}
         values["params"] = float(metrics["adapter_params_final"])
         variant = marker.relative_to(folder).parts[0]
         out.append(Result(variant, BUDGETS[found.group(1)], int(point["seed"]), values, point.get("commit", "?"),
@@ -118,9 +121,10 @@ def differences(results: list[Result], variant: str, task: str, key: str) -> lis
     return [mine[s].values[key] - base[s].values[key] for s in sorted(set(mine) & set(base))]
 
 
-def verdict(results: list[Result], variant: str, seeds: int = 3) -> str:
-    """The issue's decision rule over every task and measure (see the module docstring)."""
-    tasks = [("1/16", TASK), ("1x", TASK), ("planted", PLANTED)]
+def verdict(results: list[Result], variant: str, seeds: int = 3, split: str = "test") -> str:
+    """The issue's decision rule over every task and measure (see the module docstring), on the SmolLM2
+    runs' ``split`` rows ("test": the rows the decisions were made on; "validation")."""
+    tasks = [("1/16", SPLIT[split]), ("1x", SPLIT[split]), ("planted", PLANTED)]
     signs, wins, losses = [], [], []
     for task, measures in tasks:
         for key, (label, scale, better) in measures.items():
@@ -169,8 +173,31 @@ def task_table(results: list[Result], task: str, variants: dict[str, str] = VARI
     return lines
 
 
+def validation_table(results: list[Result]) -> list[str]:
+    """Each option's Δ on the first 600 validation rows (no decision read them), at both budgets, and the
+    issue's rule applied with them in place of the test rows."""
+    lines = [
+        "| variant | 1/16: Δ exact match | 1/16: Δ answer loss | 1x: Δ exact match | 1x: Δ answer loss | "
+        "Δ EM by seed (1/16; 1x) | the rule on the validation rows (and the planted benchmark) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, label in VARIANTS.items():
+        if variant in ANCHORS or not by_seed(results, variant, "1/16"):
+            continue
+        cells, seeds = [], []
+        for task in ("1/16", "1x"):
+            em = [100 * d for d in differences(results, variant, task, "validation_accuracy")]
+            cells += [paired(em), paired(differences(results, variant, task, "validation_answer_loss"))]
+            seeds.append(" ".join(f"{d:+.2f}" for d in em))
+        lines.append(
+            f"| {label} | {' | '.join(cells)} | {'; '.join(seeds)} | {verdict(results, variant, split='validation')} |"
+        )
+    return lines
+
+
 def planted_table(results: list[Result]) -> list[str]:
-    lines = ["| variant | seeds | recall | residual | Δ recall | Δ residual |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | recall | residual | Δ recall | Δ residual | recall by seed | commits |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, label in VARIANTS.items():
         runs = by_seed(results, variant, "planted")
         if not runs:
@@ -181,7 +208,9 @@ def planted_table(results: list[Result]) -> list[str]:
             f"| {label} | {len(done)} | {mean_sd([r.values['recall'] for r in done])} | "
             f"{mean_sd([r.values['residual'] for r in done], digits=4)} | "
             f"{'' if base else paired(differences(results, variant, 'planted', 'recall'))} | "
-            f"{'' if base else paired(differences(results, variant, 'planted', 'residual'))} |"
+            f"{'' if base else paired(differences(results, variant, 'planted', 'residual'))} | "
+            f"{' '.join(format(r.values['recall'], '.3f') for r in done)} | "
+            f"{', '.join(sorted({r.commit for r in done}))} |"
         )
     return lines
 
@@ -203,7 +232,8 @@ def curve_table(results: list[Result], runs: list[Run]) -> list[str]:
     """AdaLoRA with the new default (per-param, lr 2e-3) at every budget of the curve beside the budget
     study's methods at 2e-3 and at their chosen lr; Δ = that method - new-default AdaLoRA, by seed."""
     lines = [
-        "| budget | method (lr) | seeds | exact match % | answer loss | params | Δ exact match vs new default |",
+        "| budget | method (lr) | seeds | test exact match % | test answer loss | params | Δ test exact match vs new "
+        "default |",
         "|---|---|---|---|---|---|---|",
     ]
     for task, fraction in CURVE.items():
@@ -228,6 +258,194 @@ def curve_table(results: list[Result], runs: list[Run]) -> list[str]:
                 f"{round(statistics.mean(r.params for r in other)):,} | {paired(diffs)} |"
             )
     return lines
+
+
+def curve_validation_table(results: list[Result], runs: list[Run]) -> list[str]:
+    """The redrawn curve on the first 600 validation rows (which chose nothing here), with each row's commits;
+    Δ = that method - new-default AdaLoRA, by seed, as in ``curve_table``."""
+    lines = [
+        "| budget | method (lr) | seeds | commits | validation exact match % | validation answer loss | "
+        "Δ validation exact match vs new default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, fraction in CURVE.items():
+        mine = by_seed(results, "per-param", task)
+        if not mine:
+            continue
+        done = [mine[s] for s in sorted(mine)]
+        lines.append(
+            f"| {task} | **adarank AdaLoRA, new default (per-param)** (2e-3) | {len(done)} | "
+            f"{', '.join(sorted({r.commit for r in done}))} | "
+            f"{mean_sd([r.values['validation_accuracy'] for r in done], 100, 2)} | "
+            f"{mean_sd([r.values['validation_answer_loss'] for r in done])} | |"
+        )
+        for (method, lr), seeds in sorted(curve_rows(runs, fraction).items()):
+            other = [seeds[s] for s in sorted(seeds)]
+            diffs = [100 * (seeds[s].metrics["validation_accuracy"] - mine[s].values["validation_accuracy"])
+                     for s in sorted(set(seeds) & set(mine))]  # fmt: skip
+            lines.append(
+                f"| {task} | {LABELS.get(method, method)} ({lr:g}) | {len(other)} | "
+                f"{', '.join(sorted({r.commit for r in other}))} | "
+                f"{mean_sd([r.metrics['validation_accuracy'] for r in other], 100, 2)} | "
+                f"{mean_sd([r.metrics['validation_answer_loss'] for r in other])} | {paired(diffs)} |"
+            )
+    return lines
+
+
+def against_curve(results: list[Result], runs: list[Run]) -> list[str]:
+    """One line per budget and method of the budget study at its chosen lr: new-default AdaLoRA minus that
+    method, paired by seed, on the validation rows first and then on the test rows the choice was made on."""
+    chosen = best_lrs(runs, STUDIES["smollm2"].lr_grid)
+    lines, beyond = [], {"validation": 0, "test": 0}
+    for task, fraction in CURVE.items():
+        mine = by_seed(results, "per-param", task)
+        for (method, lr), seeds in sorted(curve_rows(runs, fraction).items()):
+            if not mine or method == "adalora" or lr != chosen.get(method):
+                continue
+            common = sorted(set(seeds) & set(mine))
+            parts = []
+            for split in ("validation", "test"):
+                key = f"{split}_accuracy"
+                diffs = [100 * (mine[s].values[key] - seeds[s].metrics[key]) for s in common]
+                beyond[split] += paired(diffs).endswith("*")
+                ours = statistics.mean(100 * mine[s].values[key] for s in common)
+                theirs = statistics.mean(100 * seeds[s].metrics[key] for s in common)
+                parts.append(f"{paired(diffs)} ({ours:.2f}% vs {theirs:.2f}%)")
+            commits = ", ".join(sorted({seeds[s].commit for s in common}))
+            lines.append(f"- {task}, {LABELS.get(method, method)} at {lr:g}: validation **{parts[0]}**; test (the rows "
+                         f"per_param was chosen on) {parts[1]}; that arm's runs at {commits}")  # fmt: skip
+    if lines:
+        counts = (
+            f"{beyond['validation'] or 'none'} exclude 0 on the validation rows, {beyond['test'] or 'none'} on the test"
+        )
+        lines += [
+            "",
+            f"Of these {len(lines)} comparisons, {counts} rows. The budget study chose each of those arms' lr on its "
+            "seed 0's validation answer loss (3 lrs), so on the validation rows their seed 0 is a chosen one too.",
+        ]
+    return lines
+
+
+def chosen_on(results: list[Result], runs: list[Run]) -> list[str]:
+    """Which rows chose what, and the new default's comparisons on the rows that chose nothing."""
+    options = [v for v in VARIANTS if v not in ANCHORS and v not in REFERENCE]
+    em = {split: [100 * d for d in differences(results, "per-param", "1/16", f"{split}_accuracy")]
+          for split in ("validation", "test")}  # fmt: skip
+    commits = ", ".join(sorted({r.commit for r in by_seed(results, "per-param", "1/16").values()}))
+    text = [
+        "## What was chosen, on which rows (read this first)",
+        "",
+        f"`budget.selection=per_param` was chosen as the new default among {len(options) + 1} variants (the defaults "
+        f"and {len(options)} options: {', '.join(options)}) by the issue's rule applied to the SmolLM2 tables below, "
+        "which read the **first 600 test rows**, and to the planted benchmark (commit 09c088e made it the default). "
+        "The runs also hold the first 600 validation rows (`validation_accuracy` and `validation_answer_loss` in each "
+        "metrics.json), which no decision here read. A figure on the test rows for per_param is measured on the rows "
+        "it was chosen on, among six, and leans in its favour; the validation figure is the headline.",
+        "",
+        f"- per_param − the defaults before it, exact match at 1/16: validation **{paired(em['validation'])}** "
+        f"(by seed {' '.join(f'{d:+.2f}' for d in em['validation'])}); test (the rows of the choice) "
+        f"{paired(em['test'])} (by seed {' '.join(f'{d:+.2f}' for d in em['test'])}).",
+    ]
+    if runs:
+        text += [
+            "",
+            "per_param AdaLoRA (lr 2e-3) − each method of reports/budget_curves.md at the lr that study chose, "
+            "points of exact match, paired by seed, mean [95% t-interval] (* = excludes 0). The other arms are the "
+            "budget study's runs (studies/runs/budget_curves/), at other commits than per_param's "
+            f"(1/16: {commits}; every budget's in the validation table below); same seeds, data and rows:",
+            "",
+            *against_curve(results, runs),
+        ]
+    return [*text, ""]
+
+
+def planted_note(results: list[Result], earlier: list[dict]) -> list[str]:
+    """The defaults' planted recall here beside reports/planted_rank.md's (studies/runs/planted/minilm.jsonl):
+    the same setting and selection (prefix) at other commits; the figures and commits of each."""
+    mine = by_seed(results, "base", "planted")
+    theirs = {int(r["seed"]): r for r in earlier if r.get("method") == "adalora"}
+    if not mine or not theirs:
+        return []
+
+    def said(rows: list, recall, commit) -> str:
+        by = ", ".join(f"{recall(r):.3f} at {commit(r)}" for r in rows)
+        return f"{statistics.mean(recall(r) for r in rows):.3f} (by seed: {by})"
+
+    common = sorted(set(mine) & set(theirs))
+    differ = [s for s in common if abs(mine[s].values["recall"] - theirs[s]["recall"]) > 1e-9]
+    residual = [s for s in common if abs(mine[s].values["residual"] - theirs[s]["residual"]) > 1e-9]
+    here = said([mine[s] for s in sorted(mine)], lambda r: r.values["recall"], lambda r: r.commit)
+    there = said([theirs[s] for s in sorted(theirs)], lambda r: float(r["recall"]), lambda r: r["commit"])
+    return [
+        "",
+        f"The defaults' recall here, {here}, is `budget.selection=prefix` run by `studies/planted_rank.py --variant "
+        f"base` (studies/runs/allocator/planted_base-seed*.jsonl). reports/planted_rank.md's adarank AdaLoRA "
+        f"(studies/runs/planted/minilm.jsonl), {there}, is the same setting and the same selection, prefix "
+        "(per_param entered the code at 45ff43f, after those runs): the code between the commits differs "
+        "elsewhere (the allocator's new options, off; sharding helpers; planted_rank.py's --variant and --set; "
+        f"dirty trees), and so do the figures: recall differs on seed {', '.join(map(str, differ)) or 'none'}, the "
+        f"residual on seed {', '.join(map(str, residual)) or 'none'}. per_param's recall (table above) is at "
+        f"{', '.join(sorted({r.commit for r in by_seed(results, 'per-param', 'planted').values()}))}.",
+    ]
+
+
+def count_text(results: list[Result], lr_runs: list[LrRun], folder: Path | None, raw: int | None) -> str:
+    """How many archived runs this report reads and how they were counted."""
+    smol = [r for r in results if r.task != "planted"]
+    ablation = sum(r.variant in VARIANTS and r.task in ("1/16", "1x") for r in smol)
+    curve = sum(r.variant == "per-param" and r.task not in ("1/16", "1x") for r in smol)
+    diagnostic = sum(r.variant in DIAGNOSTIC and r.variant not in VARIANTS for r in smol)
+    probe = sum(r.variant in PROBE for r in smol)
+    planted = len(results) - len(smol)
+    where = folder or Path("RUNS")
+    unread = (
+        f" ({raw - len(smol)} more such folders not read: a budget not in the study)" if raw and raw > len(smol) else ""
+    )
+    return (
+        f"{len(results) + len(lr_runs)} archived runs, counted as the run folders with a metrics.json under "
+        f"{where}/<variant>/<config>/<budget>/seed<k>/ and under {where}/lr/<method>/<config>/<budget>/seed<k>/, and "
+        f"the lines of {where}/planted_<variant>-seed<k>.jsonl: {len(smol)} SmolLM2 runs{unread} ({ablation} of the "
+        f"ablation, {len(VARIANTS)} variants x 2 budgets x 3 seeds; {curve} of per-param at 1/64 and 1/4 for the "
+        f"redrawn curve; {diagnostic} of the warm start's diagnostic; {probe} of the lr probe), {planted} runs of "
+        f"the planted benchmark and {len(lr_runs)} of the lr-range measure."
+    )
+
+
+def records_section(
+    results: list[Result], lr_runs: list[LrRun], budget_runs: list[Run], folder: Path | None, curves: Path | None
+) -> list[str]:
+    """The archived records this report reads: each folder or file, its runs and commits, and the fields read."""
+    where = folder or Path("RUNS")
+    lines = [
+        "## Records",
+        "",
+        "Fields read: metrics.json `test_accuracy` and `test_answer_loss` (the first 600 test rows), "
+        "`validation_accuracy` and `validation_answer_loss` (the first 600 validation rows), `adapter_params_final`; "
+        "train_log.json `grad_norm` (the largest logged, before clipping); sweep.json `commit`, `seed` and the "
+        "overrides; the planted JSONL lines' `recall`, `residual` and `commit`; the lr-range runs' metrics.json "
+        "`validation_accuracy` and `eval_accuracy` (test).",
+        "",
+        "| records | runs | commits |",
+        "|---|---|---|",
+    ]
+    for variant in sorted({r.variant for r in results if r.task != "planted"}):
+        mine = [r for r in results if r.variant == variant and r.task != "planted"]
+        lines.append(f"| {where}/{variant}/ | {len(mine)} | {', '.join(sorted({r.commit for r in mine}))} |")
+    for variant in sorted({r.variant for r in results if r.task == "planted"}):
+        mine = [r for r in results if r.variant == variant and r.task == "planted"]
+        lines.append(
+            f"| {where}/planted_{variant}-seed*.jsonl | {len(mine)} | {', '.join(sorted({r.commit for r in mine}))} |"
+        )
+    for method in sorted({r.method for r in lr_runs}):
+        mine = [r for r in lr_runs if r.method == method]
+        lines.append(f"| {where}/lr/{method}/ | {len(mine)} | {', '.join(sorted({r.commit for r in mine}))} |")
+    if budget_runs:
+        read = {id(r) for f in CURVE.values() for seeds in curve_rows(budget_runs, f).values() for r in seeds.values()}
+        for method in sorted({r.method for r in budget_runs if id(r) in read}):
+            mine = [r for r in budget_runs if r.method == method and id(r) in read]
+            lines.append(f"| {curves or 'the budget study'}/{method}/ (the redrawn curve's rows) | {len(mine)} | "
+                         f"{', '.join(sorted({r.commit for r in mine}))} |")  # fmt: skip
+    return [*lines, ""]
 
 
 PROBE = {"probe-mult10": "lambda lr x10 (the default)", "probe-mult3": "lambda lr x3"}
@@ -349,7 +567,14 @@ def lr_decision(runs: list[LrRun]) -> str:
 
 
 def report(
-    results: list[Result], command: str, budget_runs: list[Run] | None = None, lr_runs: list[LrRun] | None = None
+    results: list[Result],
+    command: str,
+    budget_runs: list[Run] | None = None,
+    lr_runs: list[LrRun] | None = None,
+    folder: Path | None = None,
+    curves: Path | None = None,
+    earlier_planted: list[dict] | None = None,
+    raw: int | None = None,
 ) -> str:
     commits = sorted({r.commit for r in results})
     text = [
@@ -358,7 +583,8 @@ def report(
         "Every option of the allocator run against the defaults of the time (`budget.selection=prefix`) "
         "with the same seeds: SmolLM2-135M-Instruct "
         "on Rotten Tomatoes as generation (the budget-curve task, adapters on all 210 linears, 80 steps, "
-        "exact match and answer loss on the first 600 test rows) at a final budget of 1/16 of LoRA r=1's "
+        "exact match and answer loss on the first 600 test rows in the tables that decided; the same on the "
+        "first 600 validation rows beside them) at a final budget of 1/16 of LoRA r=1's "
         "parameters (19,080, below one rank per module) and at 1x (305,280), lr 2e-3 for every variant; "
         "and the known-answer benchmark (studies/planted_rank.py: MiniLM, ranks planted in 4 of 36 "
         "modules, final budget = the planted one). Δ = variant − defaults, paired by seed, mean [95% "
@@ -371,14 +597,23 @@ def report(
         "> /tmp/allocator_$w.log 2>&1 & done",
         f"    {command}",
         "",
-        f"{len(results)} runs; commits: {', '.join(commits) if commits else '-'}.",
+        count_text(results, lr_runs or [], folder, raw),
         "",
+        f"Commits of the SmolLM2 and planted runs: {', '.join(commits) if commits else '-'} (by folder under Records).",
+        "",
+        *(chosen_on(results, budget_runs or []) if by_seed(results, "per-param", "1/16") else []),
     ]
     for task in ("1/16", "1x"):
         text += [f"## SmolLM2, final budget {task} of LoRA r=1", "", *task_table(results, task), ""]
-    text += ["## The known-answer benchmark (MiniLM, planted ranks)", "", *planted_table(results), ""]
-    text += ["## Decisions (the issue's rule, applied to the tables)", ""]
+    text += ["## The known-answer benchmark (MiniLM, planted ranks)", "", *planted_table(results),
+             *planted_note(results, earlier_planted or []), ""]  # fmt: skip
+    text += ["## Decisions (the issue's rule, applied to the tables: the test rows)", ""]
     text += [f"- {VARIANTS[v]}: {verdict(results, v)}" for v in VARIANTS if v != "base"]
+    if any("validation_accuracy" in r.values for r in results):
+        text += ["", "## The same options on the validation rows (no decision read them)", "",
+                 "Δ = variant − its reference, paired by seed, on the first 600 validation rows; the last column "
+                 "applies the issue's rule with these in place of the test rows (the planted benchmark as above).",
+                 "", *validation_table(results)]  # fmt: skip
     text += [
         "",
         "How far to trust it: each option meets 6 measures (exact match and answer loss at two budgets, recall "
@@ -416,9 +651,13 @@ def report(
     if budget_runs:
         text += ["", "## The budget curve redrawn with the new default", "",
                  "adarank AdaLoRA with `budget.selection=per_param` at lr 2e-3 at every budget of the curve, beside "
-                 "the methods of reports/budget_curves.md at 2e-3 and at the lr each chose (runs of that study, "
-                 "other commits; same seeds, data and rows). Δ = that method − new-default AdaLoRA, by seed.", "",
+                 "the methods of reports/budget_curves.md at 2e-3 and at the lr each chose (runs of that study, at "
+                 "the commits given; same seeds, data and rows). Δ = that method − new-default AdaLoRA, by seed "
+                 "(negative: the new default ahead). First on the validation rows, which chose nothing here:", "",
+                 *curve_validation_table(results, budget_runs), "",
+                 "Then on the test rows, the rows per_param was chosen on (its figures lean in its favour):", "",
                  *curve_table(results, budget_runs)]  # fmt: skip
+    text += ["", *records_section(results, lr_runs or [], budget_runs or [], folder, curves)]
     return "\n".join(text) + "\n"
 
 
@@ -429,13 +668,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--curves", type=Path, default=Path("studies/runs/budget_curves"), help="the budget study's runs"
     )
+    parser.add_argument(
+        "--planted", type=Path, default=Path("studies/runs/planted/minilm.jsonl"),
+        help="reports/planted_rank.md's runs, whose AdaLoRA recall is set beside the defaults' here",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results = load(args.runs)
+    earlier = (
+        [json.loads(line) for line in args.planted.read_text().splitlines() if line.strip()]
+        if args.planted.is_file()
+        else []
+    )
+    raw = len(list(args.runs.glob("*/*/*/seed*/metrics.json")))
     budget_runs = load_runs(args.curves, STUDIES["smollm2"]) if args.curves.is_dir() else []
     lr_runs = load_lr(args.runs / "lr") if (args.runs / "lr").is_dir() else []
     command = f"python studies/allocator_report.py {args.runs} --out {args.out}"
-    write_report(args.out, report(results, command, budget_runs, lr_runs))
-    print(f"wrote {args.out} ({len(results)} runs)")
+    write_report(args.out, report(results, command, budget_runs, lr_runs, args.runs, args.curves, earlier, raw))
+    print(
+        f"wrote {args.out} ({len(results) + len(lr_runs)} runs: {len(results)} SmolLM2 and planted, "
+        f"{len(lr_runs)} lr-range)"
+    )
     return 0
 
 

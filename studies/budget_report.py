@@ -42,6 +42,8 @@ class Study:
     lr_grid: tuple[float, ...] = ()  # the study script's grid: an lr is chosen only once all of it has run
     notes: str = ""  # what the report says of the study's methods beside the figures
     check_lr: float = 0.0  # the study's lr check below one rank per module (its step 3); 0: none
+    fell_behind: float = 0.0  # points of test exact match below a point's best seed that list a run; 0: no list
+    records: bool = False  # say how the runs were counted and list the archive's folders and their commits
 
 
 STUDIES = {
@@ -55,11 +57,21 @@ STUDIES = {
                      "can express is `target_r` = 1, about LoRA r=1's parameter count: it appears at 1x only, at its "
                      "realized parameter count. LoRA at one rank on every module likewise needs r >= 1; below that, "
                      "LoRA runs on modules picked by hand (v+o of the top layers, v of layers spread over depth).",
-                     2e-3),
+                     2e-3, fell_behind=5.0, records=True),
     "minilm": Study("all-MiniLM-L6-v2 on Rotten Tomatoes as classification (the head is trained in every run)",
                     "studies/study_minilm_curve.sh", "Accuracy on the whole validation and test splits.", 33,
                     41_472,  # 6 x (query, key, value, attention output 768 + FFN in, out 1920)
-                    {"1/32": 1 / 32, "1/8": 1 / 8, "1/2": 1 / 2, "1": 1.0}, ("test_accuracy", "accuracy")),
+                    {"1/32": 1 / 32, "1/8": 1 / 8, "1/2": 1 / 2, "1": 1.0}, ("test_accuracy", "accuracy"),
+                    notes="**The 1/8 adarank AdaLoRA arm mixes two versions of the code.** Its seed 0 ran at 788771f, "
+                    "before `budget.shrink` and the final phase's orthogonality penalty over live triplets only "
+                    "(both added in ecf7e2a); its seeds 1 and 2 ran at e09554f and 32dbd44, after it (the commits "
+                    "are the runs' sweep.json; the order is git's: `git merge-base --is-ancestor ecf7e2a <commit>`). "
+                    "Every other AdaLoRA run of the curve ran after ecf7e2a. Read the arm's mean as mixed: seed 0 "
+                    "(79.02% test) is not the same code as seeds 1-2 (77.92%, 78.26%), and no seed was rerun to "
+                    "separate the two. The shrink itself leaves the trained ΔW unchanged (within 7.5e-9 in "
+                    "tests/core/test_shrink.py); the live-only penalty moves a run slightly (6.6e-5 there), an "
+                    "effect not measured on this arm. The LoRA and head-only arms mask nothing, so the change does "
+                    "not touch them, though their runs at 788771f and 4d1c74c also predate it."),
 }  # fmt: skip
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # two-sided 95% t quantiles by degrees of freedom
 LABELS = {
@@ -85,6 +97,7 @@ class Run:
     study: Study  # the study it belongs to: its fractions and LoRA r=1 size place the run on the curve
     losses: tuple[tuple[int, float], ...] = ()  # (step, training loss) as logged; empty when not archived
     max_grad_norm: float | None = None  # the largest logged gradient norm (before clipping); None: no log
+    max_grad_step: int | None = None  # the step that logged it
     seed_phase: bool = False  # run by the study's seed phase at the chosen lr, not by its lr grid
 
     @property
@@ -117,6 +130,12 @@ def largest_grad_norm(log: Path) -> float | None:
     return max(norms) if norms else None
 
 
+def largest_grad_norm_step(log: Path) -> int | None:
+    """The step of the largest gradient norm a run's train_log.json records; None without one."""
+    norms = [(float(e["grad_norm"]), int(e["step"])) for e in _log_entries(log) if "grad_norm" in e]
+    return max(norms)[1] if norms else None
+
+
 def loss_path(run: Run) -> str:
     """``lowest (at step) → last`` logged training loss, or "-" when the run's log was not archived."""
     if not run.losses:
@@ -137,7 +156,8 @@ def load_runs(folder: Path, study: Study) -> list[Run]:
         runs.append(Run(method, budget, float(lr.group(1)) if lr else 0.0, int(point["seed"]), metrics,
                         point.get("commit", "not recorded"), study,
                         training_losses(marker.parent / "train_log.json"), seed_phase=seed_phase,
-                        max_grad_norm=largest_grad_norm(marker.parent / "train_log.json")))  # fmt: skip
+                        max_grad_norm=largest_grad_norm(marker.parent / "train_log.json"),
+                        max_grad_step=largest_grad_norm_step(marker.parent / "train_log.json")))  # fmt: skip
     return runs
 
 
@@ -255,6 +275,100 @@ def rerun_section(pairs: list[tuple[Run, Run]], name: str) -> list[str]:
     return [*lines, "", summary + ".", ""]
 
 
+def phase(run: Run) -> str:
+    """Which step of the study ran it: the lr grid (seed 0), the seed phase at the chosen lr, or the lr check
+    (seeds 1 and 2 at ``study.check_lr``, written as the grid writes lrs)."""
+    if run.seed_phase:
+        return "seed phase"
+    return "lr grid" if run.seed == 0 else "lr check"
+
+
+def count_text(runs: list[Run], folder: Path, study: Study) -> str:
+    """How many runs the archive holds and how they were counted: one per metrics.json, by study step."""
+    steps = {name: sum(phase(r) == name for r in runs) for name in ("lr grid", "seed phase", "lr check")}
+    distinct = len({(r.method, r.budget, r.lr, r.seed) for r in runs})
+    return (
+        f"Counted as the run folders with a metrics.json under {folder}/ (RUNS/<method>/<config>/<budget>/"
+        f"seed<k>/): {len(runs)} runs = {steps['lr grid']} of the lr grid (seed 0), {steps['seed phase']} of "
+        f"the seed phase (seeds 0-2 at each method's chosen lr) and {steps['lr check']} of the lr check at "
+        f"{study.check_lr:g} (seeds 1 and 2); {len(reruns(runs))} of the seed phase's seed-0 runs "
+        f'repeat a grid run\'s configuration ("Seed 0 run twice" below), so {distinct} distinct configurations.'
+    )
+
+
+def records_section(runs: list[Run], folder: Path) -> list[str]:
+    """The archived records this report reads: each method's folder, its run count and commits."""
+    lines = [
+        "## Records",
+        "",
+        "Each run folder holds sweep.json (the overrides, seed and the commit the run ran at), metrics.json",
+        "(validation and test exact match as `validation_accuracy` / `test_accuracy`, answer loss as",
+        "`validation_answer_loss` / `test_answer_loss`, `adapter_params_final`) and, where archived,",
+        f"train_log.json (training loss and gradient norm at each logged step; {sum(not r.losses for r in runs)} "
+        "runs have none).",
+        "",
+        "| folder | runs | commits |",
+        "|---|---|---|",
+    ]
+    for method in sorted({r.method for r in runs}):
+        mine = [r for r in runs if r.method == method]
+        lines.append(f"| {folder}/{method}/ | {len(mine)} | {', '.join(sorted({r.commit for r in mine}))} |")
+    return [*lines, ""]
+
+
+def fell_behind_section(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[str]:
+    """The runs at the chosen lrs that ended more than ``study.fell_behind`` points of test exact match below
+    their point's best seed, with their largest logged gradient norm, and the largest norms of all."""
+    if not study.fell_behind:
+        return []
+    behind, norms = [], []
+    order = list(study.fractions)
+    for key in sorted(points, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else -1)):
+        seeds = points[key]
+        best = max(100 * r.metrics["test_accuracy"] for r in seeds.values())
+        for _, run in sorted(seeds.items()):
+            gap = best - 100 * run.metrics["test_accuracy"]
+            if run.max_grad_norm is not None:
+                norms.append((run.max_grad_norm, run, gap))
+            if gap > study.fell_behind:
+                behind.append((run, gap))
+    lines = [
+        f"## Runs that fell behind at the chosen learning rates (more than {study.fell_behind:g} points below "
+        "their budget's best seed)",
+        "",
+        "| method | budget | lr | seed | commit | validation exact match % | test exact match % | below the best seed "
+        "(points, test) | largest logged grad norm (step) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, gap in behind:
+        norm = "-" if run.max_grad_norm is None else f"{run.max_grad_norm:.1f} ({run.max_grad_step})"
+        lines.append(
+            f"| {LABELS.get(run.method, run.method)} | {run.fraction} | {run.lr:g} | {run.seed} | {run.commit} | "
+            f"{100 * run.metrics['validation_accuracy']:.2f} | {100 * run.metrics['test_accuracy']:.2f} | "
+            f"{gap:.2f} | {norm} |"
+        )
+    top = sorted(norms, key=lambda item: item[0], reverse=True)[:3]
+    logged = {(len(r.losses), r.losses[-1][0]) for _, r, _ in norms if r.losses}
+    cadence = f" ({logged.pop()[0]} of {max(r.losses[-1][0] for _, r, _ in norms)} steps)" if len(logged) == 1 else ""
+    largest = "; ".join(
+        f"{norm:.1f} ({LABELS.get(run.method, run.method)}, budget {run.fraction}, seed {run.seed}, "
+        f"{'fell behind' if gap > study.fell_behind else f'{gap:.2f} points below its best seed: did not fall behind'})"
+        for norm, run, gap in top
+    )
+    spiked = [r for r, _ in behind if r.max_grad_norm is not None]
+    most = max(spiked, key=lambda r: r.max_grad_norm) if spiked else None
+    return [
+        *lines,
+        "",
+        f"The gradient norm is logged at the logging steps only{cadence}, before clipping; a spike between two "
+        "logged steps is not seen. "
+        + (f"Of the runs that fell behind, the largest logged norm is {most.max_grad_norm:.1f} "
+           f"({LABELS.get(most.method, most.method)}, budget {most.fraction}, seed {most.seed}). " if most else "")
+        + f"The largest logged norms of all the runs at the chosen lrs: {largest}.",
+        "",
+    ]  # fmt: skip
+
+
 def table(points: dict[tuple[str, str], dict[int, Run]], study: Study) -> list[str]:
     lines = [
         f"| budget | method | seeds | adapter params | {study.primary[1]} % | answer loss | Δ {study.primary[1]} vs "
@@ -343,7 +457,7 @@ def plot(
     plt.close(fig)
 
 
-def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
+def report(runs: list[Run], out: Path, command: str, study: Study, folder: Path | None = None) -> str:
     lrs = best_lrs(runs, study.lr_grid)
     points = curves(runs, lrs)
     floor = next((r.metrics for r in runs if "eval_accuracy_before" in r.metrics), {})
@@ -382,6 +496,7 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         f"**Runs finished: {len(runs)} of the study's {study.planned}**"
         + (" (in progress: the tables hold what has finished; nothing is concluded from them yet)."
            if len(runs) < study.planned else "."),
+        *(["", count_text(runs, folder, study)] if study.records and folder else []),
         "",
         f"![quality vs adapter parameters]({figure.name})",
         "",
@@ -403,6 +518,7 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "1.0, the Trainer's default), one figure per seed in seed order. A spike of tens or hundreds is an",
         "unstable step; clipping bounds the update it makes, and not every run with one ends worse.",
         "",
+        *fell_behind_section(points, study),
         *check_section(runs, study),
         "## Every seed-0 run",
         "",
@@ -415,6 +531,7 @@ def report(runs: list[Run], out: Path, command: str, study: Study) -> str:
         "win it back. Run: the lr grid's run, or the seed phase's rerun of seed 0 at the chosen lr.",
         "",
         *rerun_section(reruns(runs), name),
+        *(records_section(runs, folder) if study.records and folder else []),
     ])  # fmt: skip
 
 
@@ -441,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lrs[args.best_lr]:g}")
         return 0
     command = f"python studies/budget_report.py {args.runs} --study {args.study} --out {args.out}"
-    write_report(args.out, report(runs, args.out, command, study))
+    write_report(args.out, report(runs, args.out, command, study, args.runs))
     print(f"wrote {args.out} ({len(runs)} runs)")
     return 0
 

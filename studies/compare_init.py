@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from peft_run import train_peft  # studies/peft_run.py: PEFT on the same config
+from sweep import commit  # studies/sweep.py: the checked-out commit, recorded with every result
 
 from adarank.checks import load_config
 from adarank.run import train
@@ -50,6 +51,7 @@ def main() -> None:
         metrics = train_peft("lora", cfg) if name.startswith("peft") else train(cfg)
         row = {
             "variant": name,
+            "commit": commit(),
             **{
                 k: metrics[k]
                 for k in ("validation_accuracy", "eval_accuracy", "train_seconds", "trainable_params_initial")

@@ -367,8 +367,9 @@ def report(results: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in results})
     setups = {json.dumps(r["setup"], sort_keys=True) for r in results}
     lines = [
-        "| method | seeds | final params / planted | recall | site recall | residual | Δ residual vs AdaLoRA |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | final params / planted | recall | site recall | residual | Δ residual vs AdaLoRA | "
+        "recall by seed | commit by seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, label in LABELS.items():
         done = [by[(method, s)] for s in seeds if (method, s) in by]
@@ -380,7 +381,8 @@ def report(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {label} | {len(done)} | {size} | {mean_sd([r['recall'] for r in done])} | "
             f"{mean_sd([r['site_recall'] for r in done])} | {mean_sd([r['residual'] for r in done], digits=4)} | "
-            f"{paired(diffs) if diffs else ''} |"
+            f"{paired(diffs) if diffs else ''} | {' '.join(format(r['recall'], '.3f') for r in done)} | "
+            f"{' '.join(r['commit'] for r in done)} |"
         )
     plants = []
     for seed in seeds:

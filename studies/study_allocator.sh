@@ -11,7 +11,7 @@
 #   python studies/allocator_report.py studies/runs/allocator --out reports/allocator.md
 #
 # Learning rate 2e-3 for every variant: the budget study chose 8e-3 for AdaLoRA on seed 0, where seeds
-# 1-2 were unstable (gradient norms to 414, exact match 57-73%); at 2e-3 every seed trained (its lr
+# 1-2 were unstable (largest logged gradient norms 39-76, exact match 57-73%); at 2e-3 every seed trained (its lr
 # check, reports/budget_curves.md). An ablation at an unstable lr would measure the instability.
 # Variants (overrides on top of the budget point):
 #   base       the defaults of the time (lambda lr x10, orthogonality weight 0.1, budget.selection=prefix:
@@ -71,7 +71,7 @@ for fraction in 64 4; do
     for seed in 0 1 2; do point per-param "$fraction" "$seed"; done
 done
 # A probe toward lr robustness (not the lr-range measure): at 8e-3, where the budget study's
-# AdaLoRA seeds 1-2 diverged at 1/16 (gradient norms to 414), does a lower lambda lr multiplier (3 instead
+# AdaLoRA seeds 1-2 diverged at 1/16 (largest logged gradient norms 54-55), does a lower lambda lr multiplier (3 instead
 # of 10) keep every seed stable? The new defaults, 3 seeds each.
 probe_point() {
     local multiplier=$1 seed=$2

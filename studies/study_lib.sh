@@ -1,14 +1,23 @@
 # Shared by the study scripts (source it): archive each finished run's small files in reports/ (committed)
 # and restore them into the runs folder on start, so a study resumes across sessions where it stopped.
 
-# archive_run RUN_DIR DEST [adapters]: copy sweep.json, metrics.json, allocation.json and train_log.json
-# (those present; the log is a few kB: the report reads its training loss)
+# run_commit: the checked-out commit, "+dirty" when tracked files have changes (what studies/sweep.py's
+# commit() records in sweep.json), for a script that runs adarank without sweep.py to record with its run.
+run_commit() {
+    local head
+    head=$(git rev-parse --short HEAD 2>/dev/null) || head=unknown
+    if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then head+="+dirty"; fi
+    echo "$head"
+}
+
+# archive_run RUN_DIR DEST [adapters]: copy sweep.json, commit.txt, metrics.json, allocation.json and
+# train_log.json (those present; the log is a few kB: the report reads its training loss)
 # and, with "adapters", the native export adapter/ (tens of kB), replacing an earlier copy.
 archive_run() {
     local run=$1 dest=$2 adapters=${3:-}
     mkdir -p "$dest"
     local file
-    for file in sweep.json metrics.json allocation.json train_log.json; do
+    for file in sweep.json commit.txt metrics.json allocation.json train_log.json; do
         [ -f "$run/$file" ] && cp "$run/$file" "$dest/"
     done
     if [ "$adapters" = adapters ] && [ -d "$run/adapter" ]; then

@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
-from importlib.metadata import version
 from pathlib import Path
 
 from adarank.reporting.report import plot_heatmap, rank_grid, rank_label
@@ -35,6 +32,19 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 BUDGET_KEYS = ("budget.target_params", "budget.init_rank")
 LR_KEY = "train.learning_rate"
 ALL_LINEAR = "rt-minilm-adalora-all"  # step 4 of studies/study_rt.sh: adapters on the FFN too, own budget
+# Where and on what the archived runs ran: their sweep.json predates the commit field (studies/sweep.py's
+# commit()), so this is what git shows of the archive (then reports/study_rt/), not a recorded field.
+RUNS_RECORD = (
+    "Records: studies/runs/study_rt/<method>/<point>/seed<k>/ (sweep.json, metrics.json, allocation.json). "
+    "Ran 2026-11-23 on x86_64, 2 CPU cores, Python 3.11.7, torch 2.13.0+cpu, transformers 5.23.0, peft 0.21.2 "
+    "(the PEFT runs' metrics.json record `peft_version` 0.21.2). Commit not recorded: the runs' sweep.json has "
+    "no commit field (sweep.py added it later). Inferred from `git log --diff-filter=A` of the archive: archived "
+    "in 8a634c0 (9 runs: the seed-0 lr grid at 3e-4, 1e-3, 3e-3 of adarank AdaLoRA, adarank LoRA and PEFT LoRA), "
+    "c20a2d7 (13), 3ae9431 (2), 202f7ed (19) and 0cd85ff (1, all linears). The study's runner came in 89462a9, "
+    "and from there to 0cd85ff the package (adarank/) changed only in 337a383 (the score-name check, no "
+    "arithmetic), so every run trained adarank 0.1.0 as at 0cd85ff, up to uncommitted edits the records cannot "
+    "show."
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,41 @@ def best_lrs(runs: list[Run]) -> dict[str, float]:
         if run.method not in best or score > best[run.method][0]:
             best[run.method] = (score, run.lr)
     return {method: lr for method, (_, lr) in best.items()}
+
+
+def grid_note(runs: list[Run], lrs: dict[str, float], top: str) -> list[str]:
+    """The lr grids are not the same size for every method: say which lrs each got, which lr a method with
+    more points than the smallest grid would have had without its extra largest ones, and what that means."""
+    grid: dict[str, dict[float, float]] = defaultdict(dict)
+    for run in runs:
+        if run.variant == "default" and run.seed == 0 and run.budget == top:
+            grid[run.method][run.lr] = run.metrics["validation_accuracy"]
+    if not grid or len({len(g) for g in grid.values()}) == 1:
+        return []
+    fewest = min(len(g) for g in grid.values())
+    parts, without = [], []
+    for method, scores in sorted(grid.items()):
+        edge = ", the top of its grid" if math.isclose(lrs[method], max(scores)) else ""
+        parts.append(f"{method_name(method)} {len(scores)} ({', '.join(f'{lr:g}' for lr in sorted(scores))}; "
+                     f"chose {lrs[method]:g}{edge})")  # fmt: skip
+        if len(scores) > fewest:
+            kept = sorted(scores)[:fewest]
+            best = max(kept, key=lambda lr: (scores[lr], -lr))
+            extra = ", ".join(f"{lr:g}" for lr in sorted(scores)[fewest:])
+            chosen = f"{100 * scores[lrs[method]]:.2f}% at its chosen {lrs[method]:g}"
+            without.append(f"{method_name(method)} would have chosen {best:g} ({100 * scores[best]:.2f}% validation; "
+                           f"{chosen}) without {extra}")  # fmt: skip
+    return [
+        "**The grids differ in size.** Learning rates tried (seed 0, largest budget): " + "; ".join(parts) + ". "
+        + "; ".join(without) + ". adarank's two methods got a fourth point (1e-2) because they scored best at "
+        "the old grid's top (3e-3; studies/study_rt.sh); PEFT's methods got no fourth point. What it means: the "
+        "extra point could only raise adarank's validation choice, and PEFT AdaLoRA's top lr (1e-2) ties its "
+        "chosen one, so its optimum is not bracketed either; this is not a matched-grid comparison. The "
+        "asymmetry favours adarank, and adarank AdaLoRA still has the lowest mean at both budgets with every "
+        "interval including 0; a fourth point for PEFT could only have raised PEFT's side. Read the result as "
+        "no significant difference with adarank given the larger grid.",
+        "",
+    ]  # fmt: skip
 
 
 def mean_std(values: list[float]) -> str:
@@ -204,8 +249,8 @@ def all_linear_section(runs: list[Run], out_dir: Path) -> list[str]:
     lines = [
         "## All linears: does the FFN get more rank?",
         "",
-        f"adarank AdaLoRA (configs/{ALL_LINEAR}.yaml) with adapters on all 36 linears: the 4 attention linears and "
-        "the 2 FFN linears (intermediate.dense 384 -> 1536, output.dense 1536 -> 384) of each layer. The budget is "
+        f"adarank AdaLoRA (studies/configs/{ALL_LINEAR}.yaml) with adapters on all 36 linears: the 4 attention linears "
+        "and the 2 FFN linears (intermediate.dense 384 -> 1536, output.dense 1536 -> 384) of each layer. The budget is "
         f"in triplets, as in the paper: rank 12 -> 8 per module on average ({final:.0f} triplets at the end), "
         f"lr {runs[0].lr:g}. Test accuracy {mean_std(accuracies(runs))}% over {len(runs)} seed(s); trainable "
         f"parameters {statistics.mean(r.metrics['trainable_params_initial'] for r in runs):,.0f} at start, "
@@ -237,8 +282,7 @@ def report(out: Path, target: Path) -> str:
         "",
         f"Generated by `python studies/study_report.py {out} --out {target}` from the runs of "
         "`studies/study_rt.sh` (the exact commands are in that file; it resumes where it stopped).",
-        f"Machine: {platform.machine()}, 2 CPU cores. Python {platform.python_version()}, torch {version('torch')}, "
-        f"transformers {version('transformers')}, peft {version('peft')}. Date: {date.today().isoformat()}.",
+        RUNS_RECORD,
         "",
         "Setup: MiniLM (all-MiniLM-L6-v2) on Rotten Tomatoes split by movie, adapters on the 24 attention "
         "linears (query, key, value, attention output), classifier head trained in full, 400 steps, batch 32, "
@@ -262,6 +306,7 @@ def report(out: Path, target: Path) -> str:
                 f"{100 * run.metrics['eval_accuracy']:.2f}% | {chosen} |"
             )
     lines += ["", "The learning rate chosen at the largest budget is used at every budget.", ""]
+    lines += grid_note(runs, lrs, top)
     header = ("| budget | method | lr | seeds | test accuracy % (mean ± std) | trainable at start | trainable at end | "
               "adapter params at end | vs adarank AdaLoRA (points) |")  # fmt: skip
     lines += ["## Test accuracy at equal final budget", "", header, "|---|---|---|---|---|---|---|---|---|"]

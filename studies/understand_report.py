@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import statistics
 from pathlib import Path
@@ -24,6 +25,17 @@ from typing import Any
 from adarank.analysis.analyze import analyze
 
 SEEDS = ("adalora-seed0", "adalora-seed1", "adalora-seed2")
+# The runs of studies/runs/understand/ predate commit recording in study_understand.sh: what git shows of them.
+RECORDS = [
+    "Records: studies/runs/understand/{adalora-seed0,1,2, lora-r8, lora-r32}/ (metrics.json, allocation.json, "
+    "native adapter/) and studies/runs/understand/intrinsic-dim/ (intrinsic_dim.json, intrinsic_dim_points.json); "
+    "section 4's comparison reads studies/runs/minilm_curves/adalora/ (each run's commit in its sweep.json). "
+    "Commit not recorded: these runs predate study_understand.sh's commit.txt. Inferred from git: the five "
+    "training runs were archived in adb29e5 and the intrinsic-dimension runs in 4dc4437 (2026-11-24); the study "
+    "script was first committed in fcca665, 74 minutes before adb29e5, so they most likely ran at a tree between "
+    "fcca665 and adb29e5: adarank 0.1.0 (`adarank_version` in each adapter/adarank_export.json), with "
+    "`budget.shrink` on (added earlier, in ecf7e2a).",
+]
 
 
 def _ranks(values: list[float]) -> list[float]:
@@ -177,7 +189,7 @@ def seeds_section(archive: Path) -> tuple[list[str], dict[str, Any]]:
     return lines, {"rows": rows, "rho_top1": rho_top1, "p_top1": p_top1, "rho_min": rho_min, "p_min": p_min}
 
 
-def intrinsic_section(archive: Path) -> list[str]:
+def intrinsic_section(archive: Path, out: Path) -> list[str]:
     path = archive / "intrinsic-dim" / "intrinsic_dim.json"
     if not path.is_file():
         return ["## 4. Intrinsic dimension", "", "Not measured yet (`studies/study_understand.sh` has not reached it)."]
@@ -209,7 +221,8 @@ def intrinsic_section(archive: Path) -> list[str]:
         values = by_dim[dim]
         each = ", ".join(f"{v:.4f}" for v in values)
         lines.append(f"| {dim:,} | {len(values)} | {statistics.fmean(values):.4f} ({each}) |")
-    lines += ["", "![intrinsic dimension](understand/intrinsic-dim/intrinsic_dim.png)", ""]
+    figure = os.path.relpath((archive / "intrinsic-dim" / "intrinsic_dim.png").resolve(), out.parent.resolve())
+    lines += ["", f"![intrinsic dimension]({figure})", ""]
     return lines
 
 
@@ -219,23 +232,30 @@ def curve_comparison(curves: Path, target: float | None) -> list[str]:
         return []
     lines = ["", "Next to the budget curve (reports/minilm_curves.md, 400 steps, same modules and head-only floor "
              "design): adarank AdaLoRA's validation accuracy by final adapter parameters, against this target:", "",
-             "| budget (adapter params, target) | seeds | validation accuracy (mean) | reaches the target? |",
-             "|---|---|---|---|"]  # fmt: skip
+             "| target_params | seeds | final adapter params (mean) | validation accuracy (mean; by seed) "
+             "| reaches the target? | commits (sweep.json) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     found = []
     for folder in sorted((curves / "adalora").glob("*/*")):
-        values = [json.loads(m.read_text()) for m in sorted(folder.glob("seed*/metrics.json"))]
+        seeds = sorted(folder.glob("seed*/metrics.json"))
+        values = [json.loads(m.read_text()) for m in seeds]
         if not values:
             continue
-        mean = statistics.fmean(v["validation_accuracy"] for v in values)
-        params = values[0]["target_params"]
-        found.append((params, len(values), mean))
-    for params, count, mean in sorted(found):
-        lines.append(f"| {params:,} | {count} | {mean:.4f} | {'yes' if mean >= target else 'no'} |")
+        commits = [json.loads((m.parent / "sweep.json").read_text()).get("commit", "not recorded") for m in seeds]
+        found.append((values[0]["target_params"], values, commits))
+    for target_params, values, commits in sorted(found, key=lambda f: f[0]):
+        accuracy = [v["validation_accuracy"] for v in values]
+        mean, params = statistics.fmean(accuracy), statistics.fmean(v["adapter_params_final"] for v in values)
+        each = ", ".join(f"{a:.4f}" for a in accuracy)
+        lines.append(f"| {target_params:,} | {len(values)} | {params:,.0f} | {mean:.4f} ({each}) | "
+                     f"{'yes' if mean >= target else 'no'} | {', '.join(commits)} |")  # fmt: skip
     lines += ["", "Not like for like: the curve's runs train 400 steps (its head-only floor is higher too), the "
               "intrinsic-dimension runs 150, and an adapter's parameters are trained coordinates of a structured "
               "low-rank family while d counts coordinates of a random subspace. What it says: a few thousand "
               "well-placed low-rank parameters do what a random subspace needs tens of thousands of coordinates "
-              "for. The other budgets of the curve have not run yet (reports/minilm_curves.md)."]  # fmt: skip
+              "for. All 33 runs of the curve have finished (reports/minilm_curves.md); its 1/8 arm "
+              "(target_params 5,184) mixes code before and after `budget.shrink` (seed 0 at 788771f, before "
+              "ecf7e2a; see that report)."]  # fmt: skip
     return lines
 
 
@@ -293,6 +313,8 @@ def main() -> None:
         "adapters and metrics archived in studies/runs/understand/); this page: "
         "`python studies/understand_report.py studies/runs/understand --out reports/understand.md`.",
         "",
+        *RECORDS,
+        "",
         "Test accuracy of the runs analysed: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()) + ".",
         "",
         f"![φ grids and rank vs stability]({figure.name})",
@@ -308,7 +330,7 @@ def main() -> None:
         "",
         *seed_lines,
         "",
-        *intrinsic_section(args.archive),
+        *intrinsic_section(args.archive, args.out),
         *curve_comparison(args.curves, target),
         "",
     ]

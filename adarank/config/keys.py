@@ -1,5 +1,5 @@
 """The schema's keys as the command line shows them: dotted names, defaults, types and the one-line field
-docs read from the dataclasses (``adarank train --help`` and the README's key table)."""
+docs read from the dataclasses (``adarank train --help`` and the key table of docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _type_hint(key: str) -> str:
 
 
 def key_table() -> str:
-    """The config keys as a Markdown table (key, default, description): the README's list is this text."""
+    """The config keys as a Markdown table (key, default, description): docs/configuration.md's list is this text."""
     rows = ["| key | default | description |", "|---|---|---|"]
     for key, (default, doc) in key_docs().items():
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else repr(default)

@@ -179,7 +179,7 @@ class ImportanceConfig:
 
 SINGULAR_LR_MULTIPLIER = 10.0
 """lambda's learning rate relative to the others: the one default of the config, the engine,
-``param_groups`` and ``AdaRankTrainer`` (README, "Initialisation", says why)."""
+``param_groups`` and ``AdaRankTrainer`` (docs/method.md, "Initialisation", says why)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     """Peak learning rate of AdamW (linear decay after warm-up)."""
     singular_lr_multiplier: float = SINGULAR_LR_MULTIPLIER
-    """Learning rate of the singular values lambda relative to learning_rate (see README)."""
+    """Learning rate of the singular values lambda relative to learning_rate (see docs/method.md)."""
     warmup_ratio: float = 0.05
     """Fraction of steps of linear learning-rate warm-up."""
     weight_decay: float = 0.0

@@ -8,7 +8,7 @@ vectors, m (r) the rank mask applied in the forward pass and s = alpha / r the s
 Initialisation (a departure from the paper and PEFT, both of which draw P and Q from N(0, 0.02)):
 P has orthonormal columns and Q orthonormal rows, so the orthogonality penalty is exactly 0 at
 init and each triplet's update direction has unit size; lambda = 0 so the wrapped model equals
-the base model bit for bit at step 0. See README "Initialisation and learning rates".
+the base model bit for bit at step 0. See docs/method.md, "Initialisation and learning rates".
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def param_groups(
 
     Why a separate rate for lambda: with Adam each entry moves by about the learning rate per step.
     LoRA's B has d_out x r entries that all move, while each AdaLoRA triplet has one lambda, so at
-    the same rate AdaLoRA's update grows ~sqrt(d_out) times slower (README, "Initialisation").
+    the same rate AdaLoRA's update grows ~sqrt(d_out) times slower (docs/method.md, "Initialisation").
     """
     singular = {id(a.singular_values) for a in find_adapters(model).values()}
     groups: dict[str, list[torch.nn.Parameter]] = {"decay": [], "no_decay": [], "singular": []}

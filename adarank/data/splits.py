@@ -33,7 +33,9 @@ from adarank.data.sources import LABEL_NAMES as LABEL_NAMES  # re-exported: the 
 from adarank.data.sources import SPLITS, Table, read_source, task_columns
 from adarank.data.sources import DataError as DataError  # re-exported for callers of load_task
 from adarank.io.assets import BUNDLED_DATASETS, missing_data_package
-from adarank.io.assets import default_model_path as default_model_path  # re-exported: the README imports it here
+
+# re-exported: the README and the docs import it from here
+from adarank.io.assets import default_model_path as default_model_path
 
 Splits = dict[str, tuple[list[str], list[int]]]
 

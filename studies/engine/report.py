@@ -23,8 +23,12 @@ def main() -> None:
             continue
         engine, seed = folder.name.split("-seed")
         metrics = json.loads((folder / "metrics.json").read_text())
-        commit = (folder / "commit.txt").read_text().split()[0][:7]
+        record = (folder / "commit.txt").read_text().split("\n")
+        dirty = any(line.strip() for line in record[1:])  # run.sh lists the tree's changed adarank/ files
+        commit = record[0].strip()[:7] + ("+dirty" if dirty else "")
         rows.append((engine, int(seed), metrics, commit))
+    folders = ", ".join(f"{e}-seed{s}" for e, s, _, _ in sorted(rows, key=lambda r: (r[0], r[1])))
+    commits = ", ".join(sorted({r[3] for r in rows}))
     lines = [
         "# The default job under adarank 0.1.0's Trainer engine and the new engine (issue 35)",
         "",
@@ -34,6 +38,10 @@ def main() -> None:
         "`python studies/engine/report.py studies/runs/engine --out reports/engine.md`. Each run's files and commit",
         "are in studies/runs/engine/<engine>-seed<s>/. The two engines draw different batches (the Trainer's sampler",
         "against the engine's seeded stream), so runs of one seed differ by seed noise, not by a fixed offset.",
+        "",
+        f"Records: studies/runs/engine/{{{folders}}}/ (metrics.json, config.yaml, allocation.json, "
+        f"train_log.json, commit.txt). Commits (commit.txt: the worktree's HEAD, with its changed adarank/ files "
+        f"if any): {commits}.",
         "",
         "| engine | seed | commit | test accuracy | validation accuracy | train seconds | final total rank |",
         "|---|---|---|---|---|---|---|",

@@ -8,13 +8,27 @@ residual <= 0.25 of the base's (the student learned most of the teacher's change
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from planted_rank import Setup, base_model, module_recall, plant, run, student_ranks, with_options  # noqa: E402
+import planted_rank  # noqa: E402
+from planted_rank import (  # noqa: E402
+    Setup,
+    base_model,
+    batches,
+    matching_loss,
+    module_recall,
+    plant,
+    run,
+    student_ranks,
+    teacher_states,
+    with_options,
+)
 
 from adarank.core.inject import module_shapes
 
@@ -58,10 +72,43 @@ def test_options_set_the_warm_start_and_refuse_the_unknown() -> None:
         with_options(FAST, ["adapter.init_batches=0"])
 
 
-def test_the_warm_start_changes_the_run() -> None:
-    """The benchmark's warm start takes the matching loss's gradient (a tiny random model, 20 steps):
-    the same seed trains to a different residual than with the random orthonormal start (worse here:
-    4.16 vs 0.89 of the base's; the study measures it on MiniLM)."""
-    tiny = Setup(model="tiny", steps=20, eval_batches=1)
-    cold, warm = run(tiny, 0, "adalora"), run(with_options(tiny, ["adapter.init=gradient"]), 0, "adalora")
-    assert cold["planted"] == warm["planted"] and abs(cold["residual"] - warm["residual"]) > 0.1
+class _Stop(Exception):
+    """Ends a run right after its warm start."""
+
+
+def test_the_warm_start_puts_p_and_q_on_the_gradients_top_directions(monkeypatch) -> None:
+    """The benchmark's warm start (a tiny random model): right before training, every adapter's P and Q are the
+    top-4 left and right singular vectors (up to sign) of the gradient of the matching loss to the planted
+    teacher over the first adapter.init_batches training batches, with respect to its frozen weight: computed
+    here by autograd on the plain base (lambda = 0, so the student is the base)."""
+    options = ["adapter.init=gradient", "adapter.init_batches=3"]
+    tiny = with_options(Setup(model="tiny", steps=20, eval_batches=1), options)
+    seen = {}
+    real = planted_rank.warm_start_
+
+    def warm_start_then_stop(model, adapters, first, loss):  # noqa: ANN001, ANN202
+        real(model, adapters, first, loss=loss)
+        seen.update({name: (a.left_vectors.detach().clone(), a.right_vectors.detach().clone(), a.rank)
+                     for name, a in adapters.items()})  # fmt: skip
+        raise _Stop
+
+    monkeypatch.setattr(planted_rank, "warm_start_", warm_start_then_stop)
+    with pytest.raises(_Stop):
+        run(tiny, 0, "adalora")
+    tokenizer, base = base_model(tiny, 0)
+    teacher = copy.deepcopy(base)
+    plant(teacher, tiny, 0)
+    first = batches(tokenizer, tiny, "train", tiny.steps, 0)[:3]
+    weights = {name: base.get_submodule(name).weight for name in module_shapes(base, ["all-linear"])}
+    for weight in weights.values():
+        weight.requires_grad_(True)
+    pairs = zip(first, teacher_states(teacher, first), strict=True)
+    sum(matching_loss(base, targets, batch) for batch, targets in pairs).backward()  # type: ignore[union-attr]
+    assert set(seen) == set(weights)
+    for name, (left, right, rank) in seen.items():
+        assert rank == tiny.init_rank
+        u, _, vh = torch.linalg.svd(weights[name].grad.double(), full_matrices=False)
+        signs = torch.sign((left.double() * u[:, :rank]).sum(0))  # each pair (u_i, v_i) is fixed up to one sign
+        # 1e-4: both gradients are float32 sums, in other orders (at most 1.4e-5 apart here)
+        torch.testing.assert_close(left.double() * signs, u[:, :rank], atol=1e-4, rtol=0, msg=name)
+        torch.testing.assert_close(right.double() * signs[:, None], vh[:rank], atol=1e-4, rtol=0, msg=name)

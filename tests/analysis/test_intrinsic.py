@@ -159,6 +159,54 @@ def test_no_gap_between_floor_and_reference_is_refused(tmp_path) -> None:
         _measure(cfg, _FakeRunner(), _Points(tmp_path / "p.json", _config_text(cfg)))  # type: ignore[arg-type]
 
 
+def _check_result(result: dict, rows: int, seeds: int) -> None:
+    """What must hold of an intrinsic_dim.json measured on ``rows`` validation rows (accuracy, higher is
+    better): the target is floor + fraction (reference - floor), strictly above the floor and at most the
+    reference; every value is a whole number of right answers; and the verdict is the measured points': d90
+    is a grid point whose mean over ``seeds`` seeds reaches the target while every smaller point measured
+    falls short (the one below over ``seeds`` seeds too), the interpolation lies between the two; or, not
+    reached, the top of the grid falls short."""
+    floor, reference, target, grid = result["floor"], result["reference"], result["target"], result["grid"]
+    assert target == pytest.approx(floor + result["fraction"] * (reference - floor), abs=1e-12)
+    assert floor < target <= reference
+    for point in result["points"]:
+        assert point["value"] * rows == pytest.approx(round(point["value"] * rows), abs=1e-9), point
+    by_dim: dict[int, list[float]] = {}
+    for point in result["points"]:
+        if point["kind"] == "subspace":
+            by_dim.setdefault(point["dim"], []).append(point["value"])
+    assert set(by_dim) <= set(grid)
+    means = {dim: sum(values) / len(values) for dim, values in by_dim.items()}
+    found, interpolated = result["intrinsic_dimension"], result["intrinsic_dimension_interpolated"]
+    if found is None:
+        assert means[grid[-1]] < target and interpolated is None, means
+        return
+    assert means[found] >= target and len(by_dim[found]) == seeds, means
+    below = [dim for dim in means if dim < found]
+    assert all(means[dim] < target for dim in below), means
+    if below:
+        assert len(by_dim[max(below)]) == seeds and max(below) <= interpolated <= found
+    else:
+        assert interpolated == found
+
+
+def test_the_result_check_knows_a_crossing(tmp_path) -> None:
+    """``_check_result`` on the fake runner's known crossing (d90 = 4096, bracket 2048..4096) and on results that
+    break it: a wrong target, a d90 the points do not support, an interpolation outside the bracket."""
+    from adarank.analysis.intrinsic import _config_text, _measure, _Points
+
+    cfg = load_config(None, ["intrinsic_dim.min_dim=16", "intrinsic_dim.max_dim=8192", "intrinsic_dim.seeds=2"],
+                      schema=IntrinsicDimRunConfig)  # fmt: skip
+    result = _measure(cfg, _FakeRunner(), _Points(tmp_path / "points.json", _config_text(cfg)))  # type: ignore[arg-type]
+    for point in result["points"]:  # the fake curve is not on a grid of right answers: count per 1e6 rows
+        point["value"] = round(point["value"], 6)
+    _check_result(result, rows=10**6, seeds=2)
+    for broken in ({"target": 0.88}, {"intrinsic_dimension": 2048}, {"intrinsic_dimension": 8192},
+                   {"intrinsic_dimension_interpolated": 5000.0}, {"intrinsic_dimension": None}):  # fmt: skip
+        with pytest.raises(AssertionError):
+            _check_result({**result, **broken}, rows=10**6, seeds=2)
+
+
 @pytest.mark.slow
 def test_command_on_a_model_with_a_new_head(tmp_path, capsys) -> None:
     """The user's path: a base checkpoint without a classification head (tiny Llama, its `score` head is
@@ -190,7 +238,11 @@ def test_command_on_a_model_with_a_new_head(tmp_path, capsys) -> None:
     assert (out / "intrinsic_dim.png").stat().st_size > 5_000
     kinds = [p["kind"] for p in result["points"]]
     assert kinds.count("floor") == 1 and "reference" not in kinds and kinds.count("subspace") >= 1
-    assert all(0 <= p["value"] <= 1 for p in result["points"])
+    _check_result(result, rows=32, seeds=2)
+    subspace = [p["value"] for p in result["points"] if p["kind"] == "subspace"]
+    # the head fixed at the probe's and theta_d = 0 is the probe's model: a subspace run that trained nothing
+    # would score the floor exactly
+    assert all(value != probe for value in subspace), (probe, subspace)
     capsys.readouterr()
     assert main(args) == 2
     assert "already holds intrinsic_dim.json" in capsys.readouterr().err

@@ -3,8 +3,6 @@ their top singular directions, the model unchanged, and the option from the comm
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from conftest import tiny_bert, tiny_config
@@ -113,9 +111,46 @@ def test_bad_init_options_are_reported_together(tmp_path, monkeypatch) -> None:
     assert load_config(None, ["adapter.init=gradient", "distributed.strategy=fsdp2"]).adapter.init == "gradient"
 
 
-def test_warm_start_from_the_command_line(tmp_path, capsys) -> None:
-    """`adarank train adapter.init=gradient` on the default model: the warm start runs on the seeded
-    batches before training, and the run finishes with it recorded in its config."""
+def _autograd_gradients(model: nn.Module, adapters: dict[str, SVDLinear], batches: list) -> dict[str, torch.Tensor]:
+    """Each adapted base weight's gradient of the model's loss summed over ``batches``, by autograd on W0 itself
+    (lambda = 0, so the model is the base); leaves no gradient and the weights frozen again."""
+    for adapter in adapters.values():
+        adapter.base.weight.requires_grad_(True)
+    model.train()
+    for batch in batches:
+        model(**batch).loss.backward()
+    gradients = {name: adapter.base.weight.grad.detach().clone() for name, adapter in adapters.items()}
+    for adapter in adapters.values():
+        adapter.base.weight.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    return gradients
+
+
+def test_warm_start_from_the_command_line(tmp_path, capsys, monkeypatch) -> None:
+    """`adarank train adapter.init=gradient` on the default model: before training, on 3 batches of 8 training
+    rows, every adapter's P diag(sigma) Q is the best rank-12 approximation of its weight's task gradient over
+    them (computed here by autograd on the frozen weights, with the same dropout draws); the run finishes with
+    the option in its config and metrics consistent with the rows evaluated (12 steps learn nothing to test)."""
+    from test_cli import _check_run_dir
+
+    import adarank.run
+
+    seen: dict = {}
+
+    def checked_warm_start(model, adapters, batches):  # noqa: ANN001, ANN202
+        batches = list(batches)
+        before = torch.get_rng_state()
+        warm_start_(model, adapters, batches)
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)  # the same dropout masks as the warm start's passes
+        seen["gradients"] = _autograd_gradients(model, adapters, batches)
+        torch.set_rng_state(after)
+        seen["factors"] = {n: (a.left_vectors.detach().clone(), a.right_vectors.detach().clone()) for n, a in
+                           adapters.items()}  # fmt: skip
+        seen["rows"] = [len(batch["input_ids"]) for batch in batches]
+        seen["lambda"] = [float(a.singular_values.detach().abs().max()) for a in adapters.values()]
+
+    monkeypatch.setattr(adarank.run, "warm_start_", checked_warm_start)
     out = tmp_path / "run"
     short = ["train.max_steps=12", "data.max_train_samples=96", "data.max_eval_samples=32", "wandb.mode=disabled"]
     code = main(["train", f"output_dir={out}", *short, "train.batch_size=8", "adapter.init=gradient",
@@ -123,8 +158,18 @@ def test_warm_start_from_the_command_line(tmp_path, capsys) -> None:
     assert code == 0
     printed = capsys.readouterr().out
     assert "adarank: warm start: P and Q of 24 adapters from the gradient of 3 batch(es) of 8" in printed
+    assert seen["rows"] == [8, 8, 8] and max(seen["lambda"]) == 0 and len(seen["factors"]) == 24
+    eye = torch.eye(12, dtype=torch.float64)
+    for name, (left, right) in seen["factors"].items():
+        u, sigma, vh = torch.linalg.svd(seen["gradients"][name].double(), full_matrices=False)
+        best = u[:, :12] @ torch.diag(sigma[:12]) @ vh[:12]  # sigma_12 > sigma_13 here (by 0.6% at least)
+        left, right = left.double(), right.double()
+        torch.testing.assert_close(left.T @ left, eye, atol=1e-5, rtol=0)
+        torch.testing.assert_close(right @ right.T, eye, atol=1e-5, rtol=0)
+        error = (left @ torch.diag(sigma[:12]) @ right - best).norm() / best.norm()
+        assert error < 1e-4, (name, float(error))  # about 1e-6: float32 sums in another order
     assert load_config(out / "config.yaml", ["overwrite=true"]).adapter.init == "gradient"
-    assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] > 0
+    _check_run_dir(out, 12)
 
 
 def test_a_rank_above_a_module_width_is_refused_before_training(tmp_path) -> None:

@@ -445,6 +445,22 @@ def test_an_uncached_hub_id_fails_within_seconds(how: str, tmp_path: Path, monke
     assert reason in str(err.value) and "`hf download someorg/some-data --repo-type dataset`" in str(err.value)
 
 
+def test_an_uncached_hub_model_is_reported_beside_a_data_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every problem at once: a missing data file does not hide that the hub model cannot be fetched."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.name_or_path=someorg/some-model", "data.format=generation",
+                           f"data.dataset={tmp_path / 'missing.jsonl'}"], check_model=True)  # fmt: skip
+    data, model = err.value.problems
+    assert data.startswith(f"data.dataset `{tmp_path / 'missing.jsonl'}` does not exist.")
+    assert model.startswith("model.name_or_path `someorg/some-model` is a hub model id, it is not in the local cache")
+    assert "`hf download someorg/some-model`" in model
+
+
 def test_paths_that_look_local_must_exist() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.name_or_path=./my-model", "data.dataset=~/no/such/file.csv", "data.subset=x"])
