@@ -62,7 +62,7 @@ def main() -> None:
         if i:
             seconds["all_logits"].append(all_s)
             seconds["scored_logits"].append(scored_s)
-            kept += int(only_scored_logits(model, batch)["logits_to_keep"].sum())
+            kept += int((only_scored_logits(model, batch)["shift_labels"] != -100).sum())
             total += int(batch["input_ids"].numel())
     medians = {k: round(statistics.median(v), 3) for k, v in seconds.items()}
     print(json.dumps({

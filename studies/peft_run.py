@@ -47,6 +47,7 @@ from adarank.core.sharding import unwrap
 from adarank.data import load_task
 from adarank.data.tasks import GenerationCollator, answer_tokens, build_datasets, model_columns, training_rows
 from adarank.io.models import load_model
+from adarank.training.batches import ScoredPositionsCollator, takes_scored_positions
 from adarank.training.evaluate import classification_accuracy, exact_match, forced_answers, scored_pass
 from adarank.training.trainer import scored_training_inputs
 
@@ -61,6 +62,16 @@ class ScoredLossTrainer(Trainer):
     ) -> Any:
         inputs = scored_training_inputs(self, model, inputs, head_model=unwrap(model).get_base_model())
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def get_train_dataloader(self) -> Any:
+        """The loader with the scored positions found on the host, as adarank's engine does (no device sync)."""
+        collate = self.data_collator
+        if takes_scored_positions(unwrap(self.model).get_base_model()):
+            self.data_collator = ScoredPositionsCollator(collate)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collate
 
 
 class AllocateEachStep(TrainerCallback):
@@ -96,6 +107,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, report_to: list[str]) -
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),  # on CPU DDP needs it, or each process runs alone
         dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # its check reads the loss on the host every micro-batch
         activation_checkpointing=tr.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False},  # the frozen base's inputs need no grad
     )

@@ -30,12 +30,13 @@ from adarank.core.budget import allocator_problems
 from adarank.core.importance import (
     ImportanceState,
     all_triplet_scores,
-    gradients_finite,
+    finite_gradients,
     init_importance,
     update_importance_,
 )
 from adarank.core.layers import SVDLinear
 from adarank.core.masking import (
+    Trace,
     apply_masks_,
     live_budget,
     reset_optimizer_state_,
@@ -90,9 +91,9 @@ class RankAllocator:
         self.plan: BudgetPlan | None = None
         self.scores: dict[str, ImportanceState] = {}
         self.last_step = 0
-        self.skipped_steps = 0
+        self._skipped: torch.Tensor | int = 0  # a device counter while training (``skipped_steps``)
         self.history: list[dict[str, Any]] = []  # every masking event: step, budget, live, ranks, ...
-        self.trace: list[dict[str, int]] = []  # one point per step from step 0 (``trace_point``)
+        self._trace = Trace()  # one point per step from step 0 (``trace_point``), read as ``trace``
         self.masked_scores: list[float] = []  # every triplet's score at the last masking step
         self.penalty_grads: dict[str, dict[str, torch.Tensor]] = {}
         """With importance.task_only: this step's orthogonality-penalty share of each adapter's P and Q
@@ -101,6 +102,17 @@ class RankAllocator:
         self._warned_no_model = False
         if total_steps is not None:  # begin() may come later (the trace's step 0 needs real weights)
             self.set_total_steps(total_steps)
+
+    @property
+    def trace(self) -> list[dict[str, int]]:
+        """One point per step from step 0: b(t) and the live rank in triplets and parameters
+        (``trace_point``); the steps since the last read come from the device in one host sync."""
+        return self._trace.points
+
+    @property
+    def skipped_steps(self) -> int:
+        """Scoring steps skipped for non-finite gradients (read from the device: a host sync)."""
+        return int(self._skipped)
 
     @property
     def finalized(self) -> bool:
@@ -136,8 +148,8 @@ class RankAllocator:
                 "Trainer's FSDP2): set budget.shrink=false, or train with `adarank train "
                 "distributed.strategy=fsdp2`, whose engine keeps the adapters whole."
             )
-        if not self.trace and self.last_step == 0:
-            self.trace.append(trace_point(list(self.adapters.values()), plan, 0))
+        if not len(self._trace) and self.last_step == 0:
+            self._trace.record(list(self.adapters.values()), plan, 0)
         return plan
 
     def set_total_steps(self, total_steps: int) -> BudgetPlan:
@@ -184,6 +196,8 @@ class RankAllocator:
         step) leaves the scores untouched and is counted in ``skipped_steps``; masking still happens
         on schedule, on the scores so far.
 
+        Outside masking steps it never stops the host: the trace and the skip count stay on the device.
+
         Returns:
             The masking event (step, budget, threshold, ranks) on a masking step, else None.
         """
@@ -193,12 +207,12 @@ class RankAllocator:
         if needs_scores(step, plan):
             if not self.scores:
                 self.scores = {n: init_importance(a) for n, a in self.adapters.items()}
-            if gradients_finite(list(self.adapters.values())):  # agreed by all processes
-                betas = (self.importance.beta_sensitivity, self.importance.beta_uncertainty)
-                for name, adapter in self.adapters.items():
-                    update_importance_(self.scores[name], adapter, *betas, self.penalty_grads.get(name))
-            else:
-                self.skipped_steps += 1
+            finite = finite_gradients(list(self.adapters.values()))  # on the device, agreed by all processes
+            betas = (self.importance.beta_sensitivity, self.importance.beta_uncertainty)
+            for name, adapter in self.adapters.items():
+                update_importance_(self.scores[name], adapter, *betas, self.penalty_grads.get(name), finite)
+            if finite is not None:
+                self._skipped = self._skipped + (~finite).long()
         self.penalty_grads = {}
         event = None
         due_final = plan.adapts and not self.finalized and step >= plan.final_start
@@ -216,7 +230,7 @@ class RankAllocator:
                     "triplets (masked, so the result is the same, only slower); pass model= to shrink.",
                     stacklevel=2,
                 )
-        self.trace.append(trace_point(list(self.adapters.values()), plan, step))
+        self._trace.record(list(self.adapters.values()), plan, step)
         return event
 
     def add_penalty_gradient_(self, penalty: torch.Tensor) -> None:
@@ -232,9 +246,10 @@ class RankAllocator:
             for part, grad in grads.items():
                 held[part] = held[part] + grad if part in held else grad
 
-    def scale_penalty_gradient_(self, clip_coefficient: float) -> None:
+    def scale_penalty_gradient_(self, clip_coefficient: float | torch.Tensor) -> None:
         """Scale the recorded penalty share like the gradients it is part of: by gradient clipping's
-        coefficient, min(1, max_norm / (norm + 1e-6)) as torch's clip_grad_norm_ applies it."""
+        coefficient, min(1, max_norm / (norm + 1e-6)) as torch's clip_grad_norm_ applies it (a 0-dim
+        tensor keeps it on the device)."""
         for held in self.penalty_grads.values():
             for grad in held.values():
                 grad.mul_(clip_coefficient)
@@ -389,10 +404,10 @@ class RankAllocator:
             )
         self.plan = BudgetPlan(**state["plan"]) if state["plan"] else None
         self.last_step = int(state["last_step"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._skipped = int(state.get("skipped_steps", 0))
         self.masked_scores = list(state.get("masked_scores", []))
         self.history = history
-        self.trace = list(state.get("trace", []))
+        self._trace = Trace(state.get("trace", []))
         self.scores = {  # in adapter order, whatever order the saved state used
             name: {k: v.to(self.adapters[name].singular_values.device) for k, v in scores[name].items()}
             for name in self.adapters

@@ -45,10 +45,13 @@ def update_importance_(
     beta_sensitivity: float,
     beta_uncertainty: float,
     exclude: dict[str, torch.Tensor] | None = None,
+    finite: torch.Tensor | None = None,
 ) -> None:
     """Fold the adapter's current |theta * grad| into ``state`` (mutated in place). ``exclude`` maps a
     part (``left_vectors``, ...) to a share of its gradient to leave out, e.g. the orthogonality
-    penalty's: then |theta * (grad - share)|.
+    penalty's: then |theta * (grad - share)|. With ``finite`` (a 0-dim boolean tensor, e.g.
+    ``finite_gradients``), the state is left as it was where ``finite`` is false, decided on the device
+    (no host sync).
 
     Raises:
         RuntimeError: if a parameter has no gradient (scores must be updated after backward and
@@ -67,8 +70,17 @@ def update_importance_(
         if exclude is not None and part in exclude:
             grad = grad - local(exclude[part]).float()
         current = (local(param.detach()).float() * grad).abs_()
-        sensitivity.mul_(beta_sensitivity).add_(current, alpha=1 - beta_sensitivity)
-        uncertainty.mul_(beta_uncertainty).add_((current - sensitivity).abs_(), alpha=1 - beta_uncertainty)
+        if finite is None:
+            sensitivity.mul_(beta_sensitivity).add_(current, alpha=1 - beta_sensitivity)
+            uncertainty.mul_(beta_uncertainty).add_((current - sensitivity).abs_(), alpha=1 - beta_uncertainty)
+            continue
+        # the same operations out of place (so the same rounding), kept only where the step is finite
+        new_sensitivity = (sensitivity * beta_sensitivity).add_(current, alpha=1 - beta_sensitivity)
+        new_uncertainty = (uncertainty * beta_uncertainty).add_(
+            (current - new_sensitivity).abs_(), alpha=1 - beta_uncertainty
+        )
+        sensitivity.copy_(torch.where(finite, new_sensitivity, sensitivity))
+        uncertainty.copy_(torch.where(finite, new_uncertainty, uncertainty))
 
 
 def triplet_scores(state: ImportanceState, score: str = "sensitivity_uncertainty") -> torch.Tensor:
@@ -106,16 +118,16 @@ def local_score_share(state: ImportanceState, score: str = "sensitivity_uncertai
     return share
 
 
-def gradients_finite(adapters: Sequence[SVDLinear]) -> bool:
-    """Whether every adapter gradient is finite; on sharded gradients agreed by all processes (one
-    all_reduce), so they all skip or all score the step."""
+def finite_gradients(adapters: Sequence[SVDLinear]) -> torch.Tensor | None:
+    """Whether every adapter gradient is finite, as a 0-dim boolean tensor on the adapters' device (no
+    host sync); on sharded gradients agreed by all processes (one all_reduce). None without gradients."""
     grads = [p.grad for a in adapters for p in a.parameters() if p.requires_grad and p.grad is not None]
     if not grads:
-        return True
+        return None
     if not any_sharded(grads):
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return torch.stack([torch.isfinite(g).all() for g in grads]).all()
     bad = torch.stack([(~torch.isfinite(local(g))).sum() for g in grads]).sum().float().reshape(1)
-    return float(all_reduce_sum_(bad).item()) == 0
+    return all_reduce_sum_(bad)[0] == 0
 
 
 def all_triplet_scores(

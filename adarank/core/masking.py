@@ -80,11 +80,12 @@ def zero_pruned_(adapter: SVDLinear, kept: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def live_counts(adapters: list[SVDLinear]) -> list[int]:
-    """Each adapter's live triplets (lambda * mask nonzero), in one host sync for all of them; on
-    FSDP2-sharded adapters each process counts its own triplets and one all_reduce sums the counts."""
+def live_count_tensor(adapters: list[SVDLinear]) -> torch.Tensor:
+    """Each adapter's live triplets (lambda * mask nonzero) as one tensor on the adapters' device (no
+    host sync); on FSDP2-sharded adapters each process counts its own triplets and one all_reduce sums
+    the counts."""
     if not adapters:
-        return []
+        return torch.zeros(0, dtype=torch.int64)
     values = [a.singular_values for a in adapters]
     per_adapter = torch.stack(
         [
@@ -94,7 +95,12 @@ def live_counts(adapters: list[SVDLinear]) -> list[int]:
     )
     if any_sharded(values):
         all_reduce_sum_(per_adapter)
-    return [int(n) for n in per_adapter.tolist()]
+    return per_adapter
+
+
+def live_counts(adapters: list[SVDLinear]) -> list[int]:
+    """``live_count_tensor`` read on the host: one sync for all adapters."""
+    return [int(n) for n in live_count_tensor(adapters).tolist()]
 
 
 @torch.no_grad()
@@ -127,6 +133,44 @@ def trace_point(adapters: list[SVDLinear], plan: BudgetPlan | None, step: int) -
         "live_rank": sum(r for r, _ in active),
         "live_params": sum(r * c for r, c in active),
     }
+
+
+class Trace:
+    """The per-step trace (``trace_point``'s points), kept on the device until it is read: recording a
+    step costs no host sync, and reading (``points``) brings every pending step to the host in one."""
+
+    def __init__(self, points: Sequence[dict[str, int]] = ()) -> None:
+        self._points = list(points)
+        self._pending: list[tuple[int, int, torch.Tensor, list[int]]] = []
+
+    def __len__(self) -> int:
+        return len(self._points) + len(self._pending)
+
+    def record(self, adapters: list[SVDLinear], plan: BudgetPlan | None, step: int) -> None:
+        """Add step ``step``'s point: b(step) and the adapters' live triplets, counted on the device."""
+        budget = budget_at(step, plan) if plan is not None else 0
+        self._pending.append((step, budget, live_count_tensor(adapters), [a.triplet_cost for a in adapters]))
+
+    @property
+    def points(self) -> list[dict[str, int]]:
+        """Every point so far, as ``trace_point`` writes them (the pending ones read in one host sync)."""
+        if self._pending:
+            counts = [c.reshape(-1) for _, _, c, _ in self._pending]
+            flat = (
+                torch.cat([c.to(counts[0].device) for c in counts]).tolist() if any(c.numel() for c in counts) else []
+            )
+            offset = 0
+            for step, budget, count, costs in self._pending:
+                live = flat[offset : offset + count.numel()]
+                offset += count.numel()
+                self._points.append({
+                    "step": step,
+                    "budget": budget,
+                    "live_rank": int(sum(live)),
+                    "live_params": int(sum(n * c for n, c in zip(live, costs, strict=True))),
+                })  # fmt: skip
+            self._pending = []
+        return self._points
 
 
 def live_budget(adapters: list[SVDLinear], unit_params: bool) -> int:

@@ -42,6 +42,9 @@ def param_groups(
     ]
 
 
-def clip_coefficient(norm: float, max_norm: float) -> float:
-    """The factor gradient clipping multiplied the gradients by (torch's clip_grad_norm_ rule)."""
+def clip_coefficient(norm: float | torch.Tensor, max_norm: float) -> float | torch.Tensor:
+    """The factor gradient clipping multiplied the gradients by (torch's clip_grad_norm_ rule); for a
+    tensor norm a 0-dim tensor on its device, so reading it needs no host sync."""
+    if isinstance(norm, torch.Tensor):
+        return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     return min(1.0, max_norm / (norm + 1e-6))

@@ -174,15 +174,18 @@ def _place(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
 def _average_gradients_(params: Sequence[nn.Parameter], world: int) -> None:
     """Average the gradients of ``params`` over the processes in one all-reduce (flattened, with a count of
     the processes that produced each one). A parameter no process reached keeps no gradient, as in one
-    process; one that some processes did not reach (a conditional module) averages with zeros there."""
+    process; one that some processes did not reach (a conditional module) averages with zeros there.
+    Only a process that lacks some gradient reads the counts (a host sync); otherwise none is needed."""
     if world == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    seen = torch.tensor([float(p.grad is not None) for p in params], device=grads[0].device)
-    flat = torch.cat([*(g.reshape(-1) for g in grads), seen])
+    seen = _to_device({"seen": torch.tensor([float(p.grad is not None) for p in params])}, grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), seen["seen"]])
     dist.all_reduce(flat)
+    missing = any(p.grad is None for p in params)
+    counts = flat[-len(params) :].tolist() if missing else [1.0] * len(params)
     offset = 0
-    for param, grad, count in zip(params, grads, flat[-len(params) :].tolist(), strict=True):
+    for param, grad, count in zip(params, grads, counts, strict=True):
         size = grad.numel()
         if count:
             averaged = (flat[offset : offset + size] / world).view_as(grad)
@@ -260,8 +263,12 @@ def train_loop(
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-    loss_sum = 0.0 if payload is None else result.train_loss * result.global_step
-    window: list[float] = [] if payload is None else list(payload.get("window", []))
+    # the losses stay on the device until a logging step reads them (no host sync per step)
+    # in float64, as the host's floats were: the same sums whatever the logging or resume points
+    loss_sum = torch.tensor(0.0 if payload is None else result.train_loss * result.global_step, dtype=torch.float64,
+                            device=device)  # fmt: skip
+    saved = [] if payload is None else payload.get("window", [])
+    window = [torch.tensor(v, dtype=torch.float64, device=device) for v in saved]
     bar = _progress(cfg, rank, result.global_step)
     trainable = [p for p in inner.parameters() if p.requires_grad]  # rebuilt after a shrink replaces some
     inner.train()
@@ -271,8 +278,8 @@ def train_loop(
         penalty = None
         for micro in range(cfg.grad_accum_steps):
             rows = batch_indices(len(dataset), cfg.seed, step, micro, rank, world, cfg.batch_size, cfg.grad_accum_steps)
-            batch = {k: v.to(device) for k, v in collate(_rows(dataset, rows)).items()}
-            loss = inner(**only_scored_logits(inner, batch)).loss / cfg.grad_accum_steps
+            batch = _to_device(host_batch(inner, dataset, collate, rows), device)
+            loss = inner(**batch).loss / cfg.grad_accum_steps
             if cfg.orth_weight and adapters:
                 penalty = orthogonality_penalty(adapters, live_only=allocator.finalized)
                 term = (cfg.orth_weight / cfg.grad_accum_steps) * penalty
@@ -283,7 +290,7 @@ def train_loop(
         _average_gradients_(trainable, world)
         norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm) if trainable else torch.zeros(())
         if allocator.penalty_grads:  # importance.task_only on a scoring step (no host sync otherwise)
-            allocator.scale_penalty_gradient_(clip_coefficient(float(norm), cfg.max_grad_norm))
+            allocator.scale_penalty_gradient_(clip_coefficient(norm, cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         event = allocator.step(step, optimizer, inner)
@@ -294,12 +301,12 @@ def train_loop(
             on_step(step, allocator)
         if world > 1:
             dist.all_reduce(step_loss)  # the global batch's loss (one scalar per step)
-        loss_value = float(step_loss) / world
-        loss_sum += loss_value
-        window.append(loss_value)
+        window.append(step_loss.double() / world)
+        loss_sum += window[-1]
         if step % cfg.log_steps == 0 or step == cfg.steps:
+            losses = torch.stack(window).tolist()  # the logging step's host sync
             entry = {
-                "loss": sum(window) / len(window),
+                "loss": sum(losses) / len(losses),
                 "grad_norm": float(norm),
                 "learning_rate": scheduler.get_last_lr()[0],
                 "rank_budget": budget_at(step, allocator.plan) if allocator.plan else 0,
@@ -316,18 +323,36 @@ def train_loop(
             inner.train()
             _log(result, {**{f"eval_{k}": v for k, v in scores.items()}, "step": step}, rank, on_log, bar)
         result.global_step = step
-        result.train_loss = loss_sum / step
         if bar is not None:
             bar.update(1)
         if checkpoints is not None and cfg.save_steps and step % cfg.save_steps == 0:
+            result.train_loss = float(loss_sum) / step
             progress = {"log_history": result.log_history, "train_loss": result.train_loss, "global_step": step,
-                        "window": window}  # fmt: skip
+                        "window": [float(v) for v in window]}  # fmt: skip
             save_checkpoint(checkpoints / f"checkpoint-{step}", inner, optimizer, scheduler, allocator, progress)
     if bar is not None:
         bar.close()
+    if result.global_step:
+        result.train_loss = float(loss_sum) / result.global_step
     allocator.check_finished()
     result.optimizer = optimizer
     return inner, result
+
+
+def host_batch(
+    model: nn.Module, dataset: Any, collate: Callable[..., dict[str, torch.Tensor]], rows: list[int]
+) -> dict[str, Any]:
+    """A micro-batch as the host builds it, before anything moves to the device: the rows read and
+    collated, and for a causal LM the positions its output head runs on (``only_scored_logits``, whose
+    shapes depend on the data: found here, they cost the device no sync)."""
+    return only_scored_logits(model, collate(_rows(dataset, rows)))
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``; to a GPU from pinned memory without blocking the host."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:

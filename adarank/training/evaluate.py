@@ -18,7 +18,7 @@ from torch import nn
 from adarank.config import RunConfig
 from adarank.data.splits import TaskData
 from adarank.data.tasks import IGNORE_INDEX, GenerationCollator, answer_tokens, model_columns
-from adarank.training.batches import _head_takes_row_masks, _scored_positions
+from adarank.training.batches import _head_takes_row_masks, scored_mask
 
 
 def evaluate_splits(
@@ -142,7 +142,7 @@ def scored_pass(
         for start in tqdm(range(0, len(dataset), batch_size), desc=description, unit="batch", leave=False):
             chunk = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
-            keep, shifted = _scored_positions(batch["labels"])
+            keep, shifted = scored_mask(batch["labels"])
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             # one row of logits per scored token, row by row in order (the head runs on those alone)
             logits = model(**inputs, logits_to_keep=keep).logits if row_masks else model(**inputs).logits[keep]

@@ -18,7 +18,7 @@ from adarank.core.optim import clip_coefficient, param_groups
 from adarank.core.regularization import orthogonality_penalty
 from adarank.core.schedule import budget_at
 from adarank.core.sharding import unwrap
-from adarank.training.batches import only_scored_logits
+from adarank.training.batches import ScoredPositionsCollator, only_scored_logits, takes_scored_positions
 from adarank.training.callback import AdaRankCallback
 from adarank.training.checkpoint import latest_complete_checkpoint
 
@@ -91,7 +91,7 @@ class AdaRankTrainer(Trainer):
             self.model, RECORD_ATTR
         ):  # an empty target list leaves a record
             raise ValueError("AdaRankTrainer got a model without adarank adapters; call inject_adapters first.")
-        self._last_penalty: float | None = None
+        self._last_penalty: torch.Tensor | None = None
         self._callback = next((c for c in self.callback_handler.callbacks if isinstance(c, AdaRankCallback)), None)
         if self._callback is None:
             warnings.warn(
@@ -181,7 +181,7 @@ class AdaRankTrainer(Trainer):
         loss, outputs = result if return_outputs else (result, None)  # type: ignore[assignment]
         final = self._callback is not None and self._callback.allocator.finalized
         penalty = orthogonality_penalty(self._adapters, live_only=final)
-        self._last_penalty = float(penalty.detach())
+        self._last_penalty = penalty.detach()  # read at the next logging step: no host sync per micro-batch
         # Mirror Trainer.training_step: a loss already normalized over the accumulated batch is not
         # divided by the accumulation steps there, so the penalty must be divided here.
         normalized = self.loss_is_scaled_for_ga
@@ -198,17 +198,29 @@ class AdaRankTrainer(Trainer):
         loss = loss + term.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
+    def get_train_dataloader(self) -> Any:
+        """The Trainer's loader, whose collator also finds a causal LM's scored positions (on the host, in
+        the loader: ``ScoredPositionsCollator``) when the loss is the model's own."""
+        collate, model = self.data_collator, self.model
+        own_loss = self.label_smoother is None and self.compute_loss_func is None
+        if own_loss and model is not None and takes_scored_positions(unwrap(model)):
+            self.data_collator = ScoredPositionsCollator(collate)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collate
+
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """``Trainer._clip_grad_norm``; the penalty's recorded gradient share is scaled like the rest."""
         norm = super()._clip_grad_norm(model)
         if self._callback is not None and self._callback.allocator.penalty_grads:  # importance.task_only
-            self._callback.allocator.scale_penalty_gradient_(clip_coefficient(float(norm), self.args.max_grad_norm))
+            self._callback.allocator.scale_penalty_gradient_(clip_coefficient(norm, self.args.max_grad_norm))
         return norm
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:
             if self._last_penalty is not None:
-                logs["orth_penalty"] = self._last_penalty
+                logs["orth_penalty"] = float(self._last_penalty)
             plan = self._callback.allocator.plan if self._callback else None
             if plan is not None:
                 logs["rank_budget"] = budget_at(self.state.global_step, plan)

@@ -124,9 +124,14 @@ def test_only_scored_logits_gives_the_models_own_loss_and_gradients_from_the_sco
         assert scored_grads.keys() == all_grads.keys() and len(all_grads) == 14 * 3  # 14 adapters x (P, lambda, Q)
         for name, grad in all_grads.items():
             torch.testing.assert_close(scored_grads[name], grad, atol=1e-7, rtol=1e-5, msg=name)
-    width = batch["input_ids"].shape[1]
-    assert head_inputs == [(5, width, 32), (scored, 32)] * 2
-    assert kept["shift_labels"].tolist() == [t for r in rows for t in r["labels"][1:] if t != IGNORE_INDEX]
+    width, most = batch["input_ids"].shape[1], 3  # row 4 has the most scored tokens: 1 + 2
+    assert head_inputs == [(5, width, 32), (5, most, 32)] * 2  # the head: each row's scored positions, padded
+    kept_labels = kept["shift_labels"].tolist()
+    assert [t for row in kept_labels for t in row if t != IGNORE_INDEX] == [
+        t for r in rows for t in r["labels"][1:] if t != IGNORE_INDEX
+    ]
+    assert sum(t == IGNORE_INDEX for row in kept_labels for t in row) == 5 * most - scored  # the padding only
+    assert kept["logits_to_keep"].dtype == torch.int64 and kept["logits_to_keep"].shape == (5, most)
 
 
 def test_only_scored_logits_leaves_batches_it_cannot_shorten_alone() -> None:
