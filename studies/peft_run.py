@@ -47,9 +47,8 @@ from adarank.core.sharding import unwrap
 from adarank.data import load_task
 from adarank.data.tasks import GenerationCollator, answer_tokens, build_datasets, model_columns, training_rows
 from adarank.io.models import load_model
-from adarank.training.batches import ScoredPositionsCollator, takes_scored_positions
 from adarank.training.evaluate import classification_accuracy, exact_match, forced_answers, scored_pass
-from adarank.training.trainer import scored_training_inputs
+from adarank.training.trainer import scored_positions_loader, scored_training_inputs
 
 
 class ScoredLossTrainer(Trainer):
@@ -65,13 +64,7 @@ class ScoredLossTrainer(Trainer):
 
     def get_train_dataloader(self) -> Any:
         """The loader with the scored positions found on the host, as adarank's engine does (no device sync)."""
-        collate = self.data_collator
-        if takes_scored_positions(unwrap(self.model).get_base_model()):
-            self.data_collator = ScoredPositionsCollator(collate)
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collate
+        return scored_positions_loader(self, unwrap(self.model).get_base_model(), super().get_train_dataloader)
 
 
 class AllocateEachStep(TrainerCallback):

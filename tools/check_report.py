@@ -29,18 +29,24 @@ PROBE = (
 )
 
 
-def image_widths(report: Path, browser: str) -> list[int]:
-    """Natural widths of the images of ``report`` as the browser loaded them from disk."""
-    probe = report.with_name(".report_probe.html")  # same folder: the relative image links resolve
-    probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+def _dump_dom(probe: Path, html: str, browser: str, budget_ms: int) -> subprocess.CompletedProcess[str]:
+    """Write ``html`` to ``probe``, load it from disk in headless ``browser`` for ``budget_ms`` of virtual
+    time, and return the run (its stdout is the DOM after load); the probe file is removed."""
+    probe.write_text(html)
     try:
-        done = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+        return subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--virtual-time-budget={budget_ms}",
              "--dump-dom", probe.resolve().as_uri()],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:
         probe.unlink(missing_ok=True)
+
+
+def image_widths(report: Path, browser: str) -> list[int]:
+    """Natural widths of the images of ``report`` as the browser loaded them from disk."""
+    probe = report.with_name(".report_probe.html")  # same folder: the relative image links resolve
+    done = _dump_dom(probe, report.read_text().replace("</body>", PROBE + "</body>"), browser, 10000)
     match = re.search(r'data-widths="([0-9,]*)"', done.stdout)
     if match is None:
         raise RuntimeError(f"the page did not finish loading in {browser}: {done.stderr[-500:]}")
@@ -78,15 +84,7 @@ def page_problems(page: Path, site: Path, browser: str) -> list[str]:
         if not (page.parent / unquote(target.path)).exists():
             problems.append(f"{page.relative_to(site)}: link to `{href}`, which the site lacks")
     probe = page.with_name(f".probe_{page.name}")  # same folder: relative links resolve
-    probe.write_text(html.replace("<head>", "<head>" + SITE_PROBE, 1))
-    try:
-        done = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-             "--dump-dom", probe.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    finally:
-        probe.unlink(missing_ok=True)
+    done = _dump_dom(probe, html.replace("<head>", "<head>" + SITE_PROBE, 1), browser, 5000)
     fields = dict(re.findall(r'data-(widths|sheets|errors)="([^"]*)"', done.stdout))
     name = page.relative_to(site)
     if "sheets" not in fields:

@@ -9,6 +9,7 @@ the repository path.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         if "://" in target or target.startswith("#"):
             return match.group(0)
         path, _, anchor = target.partition("#")
-        repo_path = "/".join(_normalise(f"{folder}/{path}"))
+        repo_path = posixpath.normpath(f"{folder}/{path}").lstrip("/")
         site_path = repo_path.removeprefix("docs/")
         if files.get_file_from_path(site_path) is not None:
             relative = "../" if folder else ""  # reports/ is one folder down
@@ -59,14 +60,3 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         return f"{text} (`{repo_path}` in the repository)" if not bang else f"`{repo_path}` (in the repository)"
 
     return LINK.sub(link, markdown)
-
-
-def _normalise(uri: str) -> list[str]:
-    """``reports/../studies/x`` as its parts with the ``..`` resolved."""
-    parts: list[str] = []
-    for part in uri.split("/"):
-        if part == "..":
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return parts

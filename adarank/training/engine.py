@@ -179,8 +179,8 @@ def _average_gradients_(params: Sequence[nn.Parameter], world: int) -> None:
     if world == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    seen = _to_device({"seen": torch.tensor([float(p.grad is not None) for p in params])}, grads[0].device)
-    flat = torch.cat([*(g.reshape(-1) for g in grads), seen["seen"]])
+    seen = _upload(torch.tensor([float(p.grad is not None) for p in params]), grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), seen])
     dist.all_reduce(flat)
     missing = any(p.grad is None for p in params)
     counts = flat[-len(params) :].tolist() if missing else [1.0] * len(params)
@@ -348,11 +348,16 @@ def host_batch(
     return only_scored_logits(model, collate(_rows(dataset, rows)))
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """``batch`` on ``device``; to a GPU from pinned memory without blocking the host."""
+def _upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU from pinned memory, without blocking the host."""
     if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of a host-built ``batch`` on ``device`` (``_upload``)."""
+    return {k: _upload(v, device) for k, v in batch.items()}
 
 
 def _rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,21 @@ def scored_training_inputs(
     if not model.training or trainer.label_smoother is not None or trainer.compute_loss_func is not None:
         return inputs
     return only_scored_logits(unwrap(model) if head_model is None else head_model, inputs)
+
+
+def scored_positions_loader(trainer: Trainer, head_model: nn.Module | None, make_loader: Callable[[], Any]) -> Any:
+    """``make_loader()`` (the Trainer's own ``get_train_dataloader``) with the trainer's collator wrapped in a
+    ``ScoredPositionsCollator`` while the loader is built, when ``head_model`` takes scored positions and the
+    loss is the model's own (no label smoother, no ``compute_loss_func``): the positions are then found on
+    the host, in the loader. The trainer's collator is restored either way."""
+    collate = trainer.data_collator
+    own_loss = trainer.label_smoother is None and trainer.compute_loss_func is None
+    if own_loss and head_model is not None and takes_scored_positions(head_model):
+        trainer.data_collator = ScoredPositionsCollator(collate)
+    try:
+        return make_loader()
+    finally:
+        trainer.data_collator = collate
 
 
 class AdaRankTrainer(Trainer):
@@ -201,14 +217,8 @@ class AdaRankTrainer(Trainer):
     def get_train_dataloader(self) -> Any:
         """The Trainer's loader, whose collator also finds a causal LM's scored positions (on the host, in
         the loader: ``ScoredPositionsCollator``) when the loss is the model's own."""
-        collate, model = self.data_collator, self.model
-        own_loss = self.label_smoother is None and self.compute_loss_func is None
-        if own_loss and model is not None and takes_scored_positions(unwrap(model)):
-            self.data_collator = ScoredPositionsCollator(collate)
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collate
+        head = unwrap(self.model) if self.model is not None else None
+        return scored_positions_loader(self, head, super().get_train_dataloader)
 
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """``Trainer._clip_grad_norm``; the penalty's recorded gradient share is scaled like the rest."""
