@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The capacity study of issue 39 (reports/capacity.md): where adapter capacity binds on a real model.
+# Resumable: a finished run (a metrics.json in its folder) is skipped, every finished run's small files
+# are archived in studies/runs/capacity/ (committed) and restored into $OUT on start.
+#
+#   OMP_NUM_THREADS=1 studies/study_capacity.sh pilot     # two workers: run it twice, side by side
+#
+# Pilot (this file's only phase so far): does a task's quality fall steeply as LoRA's budget shrinks?
+# LoRA at 1/64, 1/8 and 1x of LoRA r=1 on all 210 linears of SmolLM2 (305,490 parameters), one seed, and a
+# second seed at one budget for the seed spread, on two tasks:
+#   facts  invented facts (studies/facts.py), the SELECTION draw (seed 1): exact match and answer loss on
+#          the trained facts (capacity, not generalisation). Every choice is made on this draw; the study
+#          reports on another (seed 0), never read by the pilot.
+#   bbc    the BBC News articles as language modelling, all 210 linears: validation perplexity on the
+#          first 20 validation articles (the issue's probe, archived here).
+# Below one rank per module LoRA runs on modules picked by hand, as a practitioner would:
+#   1/64  v_proj of 6 layers spread over depth (0 6 12 17 23 29): 6 x 769 = 4,614 parameters
+#   1/8   v_proj + o_proj of the top 20 layers (10-29): 20 x 1,922 = 38,440
+#   1x    rank 1 on every module: 305,490
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/capacity}
+ARCHIVE=studies/runs/capacity
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+python -c "import adarank, peft" || { echo "activate the venv with adarank[dev] installed (make install-dev)"; exit 1; }
+source studies/study_lib.sh
+restore_runs "$OUT" "$ARCHIVE"
+CLAIMS=$OUT/.claims
+failed=0
+SELECT=$OUT/facts-select
+[ -f "$SELECT/facts.jsonl" ] || python studies/facts.py --facts 256 --seed 1 --out "$SELECT" > /dev/null 2>&1 ||
+    { echo "could not write the facts to $SELECT"; exit 1; }
+
+FACTS_LORA=studies/configs/facts-smollm2-lora.yaml
+BBC_LORA=studies/configs/bbc-smollm2-lora.yaml
+declare -A PICK=(
+    [64]='adapter.target_modules=[re:model\.layers\.(0|6|12|17|23|29)\.self_attn\.v_proj]'
+    [8]='adapter.target_modules=[re:model\.layers\.(10|11|12|13|14|15|16|17|18|19|20|21|22|23|24|25|26|27|28|29)\.self_attn\.(v_proj|o_proj)]'
+    [1]=''
+)
+declare -A TASK=([facts]="$FACTS_LORA|data.dataset=$SELECT" [bbc]="$BBC_LORA|")
+# run TASK FRACTION LR SEED: one LoRA run into $OUT/pilot/<task>, archived when it finishes
+run_point() {
+    local task=$1 fraction=$2 lr=$3 seed=$4 spec=${TASK[$1]}
+    python studies/sweep.py --out "$OUT/pilot/$task" --methods "${spec%|*}" --seeds "$seed" \
+        --budgets "${PICK[$fraction]} train.learning_rate=$lr" --set wandb.mode=disabled ${spec#*|} || failed=1
+    archive_runs "$OUT" "$ARCHIVE"
+}
+point() { claimed "$CLAIMS" "pilot-$1-$2-$3-$4" run_point "$@"; }
+
+case ${1:-} in
+pilot)
+    # facts: the lr first (at 1x and 1/64), then the budgets at the better lr of each
+    for lr in 2e-3 8e-3; do for fraction in 1 64; do point facts "$fraction" "$lr" 0; done; done
+    for lr in 2e-3 8e-3; do point facts 8 "$lr" 0; done
+    point facts 8 8e-3 1
+    # bbc: the issue's probe settings (lr 1e-3)
+    for fraction in 1 64 8; do point bbc "$fraction" 1e-3 0; done
+    point bbc 8 1e-3 1
+    ;;
+*)
+    echo "usage: $0 pilot"
+    exit 2
+    ;;
+esac
+exit $failed
