@@ -23,7 +23,29 @@ import random
 import sys
 from pathlib import Path
 
-ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kl", "pr", "st", "tr")
+ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kl",
+    "pr",
+    "st",
+    "tr",
+)
 VOWELS = ("a", "e", "i", "o", "u", "ae", "ou")
 CODAS = ("", "", "n", "r", "l", "m", "s", "k", "th", "nd")
 PROMPT = "Q: Where was {name} born?\nA:"
@@ -62,9 +84,7 @@ def write(rows: list[dict[str, str]], out: Path) -> None:
     from datasets import Dataset, DatasetDict
 
     columns = {key: [row[key] for row in rows] for key in rows[0]}
-    DatasetDict({split: Dataset.from_dict(columns) for split in ("train", "validation", "test")}).save_to_disk(
-        str(out)
-    )
+    DatasetDict({split: Dataset.from_dict(columns) for split in ("train", "validation", "test")}).save_to_disk(str(out))
     with open(out / "facts.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
