@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "metrics.json").exists():
                 continue
             m = run(arm, seed, args.out / "work", out, small)
-            print(json.dumps({"arm": arm, "seed": seed, "tag": tag, **{k: m.get(k) for k in (
-                "test_accuracy", "test_answer_loss", "adapter_params_final", "total_rank_final", "train_seconds")}}))  # fmt: skip
+            keys = ("test_accuracy", "test_answer_loss", "adapter_params_final", "total_rank_final", "train_seconds")
+            print(json.dumps({"arm": arm, "seed": seed, "tag": tag, **{k: m.get(k) for k in keys}}))
     return 0
 
 

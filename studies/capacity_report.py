@@ -1,0 +1,95 @@
+"""The capacity study's tables (issue 39), from its archived runs (studies/runs/capacity/).
+
+    python studies/capacity_report.py studies/runs/capacity --pilot     # the pilot's table, Markdown
+    python studies/capacity_report.py studies/runs/capacity --small     # the small version's table
+
+Every figure is read from a run's metrics.json; each row names the commit its run recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+FRACTIONS = {4614: "1/64", 38440: "1/8", 305490: "1x"}
+PICKS = {4614: "v_proj of 6 layers spread over depth", 38440: "v_proj + o_proj of the top 20 layers",
+         305490: "rank 1 on all 210 linears"}  # fmt: skip
+
+
+def _commit(run: Path) -> str:
+    sweep = run / "sweep.json"
+    if sweep.exists():
+        return str(json.loads(sweep.read_text()).get("commit", "?"))
+    text = run / "commit.txt"
+    return text.read_text().strip() if text.exists() else "?"
+
+
+def _lr(run: Path) -> str:
+    found = re.search(r"learning_rate-([0-9.]+e-[0-9]+|[0-9.]+)", run.parent.name)
+    return found.group(1) if found else "?"
+
+
+def pilot(root: Path) -> str:
+    lines = [
+        "| task | budget | LoRA arm | adapter params | lr | seed | validation answer loss | exact match % "
+        "| validation perplexity | train s | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for metrics in sorted((root / "pilot").glob("*/*/*/seed*/metrics.json")):
+        run = metrics.parent
+        m = json.loads(metrics.read_text())
+        task = run.parts[-4]
+        params = int(m["adapter_params_final"])
+        rows.append((task, params, _lr(run), run.name, m, _commit(run)))
+    for task, params, lr, seed, m, commit in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3])):
+        loss = m.get("validation_answer_loss")
+        em = m.get("validation_accuracy")
+        lines.append(
+            f"| {task} | {FRACTIONS.get(params, '?')} | {PICKS.get(params, '?')} | {params:,} | {lr} | {seed[4:]} | "
+            f"{'' if loss is None else f'{loss:.3f}'} | {'' if em is None else f'{100 * em:.2f}'} | "
+            f"{m['validation_perplexity']:.2f} | {m['train_seconds']:.0f} | {commit} |"
+        )
+    return "\n".join(lines)
+
+
+def small(root: Path) -> str:
+    lines = [
+        "| setting | arm | seeds | adapter params (final) | answer loss, by seed | mean | exact match %, by seed "
+        "| commits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in sorted(p for p in (root / "small").iterdir() if p.is_dir() and p.name != "work"):
+        for arm in sorted(p for p in setting.iterdir() if p.is_dir()):
+            runs = sorted(arm.glob("seed*/metrics.json"))
+            if not runs:
+                continue
+            ms = [json.loads(r.read_text()) for r in runs]
+            losses = [m["test_answer_loss"] for m in ms]
+            params = ", ".join(str(m["adapter_params_final"]) for m in ms)
+            matches = " / ".join(f"{100 * m['test_accuracy']:.1f}" for m in ms)
+            lines.append(
+                f"| {setting.name} | {arm.name} | {len(ms)} | {params} | "
+                f"{' / '.join(f'{x:.3f}' for x in losses)} | {statistics.mean(losses):.3f} | "
+                f"{matches} | "
+                f"{', '.join(sorted({_commit(r.parent) for r in runs}))} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--pilot", action="store_true")
+    group.add_argument("--small", action="store_true")
+    args = parser.parse_args(argv)
+    print(pilot(args.root) if args.pilot else small(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The capacity study's tools (issue 39): the invented facts and the pilot's report, whose figures must
+be the archived runs' (studies/runs/capacity/pilot/)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "studies"))
+import capacity_report  # noqa: E402
+import facts  # noqa: E402
+
+PILOT = ROOT / "studies" / "runs" / "capacity" / "pilot"
+
+
+def test_a_draw_is_fixed_by_its_seed_and_its_names_and_places_are_distinct() -> None:
+    first, again, other = facts.draw(300, seed=1), facts.draw(300, seed=1), facts.draw(300, seed=0)
+    assert first == again
+    assert len({r["name"] for r in first}) == 300 and len({r["response"] for r in first}) == 300
+    assert {r["response"] for r in first}.isdisjoint({r["response"] for r in other}) or first != other
+    assert first[0]["prompt"] == f"Q: Where was {first[0]['name']} born?\nA:"
+    with pytest.raises(ValueError, match="facts must be >= 1"):
+        facts.draw(0, seed=1)
+
+
+def test_the_facts_folder_holds_the_same_facts_in_every_split(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    rows = facts.draw(5, seed=3)
+    facts.write(rows, tmp_path / "f")
+    saved = load_from_disk(str(tmp_path / "f"))
+    assert sorted(saved) == ["test", "train", "validation"]
+    for split in saved.values():
+        assert split["response"] == [r["response"] for r in rows]
+    assert [json.loads(line) for line in (tmp_path / "f" / "facts.jsonl").read_text().splitlines()] == rows
+    assert facts.main(["--facts", "2", "--seed", "0", "--out", str(tmp_path / "f")]) == 2  # not empty: refused
+
+
+def _metric(task: str, params: int, lr: str, seed: int, key: str) -> float:
+    found = [
+        json.loads(m.read_text())[key]
+        for m in PILOT.glob(f"{task}/*/*/seed{seed}/metrics.json")
+        if json.loads(m.read_text())["adapter_params_final"] == params and capacity_report._lr(m.parent) == lr
+    ]
+    assert len(found) == 1, (task, params, lr, seed)
+    return float(found[0])
+
+
+def test_the_pilot_reports_figures_are_its_archived_runs() -> None:
+    report = (ROOT / "reports" / "capacity_pilot.md").read_text()
+    loss = {p: _metric("facts", p, "8e-3", 0, "validation_answer_loss") for p in (4614, 38440, 305490)}
+    spread = abs(_metric("facts", 38440, "8e-3", 1, "validation_answer_loss") - loss[38440])
+    ppl = {p: _metric("bbc", p, "1e-3", 0, "validation_perplexity") for p in (4614, 38440, 305490)}
+    ppl_spread = abs(_metric("bbc", 38440, "1e-3", 1, "validation_perplexity") - ppl[38440])
+    stated = [
+        f"{spread:.3f}", f"{loss[4614] - loss[38440]:.3f}", f"{loss[38440] - loss[305490]:.3f}",
+        f"{ppl_spread:.2f}", f"{ppl[4614] - ppl[38440]:.2f}", f"{ppl[38440] - ppl[305490]:.2f}",
+        f"{100 * _metric('facts', 305490, '8e-3', 0, 'validation_accuracy'):.0f}%",
+        f"{_metric('bbc', 305490, '1e-3', 0, 'validation_perplexity_before'):.2f}",
+    ]  # fmt: skip
+    for figure in stated:
+        assert figure in report, figure
+    assert capacity_report.pilot(PILOT.parent) in report  # the runs table is the script's, unedited
