@@ -65,3 +65,8 @@ def test_the_pilot_reports_figures_are_its_archived_runs() -> None:
     for figure in stated:
         assert figure in report, figure
     assert capacity_report.pilot(PILOT.parent) in report  # the runs table is the script's, unedited
+
+
+def test_the_small_versions_table_is_its_archived_runs() -> None:
+    report = (ROOT / "reports" / "capacity_pilot.md").read_text()
+    assert capacity_report.small(PILOT.parent) in report
