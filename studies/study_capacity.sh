@@ -4,8 +4,9 @@
 # are archived in studies/runs/capacity/ (committed) and restored into $OUT on start.
 #
 #   OMP_NUM_THREADS=1 studies/study_capacity.sh pilot     # two workers: run it twice, side by side
+#   OMP_NUM_THREADS=1 studies/study_capacity.sh grid      # the same
 #
-# Pilot (this file's only phase so far): does a task's quality fall steeply as LoRA's budget shrinks?
+# Pilot: does a task's quality fall steeply as LoRA's budget shrinks?
 # LoRA at 1/64, 1/8 and 1x of LoRA r=1 on all 210 linears of SmolLM2 (305,490 parameters), one seed, and a
 # second seed at one budget for the seed spread, on two tasks:
 #   facts  invented facts (studies/facts.py), the SELECTION draw (seed 1): exact match and answer loss on
@@ -17,6 +18,12 @@
 #   1/64  v_proj of 6 layers spread over depth (0 6 12 17 23 29): 6 x 769 = 4,614 parameters
 #   1/8   v_proj + o_proj of the top 20 layers (10-29): 20 x 1,922 = 38,440
 #   1x    rank 1 on every module: 305,490
+#
+# Grid (the lr grid of the facts study, seed 0, on the SELECTION draw; the issue's cut: one grid at the
+# middle budget, reused at the others): 5e-4, 2e-3, 8e-3, 3.2e-2 (1.8 decades) for each arm at 1/8 =
+# 38,440 parameters (adarank AdaLoRA; the hand picks v_proj + o_proj of the top 20 layers and down_proj
+# of the top 18 layers, 18 x 2,113 = 38,034) and at 1x for the arms that cannot go below it (uniform LoRA
+# r=1). The best lr of each arm (lowest answer loss) is the one its reported runs use.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/capacity}
@@ -31,6 +38,7 @@ SELECT=$OUT/facts-select
 [ -f "$SELECT/facts.jsonl" ] || python studies/facts.py --facts 256 --seed 1 --out "$SELECT" > /dev/null 2>&1 ||
     { echo "could not write the facts to $SELECT"; exit 1; }
 
+FACTS_ADA=studies/configs/facts-smollm2.yaml
 FACTS_LORA=studies/configs/facts-smollm2-lora.yaml
 BBC_LORA=studies/configs/bbc-smollm2-lora.yaml
 declare -A PICK=(
@@ -48,6 +56,21 @@ run_point() {
 }
 point() { claimed "$CLAIMS" "pilot-$1-$2-$3-$4" run_point "$@"; }
 
+DOWN18='adapter.target_modules=[re:model\.layers\.(12|13|14|15|16|17|18|19|20|21|22|23|24|25|26|27|28|29)\.mlp\.down_proj]'
+# the study's arms on facts: config|overrides (the budget's), by name
+declare -A ARM=(
+    [adalora-8]="$FACTS_ADA|budget.target_params=38440"
+    [vo_top-8]="$FACTS_LORA|${PICK[8]}"
+    [down18-8]="$FACTS_LORA|$DOWN18"
+    [lora_r1-1]="$FACTS_LORA|"
+)
+# grid_point ARM LR: the arm at lr on the selection draw, seed 0, into $OUT/grid/facts/<arm>
+grid_point() {
+    local arm=$1 lr=$2 spec=${ARM[$1]}
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/grid/facts/$arm" "${spec%%|*}" 0 "${spec#*|} train.learning_rate=$lr" \
+        wandb.mode=disabled "data.dataset=$SELECT" || failed=1
+}
+
 case ${1:-} in
 pilot)
     # facts: the lr first (at 1x and 1/64), then the budgets at the better lr of each
@@ -58,8 +81,13 @@ pilot)
     for fraction in 1 64 8; do point bbc "$fraction" 1e-3 0; done
     point bbc 8 1e-3 1
     ;;
+grid)
+    for lr in 8e-3 2e-3 3.2e-2 5e-4; do
+        for arm in adalora-8 vo_top-8 down18-8 lora_r1-1; do claimed "$CLAIMS" "grid-$arm-$lr" grid_point "$arm" "$lr"; done
+    done
+    ;;
 *)
-    echo "usage: $0 pilot"
+    echo "usage: $0 pilot | grid"
     exit 2
     ;;
 esac
