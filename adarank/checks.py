@@ -39,6 +39,7 @@ from adarank.core.budget import budget_problems
 from adarank.data.checks import data_problems
 from adarank.io.assets import EMBEDDED_MODELS, missing_model_packages
 from adarank.io.hub import is_hub_id, looks_local, unreachable_problem
+from adarank.io.rundir import read_ranks
 from adarank.training.setup import describe
 
 
@@ -278,6 +279,8 @@ def validate(cfg: RunConfig) -> list[str]:
         problems.append(f"adapter.init `{ad.init}` is not one of {', '.join(INITS)}.")
     if ad.init_batches < 1:
         problems.append(f"adapter.init_batches ({ad.init_batches}) must be >= 1.")
+    if ad.ranks_from is not None:
+        problems += read_ranks(ad.ranks_from)[1]
     tr = cfg.train
     if tr.eval_steps is not None and tr.eval_steps < 1:
         problems.append(f"train.eval_steps ({tr.eval_steps}) must be >= 1, or null for no evaluation during training.")

@@ -124,6 +124,12 @@ class AdapterConfig:
     tasks of reports/allocator.md)."""
     init_batches: int = 4
     """adapter.init=gradient: how many training batches (of train.batch_size) the gradient sums."""
+    ranks_from: str | None = None
+    """Allocate-then-train: train the per-module ranks an earlier run found, fixed, from a fresh start. A run
+    directory or its allocation.json (module -> rank). Each targeted module keeps the first `rank` triplets
+    of its usual budget.init_rank draw (rank 0: left plain), so the scaling stays alpha / init_rank as in the
+    run that found them; no allocation follows (budget.schedule, target_rank and target_params are not used).
+    The targeted modules must be exactly the file's."""
 
 
 @dataclass(frozen=True)

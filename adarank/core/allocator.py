@@ -155,7 +155,7 @@ class RankAllocator:
     def set_total_steps(self, total_steps: int) -> BudgetPlan:
         """Resolve the schedule for a run of ``total_steps`` optimizer steps (``begin`` calls it)."""
         costs = list(self.triplet_costs.values())  # every module adapted at the start, shrunk or not
-        plan = plan_budget(self.budget, total_steps, costs, self.base_params)
+        plan = plan_budget(self.budget, total_steps, costs, self.base_params, list(self.initial_ranks.values()))
         if self.plan is not None and self.plan != plan:
             raise ConfigError(
                 [

@@ -106,10 +106,11 @@ def allocator_problems(
     ranks: dict[str, int], budget: BudgetConfig, importance: ImportanceConfig, total_steps: int | None
 ) -> list[str]:
     """Problems of an allocator over adapters of ``ranks`` (module -> rank): the budget's (the step counts
-    aside when T is not known yet), adapters whose rank is not budget.init_rank, and bad EMA settings."""
+    aside when T is not known yet), adapters of an adapting schedule whose rank is not budget.init_rank, and
+    bad EMA settings."""
     problems = [p for p in budget_problems(budget, total_steps or 10**9) if "total_steps" not in p]
     wrong = [n for n, r in ranks.items() if r != budget.init_rank]
-    if wrong:
+    if wrong and budget.schedule != "constant":  # a constant schedule trains whatever ranks the adapters have
         problems.append(f"adapters {wrong[:3]} do not have rank budget.init_rank={budget.init_rank}.")
     for name in ("beta_sensitivity", "beta_uncertainty"):
         if not 0 <= getattr(importance, name) < 1:

@@ -52,10 +52,16 @@ class BudgetPlan:
 
 
 def plan_budget(
-    budget: BudgetConfig, total_steps: int, triplet_costs: Sequence[int], base_params: int | None = None
+    budget: BudgetConfig,
+    total_steps: int,
+    triplet_costs: Sequence[int],
+    base_params: int | None = None,
+    ranks: Sequence[int] | None = None,
 ) -> BudgetPlan:
     """Resolve ``budget`` for ``total_steps`` optimizer steps over adapters whose triplets cost
-    ``triplet_costs`` parameters each (one entry per adapter; ``base_params`` sizes a `%` budget).
+    ``triplet_costs`` parameters each (one entry per adapter; ``base_params`` sizes a `%` budget). With a
+    constant schedule, ``ranks`` (the adapters' ranks, in the same order) makes b(t) their sum: fixed ranks
+    that differ by module (adapter.ranks_from); without it every adapter has budget.init_rank.
 
     Raises:
         ConfigError: if the schedule is impossible (every problem listed).
@@ -70,6 +76,8 @@ def plan_budget(
         return BudgetPlan("constant", total_steps, 0, 0, budget.mask_interval, 0, 0)
     constant = budget.schedule == "constant"
     initial, target, unit = budget.init_rank * n_adapters, budget.target_rank * n_adapters, "triplets"
+    if constant and ranks is not None:
+        initial = target = sum(ranks)
     if budget.target_params is not None:
         unit, initial = "params", budget.init_rank * sum(triplet_costs)
         target = _param_target(budget, base_params)

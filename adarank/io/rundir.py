@@ -17,6 +17,27 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
+def read_ranks(path: str | Path) -> tuple[dict[str, int], list[str]]:
+    """The per-module ranks of ``path`` (a run directory or its allocation.json: module -> rank >= 0) and
+    the problems found reading them (a missing file, bad JSON, a value that is not a rank), each with
+    its fix; the ranks are empty when there is any problem."""
+    file = Path(path)
+    file = file / "allocation.json" if file.is_dir() else file
+    where = f"adapter.ranks_from `{path}`"
+    if not file.is_file():
+        return {}, [f"{where}: no such file; give a finished run's directory or its allocation.json."]
+    try:
+        ranks = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return {}, [f"{where}: not readable JSON ({err}); give an allocation.json written by `adarank train`."]
+    if not isinstance(ranks, dict) or not ranks:
+        return {}, [f"{where}: expected a mapping of module name -> rank, as `adarank train` writes allocation.json."]
+    bad = [f"{name}: {rank!r}" for name, rank in ranks.items() if type(rank) is not int or rank < 0]
+    if bad:
+        return {}, [f"{where}: ranks must be whole numbers >= 0, got {', '.join(bad[:3])}."]
+    return ranks, []
+
+
 class OutputLock:
     """Marks ``output_dir`` as in use by one run (``.adarank.lock`` with its pid), so two jobs that
     each think they are alone cannot write the same run directory."""

@@ -5,6 +5,7 @@ base model (``base_description`` / ``load_base``). Shared by ``adarank train`` a
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ from torch import nn
 
 from adarank.config import ConfigError, ModelConfig, RunConfig
 from adarank.core.allocator import RankAllocator
-from adarank.core.inject import count_trainable, inject_adapters, module_shapes
+from adarank.core.inject import count_trainable, find_adapters, inject_adapters, module_shapes
+from adarank.core.layers import SVDLinear
 from adarank.core.schedule import constant_rank_budget
+from adarank.core.shrink import cut_to_masks_, first_triplets
 from adarank.data import LABEL_NAMES
 from adarank.data.tasks import GenerationCollator
 from adarank.io.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
+from adarank.io.rundir import read_ranks
 from adarank.reporting.plan import adapter_plan, plan_summary
 from adarank.training.engine import LoopConfig
 
@@ -77,7 +81,10 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
     tokenizer, model, new_modules = load(cfg.model, is_causal(cfg), len(names) or 2, names or None)
     base_params = sum(p.numel() for p in model.parameters())
     shapes = targets_or_raise(model, cfg)
-    budget = constant_rank_budget(cfg.budget, [o + i + 1 for o, i in shapes.values()], base_params)
+    budget = cfg.budget
+    if cfg.adapter.ranks_from is not None:  # fixed found ranks: no allocation, init_rank only sets the scaling
+        budget = replace(budget, schedule="constant", target_rank=budget.init_rank, target_params=None)
+    budget = constant_rank_budget(budget, [o + i + 1 for o, i in shapes.values()], base_params)
     narrow = [n for n, (o, i) in shapes.items() if budget.init_rank > min(o, i)]
     if cfg.adapter.init == "gradient" and narrow:
         raise ConfigError([
@@ -102,11 +109,52 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
             "nothing to train: adapter.target_modules is empty and this model's classification head came with the "
             "checkpoint, so it is not new; name it in adapter.modules_to_save (e.g. [classifier]) to train it alone."
         ])  # fmt: skip
+    if cfg.adapter.ranks_from is not None:
+        adapters = _cut_to_found_ranks(model, adapters, cfg.adapter.ranks_from, budget.init_rank)
     train_in_fp32(model, list(cfg.adapter.modules_to_save))
     allocator = RankAllocator(
         adapters, budget, cfg.importance, total_steps=cfg.train.max_steps, base_params=base_params
     )
     return tokenizer, model, allocator
+
+
+def _cut_to_found_ranks(
+    model: nn.Module, adapters: dict[str, SVDLinear], ranks_from: str, init_rank: int
+) -> dict[str, SVDLinear]:
+    """adapter.ranks_from: cut every fresh adapter to the first triplets of its found rank (rank 0: the
+    module is left plain); returns the adapters left.
+
+    Raises:
+        ConfigError: the file's modules are not the targeted ones, a rank exceeds init_rank, or every rank is 0.
+    """
+    ranks, problems = read_ranks(ranks_from)
+    if problems:
+        raise ConfigError(problems)
+    where = f"adapter.ranks_from `{ranks_from}`"
+    missing = [n for n in adapters if n not in ranks]
+    extra = [n for n in ranks if n not in adapters]
+    if missing:
+        problems.append(
+            f"{where} has no rank for {len(missing)} targeted module(s) (e.g. {missing[0]}); target the modules "
+            "of the run that found the ranks (its adapter.target_modules)."
+        )
+    if extra:
+        problems.append(
+            f"{where} ranks {len(extra)} module(s) this run does not target (e.g. {extra[0]}); target the modules "
+            "of the run that found the ranks (its adapter.target_modules)."
+        )
+    high = [f"{n}: {r}" for n, r in ranks.items() if n in adapters and r > init_rank]
+    if high:
+        problems.append(
+            f"{where}: rank(s) above budget.init_rank ({init_rank}): {', '.join(high[:3])}; use the init_rank of "
+            "the run that found them."
+        )
+    if not problems and not any(ranks.values()):
+        problems.append(f"{where}: every rank is 0, so nothing would be adapted; give a run that kept some.")
+    if problems:
+        raise ConfigError(problems)
+    cut_to_masks_(model, adapters, first_triplets(adapters, ranks))
+    return find_adapters(model)
 
 
 CHATML = (
