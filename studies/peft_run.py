@@ -1,7 +1,8 @@
-"""Train PEFT's LoRA or PEFT's AdaLoRA on an adarank config, for side-by-side comparisons.
+"""Train PEFT's LoRA, AdaLoRA or EVA on an adarank config, for side-by-side comparisons.
 
     python studies/peft_run.py lora configs/rt-minilm-lora.yaml [key=value ...]
     python studies/peft_run.py adalora configs/rt-minilm-adalora.yaml [key=value ...]
+    python studies/peft_run.py eva studies/configs/facts-smollm2-lora.yaml [key=value ...]
 
 The config and overrides are read by adarank's own loader, so the model, data, target modules,
 seed, steps, batch, learning rate and its schedule, alpha, betas, orthogonality weight and the
@@ -13,7 +14,12 @@ the largest uniform rank that fits `budget.target_params`, or `budget.target_ran
 init_r = `budget.init_rank` and target_r = the final budget in ranks per module (PEFT's budget is in
 ranks: with target_params the modules must all cost the same per rank, so that the two budgets are
 the same). t_init, t_final and
-the mask interval become PEFT's tinit, tfinal and deltaT; total_step is train.max_steps.
+the mask interval become PEFT's tinit, tfinal and deltaT; total_step is train.max_steps. EVA
+(`init_lora_weights="eva"`, peft >= 0.13) gets LoRA's rank r as its average: before training, the SVD of
+each module's inputs on training batches (answer tokens only: PEFT's label mask) gives A its top right
+singular vectors and redistributes the r x modules ranks by explained variance, at most rho r = 2r per
+module (PEFT's default rho); its budget is in ranks, so its parameters follow where the ranks went (the
+metrics record them).
 
 PEFT's AdaLoRA is driven the way its docs say: `update_and_allocate(step)` after every optimizer
 step, before the gradients are zeroed (a Trainer callback in `on_optimizer_step`). Its orthogonality
@@ -113,10 +119,14 @@ def peft_config(method: str, cfg: RunConfig, shapes: dict[str, tuple[int, int]],
     costs = [o + i + 1 for o, i in shapes.values()]
     common = {"lora_alpha": cfg.adapter.alpha, "lora_dropout": cfg.adapter.dropout,
               "target_modules": list(shapes), "modules_to_save": None}  # fmt: skip
-    if method == "lora":
+    if method in ("lora", "eva"):
         final = replace(cfg.budget, schedule="constant", init_rank=cfg.budget.target_rank)  # kept from the start
         rank = constant_rank_budget(final, costs, base_params).init_rank
-        return LoraConfig(r=rank, **common)
+        if method == "lora":
+            return LoraConfig(r=rank, **common)
+        from peft import EvaConfig
+
+        return LoraConfig(r=rank, init_lora_weights="eva", eva_config=EvaConfig(rho=2.0), **common)
     plan = plan_budget(cfg.budget, cfg.train.max_steps, costs, base_params)
     if plan.unit == "params":
         if len(set(costs)) != 1 or plan.target_budget % sum(costs):
@@ -142,6 +152,25 @@ def peft_config(method: str, cfg: RunConfig, shapes: dict[str, tuple[int, int]],
     )
 
 
+def _eva_init(model: Any, rows: Any, tokenizer: Any, cfg: RunConfig) -> None:
+    """EVA's data-driven start: PEFT's SVD of every target module's inputs over shuffled training batches
+    of train.batch_size (prompt and answer tokens of generation rows; PEFT masks out label -100)."""
+    from peft import initialize_lora_eva_weights
+    from torch.utils.data import DataLoader
+
+    if cfg.data.format != "generation":
+        raise ConfigError(["peft_run.py eva runs generation configs (its inputs are token sequences with labels)."])
+    columns = training_rows(rows, cfg.data)
+    loader = DataLoader(
+        columns,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        collate_fn=GenerationCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    initialize_lora_eva_weights(model, loader, show_progress_bar=False)
+
+
 def live_adapter(model: torch.nn.Module) -> tuple[int, int]:
     """(total live rank, live adapter parameters) of a PEFT LoRA/AdaLoRA model; a triplet of AdaLoRA
     is live when its lambda is non-zero, and costs d_in + d_out + 1 (LoRA: d_in + d_out per rank)."""
@@ -159,8 +188,18 @@ def live_adapter(model: torch.nn.Module) -> tuple[int, int]:
     return rank, params
 
 
+def live_ranks(model: torch.nn.Module) -> dict[str, int]:
+    """Module name (as in the base model) -> live rank of a PEFT LoRA/AdaLoRA model, as adarank's allocation.json."""
+    ranks = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            live = int((module.lora_E["default"] != 0).sum()) if hasattr(module, "lora_E") else module.r["default"]
+            ranks[name.removeprefix("base_model.model.")] = live
+    return ranks
+
+
 def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
-    """Train PEFT's ``method`` (lora | adalora) as an adarank run of ``cfg`` would train; returns the metrics.
+    """Train PEFT's ``method`` (lora | adalora | eva) as an adarank run of ``cfg`` would train; returns the metrics.
 
     Raises:
         ConfigError: the budget cannot be expressed for PEFT (before any training).
@@ -180,11 +219,13 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
     if causal:
         config.task_type = "CAUSAL_LM"
     model = get_peft_model(base, config)
+    data = build_datasets(tokenizer, cfg, task)
+    if method == "eva":
+        _eva_init(model, data["train"], tokenizer, cfg)
     trainable_initial = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head_params = trainable_initial - sum(
         p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n
     )
-    data = build_datasets(tokenizer, cfg, task)
     trainer = ScoredLossTrainer(
         model=model,
         args=training_arguments(cfg, out, []),
@@ -224,12 +265,13 @@ def train_peft(method: str, cfg: RunConfig) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "method": f"peft-{method}",
         "peft_config": {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, list))},
+        "ranks": live_ranks(model),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("method", choices=("lora", "adalora"))
+    parser.add_argument("method", choices=("lora", "adalora", "eva"))
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)

@@ -23,7 +23,11 @@
 # middle budget, reused at the others): 5e-4, 2e-3, 8e-3, 3.2e-2 (1.8 decades) for each arm at 1/8 =
 # 38,440 parameters (adarank AdaLoRA; the hand picks v_proj + o_proj of the top 20 layers and down_proj
 # of the top 18 layers, 18 x 2,113 = 38,034) and at 1x for the arms that cannot go below it (uniform LoRA
-# r=1). The best lr of each arm (lowest answer loss) is the one its reported runs use.
+# r=1, PEFT's AdaLoRA at init_r 2 -> target_r 1, PEFT's EVA at r = 1, rho 2). The best lr of each arm
+# (lowest answer loss) is the one its reported runs use; an arm whose best lr is at the grid's edge gets
+# the grid extended on that side (grid-extend). Allocate-then-train at 1/8 (att-8): a search of 40 steps
+# (a quarter of the schedule) of adarank AdaLoRA at the lr, then `adapter.ranks_from` = the search's
+# allocation, trained from a fresh start for the full 160 steps at the same lr.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/capacity}
@@ -63,7 +67,20 @@ declare -A ARM=(
     [vo_top-8]="$FACTS_LORA|${PICK[8]}"
     [down18-8]="$FACTS_LORA|$DOWN18"
     [lora_r1-1]="$FACTS_LORA|"
+    [peft_adalora-1]="peft-adalora:$FACTS_ADA|"
+    [peft_eva-1]="peft-eva:$FACTS_LORA|"
 )
+# att_point LR: allocate-then-train at 1/8 on the selection draw, seed 0: the search (adarank AdaLoRA,
+# 40 steps) into $OUT/grid/facts/search-8, then the found ranks trained afresh into $OUT/grid/facts/att-8
+att_point() {
+    local lr=$1 search
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/grid/facts/search-8" "$FACTS_ADA" 0 \
+        "budget.target_params=38440 train.learning_rate=$lr train.max_steps=40" wandb.mode=disabled \
+        "data.dataset=$SELECT" || { failed=1; return; }
+    search=$(find "$OUT/grid/facts/search-8" -path "*learning_rate-${lr}_*/seed0" -type d | head -1)
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/grid/facts/att-8" "$FACTS_ADA" 0 "adapter.ranks_from=$search train.learning_rate=$lr" \
+        wandb.mode=disabled "data.dataset=$SELECT" || failed=1
+}
 # grid_point ARM LR: the arm at lr on the selection draw, seed 0, into $OUT/grid/facts/<arm>
 grid_point() {
     local arm=$1 lr=$2 spec=${ARM[$1]}
@@ -86,8 +103,15 @@ grid)
         for arm in adalora-8 vo_top-8 down18-8 lora_r1-1; do claimed "$CLAIMS" "grid-$arm-$lr" grid_point "$arm" "$lr"; done
     done
     ;;
+grid2)
+    # the arms added at the next commit (PEFT's adaptive methods, allocate-then-train), same grid
+    for lr in 8e-3 2e-3 3.2e-2 5e-4; do
+        for arm in peft_adalora-1 peft_eva-1; do claimed "$CLAIMS" "grid-$arm-$lr" grid_point "$arm" "$lr"; done
+        claimed "$CLAIMS" "grid-att-8-$lr" att_point "$lr"
+    done
+    ;;
 *)
-    echo "usage: $0 pilot | grid"
+    echo "usage: $0 pilot | grid | grid2"
     exit 2
     ;;
 esac

@@ -6,8 +6,8 @@ Markdown table of their metrics.
         --budgets budget.target_params=37k budget.target_params=148k --seeds 0 1 2 \\
         --set train.max_steps=400 --out runs/sweep --jobs 2
 
-A method is a config file trained by `adarank train`, or `peft-lora:CONFIG` / `peft-adalora:CONFIG`
-trained by PEFT on the same config (studies/peft_run.py). A budget is one or more space-separated
+A method is a config file trained by `adarank train`, or `peft-lora:CONFIG` / `peft-adalora:CONFIG` /
+`peft-eva:CONFIG` trained by PEFT on the same config (studies/peft_run.py). A budget is one or more space-separated
 `key=value` overrides (`budget.target_params`, which every method reads, compares methods at equal
 parameters; other keys, e.g. a learning rate, may ride along). Each run goes to
 OUT/<method>/<budget>/seed<k> with a sweep.json naming its grid point; a run whose metrics.json
@@ -36,7 +36,7 @@ COLUMNS = (
     "method", "budget", "seed", "status", "eval_accuracy", "validation_accuracy", "trainable_params_initial",
     "trainable_params_final", "adapter_params_final", "total_rank_final", "train_seconds",
 )  # fmt: skip
-RUNNERS = ("adarank", "peft-lora", "peft-adalora")
+RUNNERS = ("adarank", "peft-lora", "peft-adalora", "peft-eva")
 PEFT_RUN = Path(__file__).with_name("peft_run.py")
 
 
@@ -154,7 +154,9 @@ def write_tables(out: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", nargs="+", required=True, help="[peft-lora:|peft-adalora:]CONFIG, one per method")
+    parser.add_argument(
+        "--methods", nargs="+", required=True, help="[peft-lora:|peft-adalora:|peft-eva:]CONFIG, one per method"
+    )
     parser.add_argument("--budgets", nargs="*", default=[""], help="override sets, e.g. budget.target_params=37k")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--set", nargs="*", default=[], dest="extra", help="overrides for every run")

@@ -180,3 +180,46 @@ def test_peft_runs_train_with_the_head_on_the_scored_tokens_alone(method: str, t
     assert len(grads) == 3 * 2 * (2 if method == "lora" else 3)  # A, B (and E) of 3 modules in 2 blocks
     for name, grad in grads.items():
         torch.testing.assert_close(grad, full_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_peft_eva_starts_from_singular_vectors_of_the_inputs_within_lora_rank_budget(tmp_path: Path) -> None:
+    """PEFT's EVA on the fact task's LoRA config (tiny Llama, all 7 linear types of 2 blocks, r = 1): A
+    starts from singular vectors of the modules' inputs (unit rows, unlike LoRA's random A), the 14 ranks
+    stay 14 in all with at most 2 (rho 2) per module, and a run reports the parameters those ranks cost."""
+    from peft import get_peft_model
+
+    from adarank.checks import load_config
+    from adarank.core.inject import module_shapes
+    from adarank.data import load_task
+    from adarank.data.tasks import build_datasets
+    from adarank.io.models import load_model
+    from studies.facts import draw, write
+    from studies.peft_run import _eva_init, live_ranks, peft_config
+
+    model, facts = tmp_path / "llama", tmp_path / "facts"
+    save_tiny_model(model, llama=True)
+    facts.mkdir()
+    write(draw(32, seed=1), facts)
+    config = ROOT / "studies" / "configs" / "facts-smollm2-lora.yaml"
+    overrides = [f"model.name_or_path={model}", f"data.dataset={facts}", "train.max_steps=4", "train.batch_size=8",
+                 "wandb.mode=disabled", f"output_dir={tmp_path / 'o'}"]  # fmt: skip
+    cfg = load_config(config, overrides)
+    tokenizer, base, _ = load_model(cfg.model, generation=True, num_labels=2, label_names=None)
+    lora = get_peft_model(base, peft_config("eva", cfg, module_shapes(base, cfg.adapter.target_modules), 0))
+    _eva_init(lora, build_datasets(tokenizer, cfg, load_task(cfg.data))["train"], tokenizer, cfg)
+    ranks = live_ranks(lora)
+    assert len(ranks) == 14 and sum(ranks.values()) == 14 and max(ranks.values()) <= 2
+    rows = [m.lora_A["default"].weight for m in lora.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    norms = torch.cat([row.norm(dim=1) for row in rows])
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), "A's rows are singular vectors"
+
+    command = [sys.executable, str(ROOT / "studies" / "peft_run.py"), "eva", str(config), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["ranks"] == ranks, "the same draw and batches give the same redistribution"
+    shapes = dict(zip(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                      TINY_LLAMA_LINEARS, strict=True))  # fmt: skip
+    cost = sum(r * sum(shapes[name.rsplit(".", 1)[1]]) for name, r in ranks.items())
+    assert metrics["adapter_params_final"] == cost and metrics["total_rank_final"] == 14
+    assert metrics["steps"] == 4 and metrics["test_answer_loss"] > 0
