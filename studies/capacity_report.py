@@ -2,6 +2,7 @@
 
     python studies/capacity_report.py studies/runs/capacity --pilot     # the pilot's table, Markdown
     python studies/capacity_report.py studies/runs/capacity --small     # the small version's table
+    python studies/capacity_report.py studies/runs/capacity --grid      # the facts study's lr grid
 
 Every figure is read from a run's metrics.json; each row names the commit its run recorded.
 """
@@ -80,14 +81,54 @@ def small(root: Path) -> str:
     return "\n".join(lines)
 
 
+ARMS = {
+    "adalora-8": "adarank AdaLoRA, 1/8",
+    "vo_top-8": "LoRA r=1 on v_proj + o_proj of the top 20 layers, 1/8",
+    "down18-8": "LoRA r=1 on down_proj of the top 18 layers, 1/8",
+    "att-8": "allocate-then-train, 1/8 (the search's ranks, trained afresh)",
+    "search-8": "(its search: adarank AdaLoRA, 40 steps)",
+    "lora_r1-1": "uniform LoRA r=1, 1x",
+    "peft_adalora-1": "PEFT AdaLoRA, 1x",
+    "peft_eva-1": "PEFT EVA (r=1, rho 2), 1x",
+}
+
+
+def grid(root: Path) -> str:
+    """Per arm and lr: answer loss and exact match on the selection draw's trained facts (seed 0); the best
+    lr of each arm in bold, and whether it sits at the grid's edge (then the grid is extended there)."""
+    lines = [
+        "| arm | lr | answer loss | exact match % | adapter params (final) | train s | commit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, label in ARMS.items():
+        runs = sorted((root / "grid" / "facts" / name).glob("*/*/seed0/metrics.json"))
+        found = {}
+        for metrics in runs:
+            found[_lr(metrics.parent)] = (json.loads(metrics.read_text()), _commit(metrics.parent))
+        if not found:
+            continue
+        best = min(found, key=lambda lr: found[lr][0]["validation_answer_loss"])
+        for lr in sorted(found, key=float):
+            m, commit = found[lr]
+            loss = f"{m['validation_answer_loss']:.3f}"
+            edge = " (edge)" if lr == best and lr in (min(found, key=float), max(found, key=float)) else ""
+            loss = f"**{loss}**{edge}" if lr == best and name != "search-8" else loss
+            lines.append(
+                f"| {label} | {lr} | {loss} | {100 * m['validation_accuracy']:.2f} | {m['adapter_params_final']:,} "
+                f"| {m['train_seconds']:.0f} | {commit} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--pilot", action="store_true")
     group.add_argument("--small", action="store_true")
+    group.add_argument("--grid", action="store_true")
     args = parser.parse_args(argv)
-    print(pilot(args.root) if args.pilot else small(args.root))
+    print(pilot(args.root) if args.pilot else small(args.root) if args.small else grid(args.root))
     return 0
 
 

@@ -54,7 +54,7 @@ from adarank.data import load_task
 from adarank.data.tasks import GenerationCollator, answer_tokens, build_datasets, model_columns, training_rows
 from adarank.io.models import load_model
 from adarank.training.evaluate import classification_accuracy, exact_match, forced_answers, scored_pass
-from adarank.training.trainer import scored_positions_loader, scored_training_inputs
+from adarank.training.trainer import keeps_trainer_loss, scored_positions_loader, scored_training_inputs
 
 
 class ScoredLossTrainer(Trainer):
@@ -62,6 +62,7 @@ class ScoredLossTrainer(Trainer):
     (``scored_training_inputs`` with PEFT's base model, which PEFT's LoRA and AdaLoRA hand
     ``logits_to_keep`` and ``shift_labels`` to), so training times compare."""
 
+    @keeps_trainer_loss
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:

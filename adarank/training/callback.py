@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
 
 from adarank.core.allocator import RankAllocator
 from adarank.core.inject import find_adapters
 from adarank.core.masking import trace_point
+from adarank.core.regularization import orthogonality_penalty
 from adarank.training.checkpoint import (
     ALLOCATOR_SCORES,
     ALLOCATOR_STATE,
@@ -20,6 +23,8 @@ from adarank.training.checkpoint import (
     nested_scores,
     save_allocator_state,
 )
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "ALLOCATOR_SCORES",
@@ -81,11 +86,24 @@ class AdaRankCallback(TrainerCallback):
     the per-step trace) is the allocator's (``allocator.history``, ``allocator.trace``). With
     ``budget.shrink`` under DDP the model's wrapper must be rebuilt after the shrink: ``AdaRankTrainer``
     does it (a shrink hook); with another Trainer the callback refuses that set-up at train begin.
-    The orthogonality penalty and lambda's learning-rate multiplier are ``AdaRankTrainer``'s.
+
+    The orthogonality penalty: under ``AdaRankTrainer`` (or a subclass mixing it into another Trainer) it
+    is the trainer's, in the loss, clipped with the task gradient. Under any other Trainer (the callback
+    alone, e.g. ``SFTTrainer(..., callbacks=[AdaRankCallback(allocator)])``) the callback adds
+    ``orth_weight`` x its gradient to P and Q once per optimizer step in ``on_pre_optimizer_step``: after
+    gradient clipping (so it is not clipped) and before the optimizer step. lambda's learning-rate
+    multiplier needs ``AdaRankTrainer``'s optimizer; without it the callback warns at train begin.
+
+    Args:
+        allocator: the allocator over the adapters of the model the Trainer trains.
+        orth_weight: the penalty's weight when the callback applies it (without ``AdaRankTrainer``).
     """
 
-    def __init__(self, allocator: RankAllocator):
+    def __init__(self, allocator: RankAllocator, orth_weight: float = 0.1):
         self.allocator = allocator
+        self.orth_weight = orth_weight
+        self.penalty_in_loss = False
+        """Set by ``AdaRankTrainer``: the trainer adds the penalty to its loss, so the callback does not."""
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -110,12 +128,46 @@ class AdaRankCallback(TrainerCallback):
                     "the allocator's adapters are not in the model this Trainer trains: build the "
                     "RankAllocator from inject_adapters(model, ...) on the same model object."
                 )
+        if not self.penalty_in_loss:
+            applied = (
+                f"applies the orthogonality penalty (weight {self.orth_weight:g}) after gradient clipping"
+                if self.orth_weight
+                else "applies no orthogonality penalty (orth_weight=0)"
+            )
+            message = (
+                f"AdaRankCallback without AdaRankTrainer: the callback {applied}, and lambda gets no "
+                "learning-rate multiplier (the host trainer's optimizer). For the whole method mix AdaRankTrainer "
+                "into your trainer, first in the bases: `class MyTrainer(AdaRankTrainer, SFTTrainer)`."
+            )
+            warnings.warn(message, stacklevel=2)
+            logger.warning(message)
         plan = self.allocator.begin(state.max_steps)
         if self.allocator.budget.shrink and plan.adapts and args.world_size > 1 and not self.allocator.has_shrink_hooks:
             raise RuntimeError(
                 "budget.shrink under DDP needs AdaRankTrainer (it rebuilds the DDP wrapper around the shrunk "
                 "model); with another Trainer set budget.shrink=false."
             )
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Without ``AdaRankTrainer``: add ``orth_weight`` x the penalty's gradient to every adapter's P and
+        Q, once for the optimizer step (the Trainer has clipped and, under DDP, reduced the task gradient;
+        P and Q are the same on every process, so is this). ``autograd.grad``, not ``backward``: no DDP
+        gradient hook fires."""
+        adapters = list(self.allocator.adapters.values())
+        if self.penalty_in_loss or not self.orth_weight or not adapters:
+            return
+        with torch.enable_grad():
+            term = self.orth_weight * orthogonality_penalty(adapters, live_only=self.allocator.finalized)
+            self.allocator.add_penalty_gradient_(term)  # importance.task_only: left out of the scores
+            params = [p for a in adapters for p in (a.left_vectors, a.right_vectors)]
+            grads = torch.autograd.grad(term, params)
+        for param, grad in zip(params, grads, strict=True):
+            if param.grad is None:
+                param.grad = grad.to(param.dtype)
+            else:
+                param.grad.add_(grad.to(param.grad.dtype))
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -35,13 +35,36 @@ def _loss_counts_items(model: nn.Module) -> bool:
     return re.search(r"self\.loss_function\([^()]*\*\*kwargs", source) is not None
 
 
+def keeps_trainer_loss(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a ``compute_loss`` override that hands its inputs to ``Trainer.compute_loss`` and reads nothing of
+    the outputs but the loss (``AdaRankTrainer``'s): the scored-positions trimming may run under it."""
+    method._keeps_trainer_loss = True  # type: ignore[attr-defined]
+    return method
+
+
+def loss_is_trainers(trainer: Trainer) -> bool:
+    """Whether ``trainer``'s training loss is ``transformers.Trainer``'s own: no label smoother, no
+    ``compute_loss_func`` (both read the full logits), and every ``compute_loss`` override in its class's
+    MRO above ``Trainer`` marked ``keeps_trainer_loss``. False for TRL's trainers (SFTTrainer computes its
+    loss, entropy and token accuracy from the whole sequence) and for any unmarked subclass: only then may
+    a training step compute the head at the scored positions alone."""
+    if trainer.label_smoother is not None or trainer.compute_loss_func is not None:
+        return False
+    for cls in type(trainer).__mro__:
+        if cls is Trainer:
+            return True
+        method = vars(cls).get("compute_loss")
+        if method is not None and not getattr(method, "_keeps_trainer_loss", False):
+            return False
+    return False  # not a Trainer at all
+
+
 def scored_training_inputs(
     trainer: Trainer, model: nn.Module, inputs: dict[str, Any], head_model: nn.Module | None = None
 ) -> dict[str, Any]:
     """``inputs`` for ``trainer.compute_loss`` with the output head on the scored positions only
     (``only_scored_logits``: the same loss and gradients, fewer head rows) in a training step whose loss
-    is the model's own, i.e. the Trainer has no label smoother and no ``compute_loss_func`` (both read
-    the full logits); ``inputs`` unchanged otherwise.
+    is ``Trainer``'s own (``loss_is_trainers``); ``inputs`` unchanged otherwise.
 
     Args:
         trainer: the Trainer computing the loss.
@@ -50,7 +73,7 @@ def scored_training_inputs(
         head_model: the module whose forward runs the head and the loss, when that is not ``model``
             itself (a PEFT LoRA model: its base model, to which PEFT hands the extra arguments).
     """
-    if not model.training or trainer.label_smoother is not None or trainer.compute_loss_func is not None:
+    if not model.training or not loss_is_trainers(trainer):
         return inputs
     return only_scored_logits(unwrap(model) if head_model is None else head_model, inputs)
 
@@ -58,11 +81,10 @@ def scored_training_inputs(
 def scored_positions_loader(trainer: Trainer, head_model: nn.Module | None, make_loader: Callable[[], Any]) -> Any:
     """``make_loader()`` (the Trainer's own ``get_train_dataloader``) with the trainer's collator wrapped in a
     ``ScoredPositionsCollator`` while the loader is built, when ``head_model`` takes scored positions and the
-    loss is the model's own (no label smoother, no ``compute_loss_func``): the positions are then found on
-    the host, in the loader. The trainer's collator is restored either way."""
+    loss is ``Trainer``'s own (``loss_is_trainers``): the positions are then found on the host, in the
+    loader. The trainer's collator is restored either way."""
     collate = trainer.data_collator
-    own_loss = trainer.label_smoother is None and trainer.compute_loss_func is None
-    if own_loss and head_model is not None and takes_scored_positions(head_model):
+    if loss_is_trainers(trainer) and head_model is not None and takes_scored_positions(head_model):
         trainer.data_collator = ScoredPositionsCollator(collate)
     try:
         return make_loader()
@@ -73,6 +95,12 @@ def scored_positions_loader(trainer: Trainer, head_model: nn.Module | None, make
 class AdaRankTrainer(Trainer):
     """A ``Trainer`` that adds ``orth_weight * orthogonality_penalty`` to the training loss once per
     optimizer step's worth of data, and builds AdamW with ``param_groups``.
+
+    Also a mixin for any Trainer subclass, first in the bases: ``class AdaRankSFTTrainer(AdaRankTrainer,
+    trl.SFTTrainer)`` gets the penalty (in the loss, so clipped with the task gradient), lambda's learning
+    rate multiplier, allocation, shrink and resume, on top of the host's own loss. The head runs at the
+    scored positions alone only under ``Trainer``'s own loss (``loss_is_trainers``), never under a
+    host's ``compute_loss`` that reads the whole sequence.
 
     The penalty is added in ``compute_loss`` (not in ``forward``, where transformers 5.x would
     over-weight it by grad-accumulation x world size). When the Trainer does not divide the loss by
@@ -117,6 +145,7 @@ class AdaRankTrainer(Trainer):
             )
         else:
             self._callback.allocator.register_shrink_hook(self._rewrap_after_shrink)
+            self._callback.penalty_in_loss = True  # the callback then leaves the penalty to this trainer
         self._rewrapped: nn.Module | None = None
 
     @property
@@ -181,6 +210,7 @@ class AdaRankTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
+    @keeps_trainer_loss
     def compute_loss(
         self,
         model: nn.Module,
