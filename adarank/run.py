@@ -22,7 +22,8 @@ from torch import nn
 from adarank.config import ConfigError, RunConfig, to_yaml
 from adarank.core.allocator import RankAllocator
 from adarank.core.export import export_native
-from adarank.core.inject import count_live_parameters, count_trainable
+from adarank.core.families import expand_targets
+from adarank.core.inject import count_live_parameters, count_trainable, model_type
 from adarank.core.schedule import BudgetPlan
 from adarank.core.sharding import gathered_trainables, shard_from_rank0_
 from adarank.core.warm_start import warm_start_
@@ -143,6 +144,8 @@ def _train(
     """Place the model for the strategy, warm-start, train with the engine, then ``_finish``. Under
     FSDP2 every process evaluates every split in lockstep on the sharded model (the forward passes
     gather the shards); process 0 logs to wandb."""
+    targets = expand_targets(cfg.adapter.target_modules, model_type(model))  # `auto` as the modules it picked:
+    cfg = replace(cfg, adapter=replace(cfg.adapter, target_modules=targets))  # so config.yaml and the report say
     rank, world, device = init_distributed()
     main_process = rank == 0
     fsdp2 = cfg.distributed.strategy == "fsdp2"

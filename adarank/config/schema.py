@@ -106,9 +106,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "attention.output.dense"])
-    """Modules to adapt: name suffixes (dot-bounded), `re:<regex>` (full match) or `all-linear`; `[]` trains
-    the classification head alone (a linear probe, the floor adapters must beat)."""
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    """Modules to adapt: name suffixes (dot-bounded), `re:<regex>` (full match), `all-linear`, or `auto` (the
+    default): the model family's attention projections (Llama, Mistral, Qwen, Gemma: q/k/v/o_proj; BERT,
+    RoBERTa: query, key, value, attention.output.dense; GPT-2: c_attn, attn.c_proj; DistilBERT: q/k/v/out_lin),
+    written resolved into the run's config.yaml; `[]` trains the classification head alone (a linear probe,
+    the floor adapters must beat)."""
     alpha: float = 16.0
     """Scaling numerator: the update is multiplied by alpha / budget.init_rank."""
     dropout: float = 0.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adarank.core.families import expand_targets
 from adarank.core.layers import LINEAR_TYPES, SVDLinear, linear_features
 
 ALL_LINEAR = "all-linear"
@@ -73,13 +74,23 @@ def find_adapters(model: nn.Module) -> dict[str, SVDLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SVDLinear)}
 
 
+def model_type(model: nn.Module) -> str | None:
+    """The transformers ``config.model_type`` of ``model`` (None for a model without one)."""
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
 def select_modules(model: nn.Module, targets: Sequence[str], linear_only: bool = True) -> dict[str, nn.Module]:
-    """Modules of ``model`` named by ``targets`` (suffixes, `re:` regexes or `all-linear`).
+    """Modules of ``model`` named by ``targets`` (suffixes, `re:` regexes, `all-linear`, or `auto`: the
+    attention projections of the model's family, ``adarank.core.families``).
 
     Raises:
         ValueError: if a target matches nothing, or (``linear_only``) matches a non-linear module;
-            the message lists the candidate linear module names.
+            the message lists the candidate linear module names. `auto` on an unknown family.
     """
+    try:
+        targets = expand_targets(targets, model_type(model))
+    except ValueError as err:
+        raise ValueError(f"{err}. Linear modules in this model: {_candidates(model)}.") from None
     problems: list[str] = []
     selected: dict[str, nn.Module] = {}
     named = [(n, m) for n, m in model.named_modules() if n]
