@@ -125,6 +125,8 @@ def _empty_problems(tables: dict[str, Table], data: DataConfig, group: str | Non
                 "test": "raise data.test_fraction or give more data",
             }[split]
             unit = f" groups of `{group}`" if group else " rows"
+            if source.endswith(".txt") and not group:  # a one-sentence-per-line file is one paragraph, one row
+                unit += " (a .txt file's rows are its paragraphs: put a blank line between documents)"
             problems.append(f"the {split} split of `{source}` is empty (too few{unit} to carve it); {fix}.")
     return problems
 

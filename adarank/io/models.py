@@ -184,6 +184,45 @@ def _tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+def _config_token_id(model: nn.Module, name: str) -> int | None:
+    """The model's ``name`` (eos_token_id, pad_token_id) from its config or generation config; the first
+    of a list."""
+    for config in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(config, name, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _special_tokens_from_config(tokenizer: Any, model: nn.Module, path: Path) -> None:
+    """A causal LM's tokenizer needs end-of-sequence (answers and documents end with it) and padding. One
+    the tokenizer lacks falls back to the id the model's config names (padding then to end-of-sequence).
+
+    Raises:
+        ConfigError: neither the tokenizer nor the config names one (before anything is written).
+    """
+    problems = []
+    for token, name in (("eos_token", "eos_token_id"), ("pad_token", "pad_token_id")):
+        if getattr(tokenizer, name) is not None:
+            continue
+        found = _config_token_id(model, name)
+        if found is None and token == "pad_token":
+            found = tokenizer.eos_token_id
+        text = tokenizer.convert_ids_to_tokens(found) if found is not None and found < len(tokenizer) else None
+        if text is None:
+            problems.append(
+                f"model.name_or_path `{path}`: the tokenizer has no {token} and the model config names no valid "
+                f"{name}; a causal LM needs one (answers and documents end with end-of-sequence, batches are padded). "
+                f"Set it and save the tokenizer: `tok.{token} = '...'; tok.save_pretrained('{path}')`."
+            )
+            continue
+        setattr(tokenizer, token, text)
+    if problems:
+        raise ConfigError(problems)
+
+
 def load_model(
     model: ModelConfig, generation: bool, num_labels: int, label_names: list[str] | None = None
 ) -> tuple[Any, nn.Module, list[str]]:
@@ -210,6 +249,8 @@ def load_model(
     except (OSError, ValueError, KeyError) as err:
         kind = "causal LM" if generation else "sequence classifier"
         raise ConfigError([f"model.name_or_path: cannot load `{path}` as a {kind} ({err})."]) from err
+    if generation:
+        _special_tokens_from_config(tokenizer, loaded, path)
     loaded.config.pad_token_id = tokenizer.pad_token_id
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     if generation:

@@ -552,3 +552,62 @@ def test_a_single_label_name_is_a_one_item_list() -> None:
         load_config(None, ["data.label_names=spam"])
     assert err.value.problems == ["data.label_names needs at least two labels for classification or generation."]
     assert load_config(None, ["data.label_names=[ham,spam]"]).data.label_names == ["ham", "spam"]
+
+
+def _llama_without_eos(folder: Path, config_eos: int | None) -> Path:
+    """A tiny Llama whose tokenizer has padding ([PAD]) but no end-of-sequence token, its config naming
+    ``config_eos`` (MiniLM's [SEP] is 102) or none."""
+    from adarank.data import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    assert tokenizer.eos_token is None and tokenizer.pad_token == "[PAD]"
+    save_tiny_model(folder, llama=True)
+    tokenizer.save_pretrained(folder)  # over the saved one, which had [SEP] as end-of-sequence
+    config = json.loads((folder / "config.json").read_text())
+    config["eos_token_id"] = config_eos
+    (folder / "config.json").write_text(json.dumps(config))
+    if (folder / "generation_config.json").exists():
+        (folder / "generation_config.json").unlink()
+    return folder
+
+
+def _notes(tmp_path: Path) -> Path:
+    file = tmp_path / "notes.txt"
+    file.write_text("\n\n".join(f"note {i}: the cat sat on mat {i}." for i in range(40)))
+    return file
+
+
+LM = ["data.max_length=16", "data.format=language_modeling", "adapter.target_modules=all-linear"]
+
+
+def test_a_tokenizer_without_eos_takes_the_model_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _llama_without_eos(tmp_path / "llama", config_eos=102)
+    out = tmp_path / "run"
+    code, err = train([f"model.name_or_path={model}", f"data.dataset={_notes(tmp_path)}", *LM, f"output_dir={out}"],
+                      capsys)  # fmt: skip
+    assert code == 0, err
+    assert metrics(out)["validation_perplexity"] > 0
+
+
+def test_a_tokenizer_and_config_without_eos_are_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _llama_without_eos(tmp_path / "llama", config_eos=None)
+    out = tmp_path / "run"
+    code, err = train([f"model.name_or_path={model}", f"data.dataset={_notes(tmp_path)}", *LM, f"output_dir={out}"],
+                      capsys)  # fmt: skip
+    assert code == 2
+    assert "the tokenizer has no eos_token and the model config names no valid eos_token_id" in err
+    assert f"tok.eos_token = '...'; tok.save_pretrained('{model}')" in err
+    assert not out.exists()
+
+
+def test_a_txt_file_of_one_sentence_per_line_is_one_row_and_says_why(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "lines.txt"
+    file.write_text("\n".join(f"sentence {i} about the cat." for i in range(40)))
+    code, err = train([f"model.name_or_path={models['llama']}", f"data.dataset={file}", *LM,
+                       f"output_dir={tmp_path / 'run'}"], capsys)  # fmt: skip
+    assert code == 2
+    assert "(a .txt file's rows are its paragraphs: put a blank line between documents)" in err
