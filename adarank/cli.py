@@ -1,6 +1,6 @@
 """Command line: `adarank train|plan [CONFIG] [key=value ...]`, `adarank inspect RUN_DIR`,
 `adarank compare RUN_DIR RUN_DIR ...`, `adarank intrinsic-dim [CONFIG] [key=value ...]`,
-`adarank export RUN_DIR --format native|peft|merged --out DIR`.
+`adarank export RUN_DIR --format native|peft|merged --out DIR`, `adarank convert PEFT_ADALORA_DIR --out DIR`.
 
 The commands' modules are imported inside the functions that run them, on purpose: `adarank --help`,
 `--version` and argument errors import neither torch nor transformers (a test holds it). Every such
@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export at --out (never a folder of other files)"
     )
+    convert = sub.add_parser(
+        "convert", help="turn a PEFT AdaLoRA adapter into a PEFT LoRA adapter with per-module ranks (for serving)"
+    )
+    convert.add_argument("source", type=Path, help="the folder PEFT's save_pretrained wrote for an AdaLoRA model")
+    convert.add_argument("--out", type=Path, required=True, help="folder to create")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export at --out (never a folder of other files)"
+    )
     return parser
 
 
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args.source, args.format, args.out, args.overwrite)
     if args.command == "compare":
         return _compare(args.runs, args.out)
+    if args.command == "convert":
+        return _convert(args.source, args.out, args.overwrite)
     if args.command == "analyze":
         return _analyze(args.path, args.other, args.out)
     try:
@@ -196,6 +206,19 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{fmt} export written to {out} ({size:,} bytes)")
+    return 0
+
+
+def _convert(source: Path, out: Path, overwrite: bool) -> int:
+    from adarank.core.convert import convert_adalora
+    from adarank.core.export import ExportError
+
+    try:
+        ranks = convert_adalora(source, out, overwrite)
+    except ExportError as err:
+        print(f"adarank: {err}", file=sys.stderr)
+        return 2
+    print(f"PEFT LoRA written to {out}: {len(ranks)} modules, total rank {sum(ranks.values())}")
     return 0
 
 
