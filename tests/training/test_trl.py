@@ -1,6 +1,7 @@
 """TRL's SFTTrainer (the real one) with adarank: mixed in (`class AdaRankSFTTrainer(AdaRankTrainer, SFTTrainer)`)
 it gets the whole method on chat data with assistant-only loss and on prompt/completion data; with the
-callback alone it gets the penalty after clipping and a warning that lambda's multiplier is missing.
+callback alone it gets the penalty after clipping and a warning that lambda's multiplier is missing. The
+second host trainer, TRL's DPOTrainer, mixed in the same way.
 
 At step 1 lambda is 0, so P and Q get no task gradient: their gradient is the penalty's alone, which the
 tests compute by hand (d/dP ||P^T P - I||^2 = 4 P (P^T P - I), d/dQ ||Q Q^T - I||^2 = 4 (Q Q^T - I) Q) on
@@ -185,3 +186,46 @@ def test_the_trl_example_runs_as_documented(tmp_path: Path) -> None:
     assert "final ranks: total 16 over 8 modules (target 2 each)" in done.stdout
     config = json.loads((tmp_path / "out" / "peft" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and sum(config["rank_pattern"].values()) == 16
+
+
+class AdaRankDPOTrainer(AdaRankTrainer, trl.DPOTrainer):
+    """The second host trainer: TRL's DPOTrainer (its own loss over chosen and rejected completions)."""
+
+
+@pytest.mark.slow
+def test_dpo_trainer_with_adarank_mixed_in_gets_the_whole_method(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from peft import PeftModel
+
+    folder, tokenizer, model, allocator = _setup(tmp_path)
+    expected = _hand_penalty_grads(allocator)
+    grads = FirstStepGrads(allocator)
+    pairs = [{"prompt": f"the capital of {country} is", "chosen": f" {city}", "rejected": f" {CITIES[i - 1]}"}
+             for i, (city, country) in enumerate(zip(CITIES, COUNTRIES, strict=True))]  # fmt: skip
+    config = trl.DPOConfig(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        learning_rate=2e-2, max_grad_norm=0.0, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+        seed=0, data_seed=0, max_length=64, dataloader_num_workers=0, beta=0.1,
+    )  # fmt: skip
+    trainer = AdaRankDPOTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(pairs * 4), processing_class=tokenizer,
+        callbacks=[AdaRankCallback(allocator), grads], orth_weight=ORTH_WEIGHT,
+    )  # fmt: skip
+    trainer.train()
+    for name, (p_grad, q_grad) in expected.items():  # DPO's loss is per micro-batch: the penalty still counts once
+        torch.testing.assert_close(grads.grads[name][0], p_grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grads.grads[name][1], q_grad, rtol=1e-5, atol=1e-7)
+    lambdas = {id(a.singular_values) for a in allocator.adapters.values()}
+    group_lrs = {any(id(p) in lambdas for p in g["params"]): g["initial_lr"] for g in trainer.optimizer.param_groups}
+    assert group_lrs == {True: 2e-2 * 10, False: 2e-2}
+    assert sum(allocator.ranks().values()) == 4 and allocator.finalized
+    margins = [e["rewards/margins"] for e in trainer.state.log_history if "rewards/margins" in e]
+    assert len(margins) == STEPS and margins[0] == 0.0, "DPO's own metrics; at step 1 the policy is the reference"
+    assert all(bool((a.singular_values != 0).any()) for a in allocator.adapters.values()), "DPO's loss moved lambda"
+    export_peft(model, tmp_path / "peft")
+    ids = tokenizer(["the capital of france is paris"], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        trained = type(model).forward(model, **ids).logits
+        loaded = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(folder), tmp_path / "peft").eval()
+        torch.testing.assert_close(loaded(**ids).logits, trained, rtol=0, atol=1e-5)
