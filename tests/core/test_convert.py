@@ -71,7 +71,8 @@ def test_converted_lora_gives_the_adalora_logits(name: str, tmp_path: Path, caps
     assert "PEFT LoRA written to" in capsys.readouterr().out
     written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert written["peft_type"] == "LORA" and written["r"] == written["lora_alpha"]
-    assert written["rank_pattern"] == written["alpha_pattern"], "scaling 1 in every module, by both rules"
+    assert written["rank_pattern"] == written["alpha_pattern"], "scaling 1 in every module, per-module rule"
+    assert written["lora_alpha"] / written["r"] == 1.0, "and by the global rule a server reading only r uses"
     kept = {name: sum(mask) for name, mask in saved["rank_pattern"].items()}
     assert sorted(written["rank_pattern"].values()) == sorted(r for r in kept.values() if r)
     torch.testing.assert_close(

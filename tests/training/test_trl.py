@@ -82,6 +82,17 @@ def _setup(tmp_path: Path):
     return folder, tokenizer, model, RankAllocator(adapters, budget)
 
 
+def _global_rule_scales_like_the_patterns(folder: Path) -> None:
+    """A server that reads only the global r and lora_alpha (vLLM's loader) scales every module by
+    lora_alpha / r; PEFT's per-module rule by alpha_pattern / rank_pattern: both give 1 to every module."""
+    import json
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    per_module = {config["alpha_pattern"][k] / r for k, r in config["rank_pattern"].items()}
+    assert config["lora_alpha"] / config["r"] == 1.0 and per_module == {1.0}
+    assert set(config["rank_pattern"]) == set(config["alpha_pattern"])
+
+
 def _hand_penalty_grads(allocator: RankAllocator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     grads = {}
     for name, a in allocator.adapters.items():
@@ -91,10 +102,11 @@ def _hand_penalty_grads(allocator: RankAllocator) -> dict[str, tuple[torch.Tenso
     return grads
 
 
-def _config(out: Path, kind: str, max_grad_norm: float) -> SFTConfig:
+def _config(out: Path, kind: str, max_grad_norm: float, save_steps: int | None = None) -> SFTConfig:
     return SFTConfig(
         output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        learning_rate=2e-2, max_grad_norm=max_grad_norm, use_cpu=True, report_to=[], save_strategy="no",
+        learning_rate=2e-2, max_grad_norm=max_grad_norm, use_cpu=True, report_to=[],
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         logging_steps=1, seed=0, data_seed=0, assistant_only_loss=kind == "chat", max_length=64,
         dataloader_num_workers=0,
     )  # fmt: skip
@@ -128,6 +140,7 @@ def test_sft_trainer_with_adarank_mixed_in_gets_the_whole_method(kind: str, tmp_
     assert all("orth_penalty" in e for e in trainer.state.log_history if "loss" in e)
     # the export loads in peft alone and gives the trained model's logits
     export_peft(model, tmp_path / "peft")
+    _global_rule_scales_like_the_patterns(tmp_path / "peft")
     ids = tokenizer(["the capital of france is paris"], return_tensors="pt")
     model.eval()
     with torch.no_grad():  # the class's forward: the trained model's own is wrapped in TRL's default bf16 autocast
@@ -229,3 +242,39 @@ def test_dpo_trainer_with_adarank_mixed_in_gets_the_whole_method(tmp_path: Path)
         trained = type(model).forward(model, **ids).logits
         loaded = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(folder), tmp_path / "peft").eval()
         torch.testing.assert_close(loaded(**ids).logits, trained, rtol=0, atol=1e-5)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.slow
+def test_sft_trainer_with_adarank_mixed_in_resumes_exactly(tmp_path: Path) -> None:
+    """Stopped after step 4 of 8 (mid-decay, checkpoint with the allocator's state) and resumed in a new
+    trainer: the same masks and the same adapters as the run that never stopped, bit for bit."""
+
+    def run(out: Path, stop: int | None = None, resume: bool = False) -> tuple[dict, dict]:
+        _, tokenizer, model, allocator = _setup(tmp_path)
+        callbacks = [AdaRankCallback(allocator)] + ([StopAt(stop)] if stop else [])
+        trainer = AdaRankSFTTrainer(
+            model=model, args=_config(out, "chat", max_grad_norm=1.0, save_steps=4), train_dataset=_data("chat"),
+            processing_class=tokenizer, callbacks=callbacks, orth_weight=ORTH_WEIGHT,
+        )  # fmt: skip
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return allocator.ranks(), state
+
+    ranks, weights = run(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="rank allocation did not finish: 4 of 8 steps"):  # stopped: it says so
+        run(tmp_path / "parts", stop=4)
+    assert (tmp_path / "parts" / "checkpoint-4").is_dir()
+    resumed_ranks, resumed = run(tmp_path / "parts", resume=True)
+    assert resumed_ranks == ranks and sum(ranks.values()) == 4
+    assert resumed.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(resumed[name], tensor), name
