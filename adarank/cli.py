@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", type=Path, help="the folder PEFT's save_pretrained wrote for an AdaLoRA model")
     convert.add_argument("--out", type=Path, required=True, help="folder to create")
+    convert.add_argument("--native", type=Path, help="also write adarank's native export of it to this folder")
     convert.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export at --out (never a folder of other files)"
     )
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return _compare(args.runs, args.out)
     if args.command == "convert":
-        return _convert(args.source, args.out, args.overwrite)
+        return _convert(args.source, args.out, args.overwrite, args.native)
     if args.command == "analyze":
         return _analyze(args.path, args.other, args.out)
     try:
@@ -209,16 +210,18 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
     return 0
 
 
-def _convert(source: Path, out: Path, overwrite: bool) -> int:
+def _convert(source: Path, out: Path, overwrite: bool, native: Path | None) -> int:
     from adarank.core.convert import convert_adalora
     from adarank.core.export import ExportError
 
     try:
-        ranks = convert_adalora(source, out, overwrite)
+        ranks = convert_adalora(source, out, overwrite, native)
     except ExportError as err:
         print(f"adarank: {err}", file=sys.stderr)
         return 2
     print(f"PEFT LoRA written to {out}: {len(ranks)} modules, total rank {sum(ranks.values())}")
+    if native is not None:
+        print(f"native adarank export written to {native}")
     return 0
 
 

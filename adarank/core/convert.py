@@ -9,6 +9,11 @@ rank pattern). The LoRA written here holds, for every triplet whose E is not 0, 
 the global ``r`` and ``lora_alpha`` are equal too, so a server that ignores ``rank_pattern`` and
 ``alpha_pattern`` also scales by 1). Modules pruned to rank 0 are left out; the head and every other
 ``modules_to_save`` tensor is carried as saved. Only files are read: no base model is loaded.
+
+With ``native``, also adarank's native export of the same adapter: P = B, lambda = E x scaling / (ranknum +
+1e-5), Q = A at scaling 1, modules at rank 0 recorded as pruned, the ``modules_to_save`` tensors as
+trained parameters, the base described from the config (``base_model_name_or_path``; SEQ_CLS a classifier
+whose label count is the head's rows, named LABEL_i as transformers names them; otherwise generation).
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from typing import Any
 
 import torch
 
-from adarank.core.native import ExportError, _write_atomically, check_destination
+from adarank.core.native import (
+    FORMAT_VERSION,
+    NATIVE_META,
+    NATIVE_TENSORS,
+    ExportError,
+    _version,
+    _write_atomically,
+    check_destination,
+)
 
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
@@ -75,9 +88,12 @@ def _read_weights(folder: Path, problems: list[str]) -> dict[str, torch.Tensor] 
     return None
 
 
-def convert_adalora(source: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, int]:
-    """Write PEFT's AdaLoRA adapter in ``source`` as a PEFT LoRA adapter in ``out`` (module docstring);
-    returns every converted module's rank. Nothing is written when anything is wrong.
+def convert_adalora(
+    source: str | Path, out: str | Path, overwrite: bool = False, native: str | Path | None = None
+) -> dict[str, int]:
+    """Write PEFT's AdaLoRA adapter in ``source`` as a PEFT LoRA adapter in ``out`` and, given ``native``, as
+    adarank's native export there too (module docstring); returns every converted module's rank. Nothing is
+    written when anything is wrong.
 
     Raises:
         ExportError: every problem found (not a PEFT folder, not AdaLoRA, no rank pattern, missing or
@@ -87,10 +103,11 @@ def convert_adalora(source: str | Path, out: str | Path, overwrite: bool = False
     problems: list[str] = []
     config = _read_config(source, problems)
     weights = _read_weights(source, problems) if config is not None else None
-    try:
-        check_destination(out, overwrite)
-    except ExportError as err:
-        problems.append(str(err))
+    for destination in [out] + ([Path(native)] if native is not None else []):
+        try:
+            check_destination(destination, overwrite)
+        except ExportError as err:
+            problems.append(str(err))
     if problems or config is None or weights is None:
         raise ExportError("cannot convert: " + " ".join(problems))
     init_r, alpha = int(config["init_r"]), float(config["lora_alpha"])
@@ -101,23 +118,29 @@ def convert_adalora(source: str | Path, out: str | Path, overwrite: bool = False
             "cannot convert: " + (f"weights missing for {missing[:3]}." if missing else "no AdaLoRA weights (lora_E).")
         )
     tensors: dict[str, torch.Tensor] = {}
-    ranks: dict[str, int] = {}
+    triplets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # native: P, lambda, Q
+    shapes: dict[str, list[int]] = {}
     for module in modules:
         e = weights[f"{module}.lora_E"].float().reshape(-1)
+        a, b = weights[f"{module}.lora_A"].float(), weights[f"{module}.lora_B"].float()
+        name = module.removeprefix(_PREFIX)
+        shapes[name] = [int(b.shape[0]), int(a.shape[1])]
         keep = (e != 0).nonzero().squeeze(1)
         if keep.numel() == 0:
             continue  # pruned to rank 0: not adapted
-        a, b = weights[f"{module}.lora_A"].float(), weights[f"{module}.lora_B"].float()
         scaling = alpha if alpha > 0 else float(e.numel())  # as PEFT's update_layer at the saved rank
         factor = scaling / (torch.tensor(float(init_r)) + 1e-5)  # ranknum as PEFT restores it: init_r
         tensors[f"{module}.lora_A.weight"] = a[keep].contiguous()
         tensors[f"{module}.lora_B.weight"] = (b[:, keep] * (e[keep] * factor)).contiguous()
-        ranks[module.removeprefix(_PREFIX)] = int(keep.numel())
+        triplets[name] = (b[:, keep].contiguous(), (e[keep] * factor).contiguous(), a[keep].contiguous())
+    ranks = {name: int(t[1].numel()) for name, t in triplets.items()}
     if not ranks:
         raise ExportError("cannot convert: every module was pruned to rank 0; there is no LoRA to write.")
     adapted = {f"{m}.{part}" for m in modules for part in ("lora_A", "lora_B", "lora_E")}
-    tensors |= {k: v for k, v in weights.items() if k not in adapted}  # the head, other modules_to_save
-    _write(out, overwrite, _lora_config(config, ranks), tensors)
+    carried = {k: v for k, v in weights.items() if k not in adapted}  # the head, other modules_to_save
+    _write(out, overwrite, _lora_config(config, ranks), tensors | carried)
+    if native is not None:
+        _write_native(Path(native), overwrite, config, triplets, shapes, carried)
     return ranks
 
 
@@ -141,6 +164,50 @@ def _lora_config(adalora: dict[str, Any], ranks: dict[str, int]) -> dict[str, An
         init_lora_weights=False,
     )
     return config.to_dict()
+
+
+def _write_native(
+    out: Path,
+    overwrite: bool,
+    config: dict[str, Any],
+    triplets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    shapes: dict[str, list[int]],
+    carried: dict[str, torch.Tensor],
+) -> None:
+    """adarank's native export (``adarank.core.native``) of the converted adapter, at scaling 1."""
+    from safetensors.torch import save_file
+
+    trained = {key.removeprefix(_PREFIX): t for key, t in carried.items()}
+    classifier = config.get("task_type") == "SEQ_CLS"
+    heads = [t for key, t in trained.items() if key.endswith(".weight") and t.dim() == 2]
+    labels = int(heads[-1].shape[0]) if classifier and heads else 2
+    base = {
+        "name_or_path": str(config.get("base_model_name_or_path") or ""),
+        "gguf_file": "",
+        "format": "classification" if classifier else "generation",
+        "num_labels": labels,
+        "label_names": [f"LABEL_{i}" for i in range(labels)] if classifier else [],
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (left, values, right) in triplets.items():
+        tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
+    tensors |= {f"trained.{key}": t.contiguous() for key, t in trained.items()}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "adarank_version": _version(),
+        "base_model": base,
+        "ranks": {name: int(triplets[name][1].numel()) if name in triplets else 0 for name in shapes},
+        "scaling": dict.fromkeys(shapes, 1.0),
+        "shapes": shapes,
+        "target_modules": sorted(shapes),
+        "trained_parameters": sorted(trained),
+    }
+
+    def fill(folder: Path) -> None:
+        save_file(tensors, str(folder / NATIVE_TENSORS), metadata={"format": "adarank", "version": str(FORMAT_VERSION)})
+        (folder / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    _write_atomically(out, overwrite, "native", base, fill)
 
 
 def _write(out: Path, overwrite: bool, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:

@@ -14,6 +14,7 @@ from conftest import save_tiny_model
 from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
 
 from adarank.cli import main
+from adarank.core.native import load_adapter
 from adarank.data import default_model_path
 
 peft = pytest.importorskip("peft")
@@ -67,7 +68,8 @@ def test_converted_lora_gives_the_adalora_logits(name: str, tmp_path: Path, caps
     _train_adalora(make_base(), config, inputs, tmp_path / "adalora")
     saved = json.loads((tmp_path / "adalora" / "adapter_config.json").read_text())
     assert any(not all(mask) for mask in saved["rank_pattern"].values()), "PEFT pruned some triplets"
-    assert main(["convert", str(tmp_path / "adalora"), "--out", str(tmp_path / "lora")]) == 0
+    command = ["convert", str(tmp_path / "adalora"), "--out", str(tmp_path / "lora"), "--native", str(tmp_path / "n")]
+    assert main(command) == 0
     assert "PEFT LoRA written to" in capsys.readouterr().out
     written = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert written["peft_type"] == "LORA" and written["r"] == written["lora_alpha"]
@@ -79,6 +81,12 @@ def test_converted_lora_gives_the_adalora_logits(name: str, tmp_path: Path, caps
         _logits(make_base, tmp_path / "lora", inputs), _logits(make_base, tmp_path / "adalora", inputs),
         rtol=0, atol=1e-5,
     )  # fmt: skip
+    native = make_base().eval()  # the native export, loaded by adarank onto a fresh base: the same logits
+    load_adapter(native, tmp_path / "n")
+    with torch.no_grad():
+        from_native = native(input_ids=inputs["input_ids"]).logits
+    # lambda between P and Q instead of inside B: another order of float32 products, up to ~1.2e-5 here
+    torch.testing.assert_close(from_native, _logits(make_base, tmp_path / "adalora", inputs), rtol=0, atol=5e-5)
     if name == "minilm_new_head":  # the trained head came along: a fresh base's own head differs
         fresh = _minilm().eval()
         with torch.no_grad():
