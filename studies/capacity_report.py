@@ -120,6 +120,43 @@ def grid(root: Path) -> str:
     return "\n".join(lines)
 
 
+BASE_GRID = ("5e-4", "2e-3", "8e-3", "3.2e-2")
+
+
+def grid_losses(root: Path, arm: str) -> dict[str, float]:
+    """lr -> answer loss of ``arm``'s finished grid runs (seed 0, selection draw)."""
+    found = {}
+    for metrics in (root / "grid" / "facts" / arm).glob("*/*/seed0/metrics.json"):
+        found[_lr(metrics.parent)] = float(json.loads(metrics.read_text())["validation_answer_loss"])
+    return found
+
+
+def best_lr(root: Path, arm: str) -> str | None:
+    """The arm's best lr once its base grid is complete and the best is not at an edge of the lrs tried
+    (the study's rule: an edge gets the grid extended on that side); None otherwise."""
+    losses = grid_losses(root, arm)
+    if not set(BASE_GRID) <= set(losses):
+        return None
+    best = min(losses, key=losses.__getitem__)
+    tried = sorted(losses, key=float)
+    return None if best in (tried[0], tried[-1]) else best
+
+
+def next_lr(root: Path, arm: str) -> str | None:
+    """The lr that extends ``arm``'s grid (4x beyond the edge its best sits at), or None when the base grid
+    is incomplete or the best is inside."""
+    losses = grid_losses(root, arm)
+    if not set(BASE_GRID) <= set(losses):
+        return None
+    best = min(losses, key=losses.__getitem__)
+    tried = sorted(losses, key=float)
+    if best == tried[-1]:
+        return f"{float(best) * 4:.3g}"
+    if best == tried[0]:
+        return f"{float(best) / 4:.3g}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path)
@@ -127,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--pilot", action="store_true")
     group.add_argument("--small", action="store_true")
     group.add_argument("--grid", action="store_true")
+    group.add_argument("--best-lr", metavar="ARM", help="print the arm's chosen lr (nothing while undecided)")
+    group.add_argument("--next-lr", metavar="ARM", help="print the lr that extends the arm's grid (nothing if none)")
     args = parser.parse_args(argv)
+    if args.best_lr or args.next_lr:
+        lr = best_lr(args.root, args.best_lr) if args.best_lr else next_lr(args.root, args.next_lr)
+        if lr:
+            print(lr)
+        return 0
     print(pilot(args.root) if args.pilot else small(args.root) if args.small else grid(args.root))
     return 0
 

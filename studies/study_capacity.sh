@@ -28,6 +28,15 @@
 # the grid extended on that side (grid-extend). Allocate-then-train at 1/8 (att-8): a search of 40 steps
 # (a quarter of the schedule) of adarank AdaLoRA at the lr, then `adapter.ranks_from` = the search's
 # allocation, trained from a fresh start for the full 160 steps at the same lr.
+#
+# grid-extend: every arm whose best lr sits at an edge of the lrs tried gets the next lr beyond it (x4 or
+# /4), until its best is inside (studies/capacity_report.py --next-lr).
+#
+# seeds: the reported runs, on the REPORT draw (facts seed 0, never read before), seeds 0, 1, 2, each arm at
+# its chosen lr (capacity_report.py --best-lr; an arm whose lr is not chosen yet is skipped, said): adarank
+# AdaLoRA at 1/64, 1/8, 1x, 4x; the hand picks (v_proj of 6 layers at 1/64 with vo_top's lr; vo_top and
+# down18 at 1/8); uniform LoRA r=1 (1x) and r=4 (4x, r=1's lr); PEFT AdaLoRA and EVA at 1x and 4x (1x's
+# lr); allocate-then-train at 1/64, 1/8, 1x (att-8's lr). Seed 0 of every point first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/capacity}
@@ -41,6 +50,11 @@ failed=0
 SELECT=$OUT/facts-select
 [ -f "$SELECT/facts.jsonl" ] || python studies/facts.py --facts 256 --seed 1 --out "$SELECT" > /dev/null 2>&1 ||
     { echo "could not write the facts to $SELECT"; exit 1; }
+REPORT=$OUT/facts-report
+if [ "${1:-}" = seeds ] && [ ! -f "$REPORT/facts.jsonl" ]; then
+    python studies/facts.py --facts 256 --seed 0 --out "$REPORT" > /dev/null 2>&1 ||
+        { echo "could not write the facts to $REPORT"; exit 1; }
+fi
 
 FACTS_ADA=studies/configs/facts-smollm2.yaml
 FACTS_LORA=studies/configs/facts-smollm2-lora.yaml
@@ -70,6 +84,50 @@ declare -A ARM=(
     [peft_adalora-1]="peft-adalora:$FACTS_ADA|"
     [peft_eva-1]="peft-eva:$FACTS_LORA|"
 )
+# the reported points: name -> config|overrides|the grid arm whose lr it takes
+declare -A SEEDED=(
+    [adalora-64]="$FACTS_ADA|budget.target_params=4614|adalora-8"
+    [adalora-8]="$FACTS_ADA|budget.target_params=38440|adalora-8"
+    [adalora-1]="$FACTS_ADA|budget.target_params=305490|adalora-8"
+    [adalora-4x]="$FACTS_ADA|budget.target_params=1221960 budget.init_rank=8|adalora-8"
+    [vspread-64]="$FACTS_LORA|${PICK[64]}|vo_top-8"
+    [vo_top-8]="$FACTS_LORA|${PICK[8]}|vo_top-8"
+    [down18-8]="$FACTS_LORA|$DOWN18|down18-8"
+    [lora_r1-1]="$FACTS_LORA||lora_r1-1"
+    [lora_r4-4x]="$FACTS_LORA|budget.init_rank=4 budget.target_rank=4|lora_r1-1"
+    [peft_adalora-1]="peft-adalora:$FACTS_ADA||peft_adalora-1"
+    [peft_adalora-4x]="peft-adalora:$FACTS_ADA|budget.init_rank=8 budget.target_rank=4|peft_adalora-1"
+    [peft_eva-1]="peft-eva:$FACTS_LORA||peft_eva-1"
+    [peft_eva-4x]="peft-eva:$FACTS_LORA|budget.init_rank=4 budget.target_rank=4|peft_eva-1"
+)
+declare -A ATT=([att-64]=4614 [att-8]=38440 [att-1]=305490)
+chosen_lr() { python studies/capacity_report.py "$OUT" --best-lr "$1"; }
+# seed_point NAME SEED: a reported point on the report draw into $OUT/seeds/facts/<name>
+seed_point() {
+    local name=$1 seed=$2 spec lr config rest overrides from
+    if [ -n "${ATT[$name]:-}" ]; then att_seed_point "$name" "$seed"; return; fi
+    spec=${SEEDED[$name]}
+    config=${spec%%|*}
+    rest=${spec#*|}
+    overrides=${rest%|*}
+    from=${rest##*|}
+    lr=$(chosen_lr "$from")
+    [ -n "$lr" ] || { echo "$name: the lr of $from is not chosen yet (grid incomplete or best at an edge)"; return; }
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/$name" "$config" "$seed" "$overrides train.learning_rate=$lr" \
+        wandb.mode=disabled "data.dataset=$REPORT" || failed=1
+}
+# att_seed_point NAME SEED: allocate-then-train on the report draw (search 40 steps, then the fresh run)
+att_seed_point() {
+    local name=$1 seed=$2 params=${ATT[$1]} lr search
+    lr=$(chosen_lr att-8)
+    [ -n "$lr" ] || { echo "$name: the lr of att-8 is not chosen yet"; return; }
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/search-${name#att-}" "$FACTS_ADA" "$seed" \
+        "budget.target_params=$params train.learning_rate=$lr train.max_steps=40" wandb.mode=disabled \
+        "data.dataset=$REPORT" || { failed=1; return; }
+    search=$(find "$OUT/seeds/facts/search-${name#att-}" -path "*learning_rate-${lr}_*/seed$seed" -type d | head -1)
+    sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/$name" "$FACTS_ADA" "$seed" \
+        "adapter.ranks_from=$search train.learning_rate=$lr" wandb.mode=disabled "data.dataset=$REPORT" || failed=1
+}
 # att_point LR: allocate-then-train at 1/8 on the selection draw, seed 0: the search (adarank AdaLoRA,
 # 40 steps) into $OUT/grid/facts/search-8, then the found ranks trained afresh into $OUT/grid/facts/att-8
 att_point() {
@@ -103,6 +161,23 @@ grid)
         for arm in adalora-8 vo_top-8 down18-8 lora_r1-1; do claimed "$CLAIMS" "grid-$arm-$lr" grid_point "$arm" "$lr"; done
     done
     ;;
+grid-extend)
+    for arm in adalora-8 vo_top-8 down18-8 lora_r1-1 peft_adalora-1 peft_eva-1 att-8; do
+        while lr=$(python studies/capacity_report.py "$OUT" --next-lr "$arm") && [ -n "$lr" ]; do
+            if [ "$arm" = att-8 ]; then claimed "$CLAIMS" "grid-$arm-$lr" att_point "$lr"
+            else claimed "$CLAIMS" "grid-$arm-$lr" grid_point "$arm" "$lr"; fi
+            wait_for_claims "$CLAIMS"
+        done
+    done
+    ;;
+seeds)
+    for seed in 0 1 2; do
+        for name in adalora-8 vo_top-8 down18-8 att-8 adalora-64 vspread-64 att-64 adalora-1 lora_r1-1 \
+            peft_adalora-1 peft_eva-1 att-1 adalora-4x lora_r4-4x peft_adalora-4x peft_eva-4x; do
+            claimed "$CLAIMS" "seeds-$name-$seed" seed_point "$name" "$seed"
+        done
+    done
+    ;;
 grid2)
     # the arms added at the next commit (PEFT's adaptive methods, allocate-then-train), same grid
     for lr in 8e-3 2e-3 3.2e-2 5e-4; do
@@ -111,7 +186,7 @@ grid2)
     done
     ;;
 *)
-    echo "usage: $0 pilot | grid | grid2"
+    echo "usage: $0 pilot | grid | grid2 | grid-extend | seeds"
     exit 2
     ;;
 esac
