@@ -39,6 +39,7 @@ from adarank.core.budget import budget_problems
 from adarank.data.checks import data_problems
 from adarank.io.assets import EMBEDDED_MODELS, missing_model_packages
 from adarank.io.hub import is_hub_id, looks_local, unreachable_problem
+from adarank.io.quantize import QUANTIZATIONS, backend_problem
 from adarank.io.rundir import read_ranks
 from adarank.training.setup import describe
 
@@ -298,6 +299,7 @@ def validate(cfg: RunConfig) -> list[str]:
     if cfg.wandb.mode is not None and cfg.wandb.mode not in WANDB_MODES:
         problems.append(f"wandb.mode `{cfg.wandb.mode}` is not one of {', '.join(WANDB_MODES)}.")
     problems += distributed_problems(cfg)
+    problems += quantization_problems(cfg)
     if isinstance(cfg, IntrinsicDimRunConfig):
         problems += intrinsic_dim_problems(cfg.intrinsic_dim, cfg.data.format)
     if tr.save_steps is not None and tr.save_steps < 1:
@@ -319,6 +321,34 @@ def validate(cfg: RunConfig) -> list[str]:
     if (out / "metrics.json").exists() and not cfg.overwrite:
         problems.append(
             f"output_dir `{out}` already holds a finished run; choose another output_dir or pass overwrite=true."
+        )
+    return problems
+
+
+def quantization_problems(cfg: RunConfig) -> list[str]:
+    """Problems with ``model.quantization``: an unknown value, a backend not installed, and the set-ups a
+    quantized base cannot serve (FSDP2 shards plain tensors; the warm start and intrinsic-dim need the
+    base weights' gradient)."""
+    quantization = cfg.model.quantization
+    if quantization not in QUANTIZATIONS:
+        return [f"model.quantization `{quantization}` is not one of {', '.join(QUANTIZATIONS)}."]
+    if quantization == "none":
+        return []
+    problems = [p for p in [backend_problem(quantization)] if p]
+    if cfg.distributed.strategy == "fsdp2":
+        problems.append(
+            f"model.quantization={quantization} with distributed.strategy=fsdp2: FSDP2 shards plain tensors, not "
+            "quantized ones; use distributed.strategy=ddp (each process holds the quantized base) or quantization=none."
+        )
+    if cfg.adapter.init == "gradient":
+        problems.append(
+            f"model.quantization={quantization} with adapter.init=gradient: the warm start needs the base weights' "
+            "gradient, which a quantized weight does not get; use adapter.init=orthonormal."
+        )
+    if isinstance(cfg, IntrinsicDimRunConfig):
+        problems.append(
+            f"model.quantization={quantization}: adarank intrinsic-dim trains random subspaces of the base weights, "
+            "which a quantized base cannot; set model.quantization=none."
         )
     return problems
 

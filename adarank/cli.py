@@ -207,6 +207,9 @@ def _export(source: Path, fmt: str, out: Path, overwrite: bool) -> int:
         return 2
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{fmt} export written to {out} ({size:,} bytes)")
+    quantized = (meta.get("base_model") or {}).get("quantization", "none")
+    if fmt == "merged" and quantized != "none":
+        print(f"the {quantized} base was dequantized to float32 before merging: the merged weights are float32")
     return 0
 
 

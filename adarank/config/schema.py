@@ -44,6 +44,11 @@ class ModelConfig:
     dtype: str = "float32"
     """Dtype of the frozen base weights: float32 | bfloat16 | float16. Adapters, modules trained in full
     and importance scores stay float32."""
+    quantization: str = "none"
+    """Quantize the frozen base at load: none | int8 (weight-only, per row) | nf4 (4-bit NormalFloat): the
+    linear layers of its blocks, after model.dtype (a GGUF is dequantized first); embeddings, the output
+    head and a new head stay as loaded; adapters train in float on top. Needs torchao (adarank[quant]). Not
+    with distributed.strategy=fsdp2 or adapter.init=gradient."""
 
 
 @dataclass(frozen=True)

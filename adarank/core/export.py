@@ -20,7 +20,6 @@ folder with that marker, never anything else. Loading reads only safetensors and
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,11 +56,14 @@ from adarank.core.native import (
     swap_adapter,
     trained_tensors,
 )
+from adarank.io.quantize import dequantized_copy
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every adapter folded into its base weight and the adapters removed."""
-    plain = copy.deepcopy(model)
+    """A copy of ``model`` with every adapter folded into its base weight and the adapters removed. A
+    quantized base (model.quantization) is dequantized first, to float32 (``dequantized_copy``): the merged
+    weights are the dequantized base the adapters trained on, plus their update."""
+    plain = dequantized_copy(model, torch.float32)
     for adapter in find_adapters(plain).values():
         adapter.merge()
     remove_adapters(plain, keep_merged=True)
@@ -119,7 +121,7 @@ def export_peft(model: nn.Module, out: str | Path, base_model: BaseModel = None,
     head_modules = sorted({n.rsplit(".", 1)[0] for n in record.trained_parameters})
     description = describe_base(model, base_model)
     base_path = base_path_of(model, base_model)
-    base = copy.deepcopy(model)
+    base = dequantized_copy(model, torch.float32)  # the base only gives PEFT the structure: its weights are not saved
     remove_adapters(base)
     ranks = {n: a.live_rank() for n, a in live.items()}
     config = LoraConfig(

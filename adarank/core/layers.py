@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from adarank.io.quantize import is_quantized
+
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
 
 
@@ -120,7 +122,16 @@ class SVDLinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight in place (idempotent); forward then skips the adapter.
-        Merging rounds the base weight to its dtype, so unmerge restores it only up to that rounding."""
+        Merging rounds the base weight to its dtype, so unmerge restores it only up to that rounding.
+
+        Raises:
+            RuntimeError: the base weight is quantized (model.quantization): it cannot hold the sum.
+        """
+        if isinstance(self.base.weight, torch.Tensor) and is_quantized(self.base.weight):
+            raise RuntimeError(
+                "cannot merge into a quantized base weight: export --format merged (it dequantizes the base first, "
+                "adarank.core.export.merged_copy), or keep the adapter apart (--format peft or native)."
+            )
         if not self.merged:
             self._add_to_base(1.0)
             self.merged = True

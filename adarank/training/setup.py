@@ -21,6 +21,7 @@ from adarank.core.shrink import cut_to_masks_, first_triplets
 from adarank.data import LABEL_NAMES
 from adarank.data.tasks import GenerationCollator
 from adarank.io.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
+from adarank.io.quantize import quantize_base_
 from adarank.io.rundir import read_ranks
 from adarank.reporting.plan import adapter_plan, plan_summary
 from adarank.training.engine import LoopConfig
@@ -79,8 +80,12 @@ def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, 
     names = label_names or _config_label_names(cfg)
     load = load_model_sharded if cfg.distributed.strategy == "fsdp2" else load_model
     tokenizer, model, new_modules = load(cfg.model, is_causal(cfg), len(names) or 2, names or None)
-    base_params = sum(p.numel() for p in model.parameters())
+    base_params = sum(p.numel() for p in model.parameters())  # before quantization: logical sizes, as plan's
     shapes = targets_or_raise(model, cfg)
+    try:
+        quantize_base_(model, cfg.model.quantization, keep=tuple([*new_modules, *cfg.adapter.modules_to_save]))
+    except ValueError as err:
+        raise ConfigError([str(err) + "."]) from err
     budget = cfg.budget
     if cfg.adapter.ranks_from is not None:  # fixed found ranks: no allocation, init_rank only sets the scaling
         budget = replace(budget, schedule="constant", target_rank=budget.init_rank, target_params=None)
@@ -198,6 +203,7 @@ def base_description(cfg: RunConfig, label_names: list[str] | None = None) -> di
         "name_or_path": cfg.model.name_or_path or "minilm",
         "gguf_file": cfg.model.gguf_file,
         "dtype": cfg.model.dtype,
+        "quantization": cfg.model.quantization,
         "format": cfg.data.format,
         "num_labels": len(label_names),
         "label_names": list(label_names),
@@ -217,7 +223,8 @@ def load_base(description: dict[str, Any]) -> tuple[Any, nn.Module, Path]:
     )
     causal = description.get("format") in ("generation", "language_modeling")
     names = [str(n) for n in description.get("label_names") or []] or None
-    tokenizer, model, _ = load_model(model_cfg, causal, int(description.get("num_labels", 2)), names)
+    tokenizer, model, new = load_model(model_cfg, causal, int(description.get("num_labels", 2)), names)
+    quantize_base_(model, str(description.get("quantization", "none")), keep=tuple(new))  # as it was trained
     return tokenizer, model, hf_folder(model_cfg)
 
 
