@@ -131,6 +131,50 @@ def test_every_strategy_allocates_the_same_masks_and_adapters(runs: dict[str, Pa
         assert worst <= FINAL_TOLERANCE, f"{strategy}: final adapters differ by {worst}"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _node_command(node: int, port: int) -> list[str]:
+    """docs/distributed.md's several-machines command, as node ``node`` of 2 with one process each (both nodes on
+    this machine: the rendezvous on 127.0.0.1, the run directory shared)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    return [torchrun, "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1", "--rdzv_backend",
+            "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "adarank-two-nodes", "-m", "adarank",
+            "train"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_nodes_of_one_process_allocate_as_one_node_of_two(runs: dict[str, Path], strategy: str, tmp_path) -> None:
+    """Two simulated nodes (two torchrun launches on this machine, c10d rendezvous) give the masks and the
+    adapters of one node with two processes."""
+    out, model = tmp_path / "two-nodes", runs["none"].parent / "model"
+    settings = _command(strategy, out, model)[len(_launcher(strategy)) :]
+    port, env = _free_port(), _env(tmp_path)
+    nodes = [subprocess.Popen([*_node_command(node, port), *settings], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for node in (0, 1)]  # fmt: skip
+    for node in nodes:
+        output, _ = node.communicate(timeout=600)
+        assert node.returncode == 0, output[-3000:]
+    one_node = runs[strategy]
+    assert _json(out, "metrics.json")["world_size"] == 2
+    history, reference = _json(out, "allocation_history.json"), _json(one_node, "allocation_history.json")
+    assert {s: e["ranks"] for s, e in history.items()} == {s: e["ranks"] for s, e in reference.items()}
+    assert _json(out, "allocation.json") == _json(one_node, "allocation.json")
+    a, b = (
+        load_file(str(out / "adapter" / "adapter.safetensors")),
+        load_file(str(one_node / "adapter" / "adapter.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    worst = max(float((a[n] - b[n]).abs().max()) for n in a)
+    assert worst <= FINAL_TOLERANCE, f"two nodes differ from one by {worst}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_each_strategy_shrinks_warm_starts_evaluates_and_logs_rank_panels(runs: dict[str, Path], strategy) -> None:
