@@ -4,8 +4,9 @@ base's memory once loaded and the quality of one short run.
     python benchmarks/quantized_base.py --steps 40 --out reports/quantized_base.json
 
 Memory: in a fresh process per setting, RSS after the imports, then after loading the base (the GGUF
-dequantized beforehand and cached, so its peak is not in it), quantizing it and a garbage collection; the
-difference is the base's memory. Quality: `adarank train configs/rt-smollm2-adalora.yaml` for --steps
+dequantized beforehand and cached, so its peak is not in it), quantizing it, a garbage collection and one
+read of every plain tensor (float weights memory-mapped from the checkpoint count once read, as in
+training); the difference is the base's memory. Quality: `adarank train configs/rt-smollm2-adalora.yaml` for --steps
 steps at each setting (model.dtype / model.quantization), its validation answer loss and exact match.
 Run it alone on the machine or not, RSS and losses do not depend on it (no timing is reported).
 Prints a Markdown table and writes every figure, with the commands and the commit, to --out.
@@ -36,6 +37,10 @@ before = rss()
 _, model, new = adarank.io.models.load_model(cfg.model, generation=True, num_labels=2)
 adarank.io.quantize.quantize_base_(model, cfg.model.quantization, keep=tuple(new))
 gc.collect()
+with torch.no_grad():  # touch every plain tensor: weights memory-mapped from the file count once read
+    for t in [*model.parameters(), *model.buffers()]:
+        if type(t.data) is torch.Tensor:
+            t.data.sum()
 after = rss()
 print(json.dumps({"rss_after_imports": before, "rss_loaded": after, "base_mib": (after - before) / 2**20}))
 """
