@@ -268,7 +268,23 @@ def train_loop(
     loss_sum = torch.tensor(0.0 if payload is None else result.train_loss * result.global_step, dtype=torch.float64,
                             device=device)  # fmt: skip
     saved = [] if payload is None else payload.get("window", [])
-    window = [torch.tensor(v, dtype=torch.float64, device=device) for v in saved]
+    window = [torch.tensor(v, dtype=torch.float64, device=device) for v in saved]  # global, since the last log
+    pending: list[torch.Tensor] = []  # this process's step losses since the last reduction
+
+    def reduce_pending() -> None:
+        """The pending steps' global losses into the window and the sum: one all-reduce for all of them (at
+        logging and checkpoint steps only), the same values and the same order of sums as one per step."""
+        nonlocal loss_sum
+        if not pending:
+            return
+        stacked = torch.stack(pending)
+        if world > 1:
+            dist.all_reduce(stacked)
+        for value in (stacked.double() / world).unbind():
+            window.append(value)
+            loss_sum = loss_sum + value
+        pending.clear()
+
     bar = _progress(cfg, rank, result.global_step)
     trainable = [p for p in inner.parameters() if p.requires_grad]  # rebuilt after a shrink replaces some
     inner.train()
@@ -299,10 +315,10 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step, allocator)
-        if world > 1:
-            dist.all_reduce(step_loss)  # the global batch's loss (one scalar per step)
-        window.append(step_loss.double() / world)
-        loss_sum += window[-1]
+        pending.append(step_loss)  # reduced with the others at the next logging or checkpoint step
+        saving = checkpoints is not None and cfg.save_steps and step % cfg.save_steps == 0
+        if step % cfg.log_steps == 0 or step == cfg.steps or saving:
+            reduce_pending()
         if step % cfg.log_steps == 0 or step == cfg.steps:
             losses = torch.stack(window).tolist()  # the logging step's host sync
             entry = {
@@ -325,7 +341,8 @@ def train_loop(
         result.global_step = step
         if bar is not None:
             bar.update(1)
-        if checkpoints is not None and cfg.save_steps and step % cfg.save_steps == 0:
+        if saving:
+            assert checkpoints is not None
             result.train_loss = float(loss_sum) / step
             progress = {"log_history": result.log_history, "train_loss": result.train_loss, "global_step": step,
                         "window": [float(v) for v in window]}  # fmt: skip
