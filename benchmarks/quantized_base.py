@@ -46,6 +46,15 @@ print(json.dumps({"rss_after_imports": before, "rss_loaded": after, "base_mib": 
 """
 
 
+def table(record: dict) -> str:
+    """The report's table (reports/quantized_base.md) from a record this script wrote."""
+    lines = ["| base | memory once loaded (MiB) | validation answer loss | exact match % |", "|---|---|---|---|"]
+    for name, r in record["settings"].items():
+        loss, match = r["validation_answer_loss"], 100 * r["validation_accuracy"]
+        lines.append(f"| {name} | {r['base_mib']:.0f} | {loss:.4f} | {match:.1f} |")
+    return "\n".join(lines)
+
+
 def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
@@ -57,7 +66,11 @@ def main() -> None:
     parser.add_argument("--config", default="configs/rt-smollm2-adalora.yaml")
     parser.add_argument("--runs", type=Path, default=Path("runs/quantized_base"))
     parser.add_argument("--out", type=Path, default=Path("reports/quantized_base.json"))
+    parser.add_argument("--table", type=Path, help="print the table of this record and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "WANDB_MODE": "disabled"}
     results: dict[str, dict] = {}
     for name, overrides in SETTINGS.items():
@@ -82,11 +95,7 @@ def main() -> None:
     record = {"commit": _commit(), "steps": args.steps, "config": args.config, "settings": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print("| base | memory once loaded (MiB) | validation answer loss | exact match % |")
-    print("|---|---|---|---|")
-    for name, r in results.items():
-        loss, match = r["validation_answer_loss"], 100 * r["validation_accuracy"]
-        print(f"| {name} | {r['base_mib']:.0f} | {loss:.4f} | {match:.1f} |")
+    print(table(record))
 
 
 if __name__ == "__main__":

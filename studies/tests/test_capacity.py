@@ -70,3 +70,12 @@ def test_the_pilot_reports_figures_are_its_archived_runs() -> None:
 def test_the_small_versions_table_is_its_archived_runs() -> None:
     report = (ROOT / "reports" / "capacity_pilot.md").read_text()
     assert capacity_report.small(PILOT.parent) in report
+
+
+def test_the_grids_table_is_its_archived_runs() -> None:
+    report = (ROOT / "reports" / "capacity_pilot.md").read_text()
+    assert capacity_report.grid(PILOT.parent) in report  # the lr grid's table is the script's, unedited
+    for figure in ("1.013", "2.730", "3.348", "0.158"):
+        assert f"**{figure}**" in report, figure
+    assert capacity_report.best_lr(PILOT.parent, "adalora-8") == "8e-3"
+    assert capacity_report.next_lr(PILOT.parent, "adalora-8") is None
