@@ -164,3 +164,26 @@ def test_smollm2_with_an_nf4_base_trains_resumes_and_reloads(tmp_path: Path) -> 
     scores = evaluate_splits(model.eval(), None, tokenizer, cfg, task, build_datasets(tokenizer, cfg, task),
                              ("validation",))  # fmt: skip
     assert scores["validation_answer_loss"] == pytest.approx(metrics["validation_answer_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_a_percentage_budget_counts_the_same_logical_sizes_in_plan_and_train(quantization: str, tmp_path: Path) -> None:
+    from adarank.checks import load_config
+    from adarank.training.setup import describe, prepare
+
+    save_tiny_model(tmp_path / "llama", llama=True)
+    cfg = load_config(None, [f"model.name_or_path={tmp_path / 'llama'}", f"model.quantization={quantization}",
+                             "adapter.target_modules=all-linear", "budget.target_params=0.3%", "budget.init_rank=4",
+                             "wandb.mode=disabled"])  # fmt: skip
+    _, planned = describe(cfg)
+    _, model, allocator = prepare(cfg)
+    assert any(is_quantized(p) for p in model.parameters()), "the base is quantized in train"
+    trained = allocator.set_total_steps(cfg.train.max_steps)
+    assert trained.target_budget == planned.target_budget > 0
+    assert allocator.base_params == sum(p.numel() for p in _skeleton(cfg).parameters())
+
+
+def _skeleton(cfg):
+    from adarank.io.models import model_skeleton
+
+    return model_skeleton(cfg.model, False, 2)
