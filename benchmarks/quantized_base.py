@@ -55,6 +55,15 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _memory(config: str, overrides: list[str], env: dict[str, str]) -> dict:
+    """The base's RSS once loaded, in a fresh process (``MEASURE``); large blocks mmapped, so the float weights
+    quantization frees go back to the system (reports/fsdp2.md)."""
+    measure = [sys.executable, "-c", MEASURE, config, *overrides]
+    done = subprocess.run(measure, capture_output=True, text=True, env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"},
+                          check=True)  # fmt: skip
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def _commit() -> str:
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
@@ -67,18 +76,29 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/quantized_base"))
     parser.add_argument("--out", type=Path, default=Path("reports/quantized_base.json"))
     parser.add_argument("--table", type=Path, help="print the table of this record and exit")
+    parser.add_argument(
+        "--memory-only",
+        nargs="+",
+        metavar="SETTING",
+        help="measure only these settings' memory and add it, with this commit, to --out's record",
+    )
     args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "WANDB_MODE": "disabled"}
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "WANDB_MODE": "disabled"}
+    if args.memory_only:
+        record = json.loads(args.out.read_text())
+        for name in args.memory_only:
+            memory = _memory(args.config, SETTINGS[name], env)
+            record["settings"][name]["memory_remeasured"] = {**memory, "commit": _commit()}
+            print(f"{name}: base {memory['base_mib']:.0f} MiB once loaded (commit {_commit()})")
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        return
     results: dict[str, dict] = {}
     for name, overrides in SETTINGS.items():
         measure = [sys.executable, "-c", MEASURE, args.config, *overrides]
-        # large blocks mmapped, so the float weights quantization frees go back to the system (reports/fsdp2.md)
-        done = subprocess.run(measure, capture_output=True, text=True, env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"},
-                              check=True)  # fmt: skip
-        memory = json.loads(done.stdout.strip().splitlines()[-1])
+        memory = _memory(args.config, overrides, env)
         print(f"{name}: base {memory['base_mib']:.0f} MiB once loaded", flush=True)
         run = args.runs / name
         train = [sys.executable, "-m", "adarank", "train", args.config, *overrides, f"train.max_steps={args.steps}",

@@ -101,7 +101,18 @@ def quantize_base_(model: nn.Module, quantization: str, keep: tuple[str, ...] = 
             layer.weight = nn.Parameter(nf4(layer.weight), requires_grad=False)
     for name in names:
         model.get_submodule(name).requires_grad_(False)
+    _own_plain_tensors_(model)
     return names
+
+
+def _own_plain_tensors_(model: nn.Module) -> None:
+    """Copy the tensors left plain (embeddings, norms, heads) into memory of their own: loaded from a
+    safetensors file they are views of its memory map, which then stays mapped whole, and the float weights
+    that quantization read stay resident with it (measured on SmolLM2 int8: 513 MiB of mapped file pages)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if type(tensor.data) is torch.Tensor:
+                tensor.data = tensor.data.clone()
 
 
 def is_quantized(weight: torch.Tensor) -> bool:

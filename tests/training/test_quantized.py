@@ -41,7 +41,9 @@ def test_only_the_blocks_linears_are_quantized_and_the_gradient_reaches_the_inpu
         model = LlamaForSequenceClassification.from_pretrained(tmp_path / "llama", num_labels=2, pad_token_id=0)
         reference = LlamaForSequenceClassification.from_pretrained(tmp_path / "llama", num_labels=2, pad_token_id=0)
         reference.score.load_state_dict(model.score.state_dict())
+        mapped = model.model.embed_tokens.weight.data_ptr()
         names = quantize_base_(model, quantization, keep=("score",))
+        assert model.model.embed_tokens.weight.data_ptr() != mapped, "plain tensors moved off the checkpoint's map"
         assert len(names) == 14 and all(is_quantized(model.get_submodule(n).weight) for n in names)
         assert not is_quantized(model.score.weight) and not is_quantized(model.model.embed_tokens.weight)
         ids = torch.randint(1000, 2000, (2, 9))
