@@ -336,6 +336,10 @@ def _faults(c: dict[str, object]) -> set[str]:
     gguf_ok = not c["model.gguf_file"] or not missing_model_packages(str(c["model.name_or_path"]), "x")
     need(gguf_ok, "model.gguf_file")
     choice("model.dtype", ("float32", "bfloat16", "float16"))
+    choice("model.quantization", ("none", "int8", "nf4"))
+    # every case loads with intrinsic-dim's schema (below), which refuses a quantized base
+    need(c["model.quantization"] not in ("int8", "nf4"), "model.quantization")
+    need(c["adapter.ranks_from"] is None, "adapter.ranks_from")  # no fuzzed value names a finished run
     need(c["resume"] is None, "resume")  # no fuzzed value names a run with checkpoints
     choice("wandb.mode", (None, "online", "offline", "disabled"))
     choice("distributed.strategy", ("ddp", "fsdp2"))
