@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import save_tiny_model
+from test_resume import StopAt
 from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
 
 from adarank import AdaRankCallback, AdaRankTrainer, BudgetConfig, RankAllocator, inject_adapters
@@ -242,15 +243,6 @@ def test_dpo_trainer_with_adarank_mixed_in_gets_the_whole_method(tmp_path: Path)
         trained = type(model).forward(model, **ids).logits
         loaded = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(folder), tmp_path / "peft").eval()
         torch.testing.assert_close(loaded(**ids).logits, trained, rtol=0, atol=1e-5)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 @pytest.mark.slow
