@@ -36,7 +36,7 @@
 # its chosen lr (capacity_report.py --best-lr; an arm whose lr is not chosen yet is skipped, said): adarank
 # AdaLoRA at 1/64, 1/8, 1x, 4x; the hand picks (v_proj of 6 layers at 1/64 with vo_top's lr; vo_top and
 # down18 at 1/8); uniform LoRA r=1 (1x) and r=4 (4x, r=1's lr); PEFT AdaLoRA and EVA at 1x and 4x (1x's
-# lr); allocate-then-train at 1/64, 1/8, 1x (att-8's lr). Seed 0 of every point first.
+# lr); allocate-then-train at 1/64, 1/8, 1x (att-8's lr). One budget at a time, 1/8 first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/capacity}
@@ -171,10 +171,12 @@ grid-extend)
     done
     ;;
 seeds)
-    for seed in 0 1 2; do
-        for name in adalora-8 vo_top-8 down18-8 att-8 adalora-64 vspread-64 att-64 adalora-1 lora_r1-1 \
-            peft_adalora-1 peft_eva-1 att-1 adalora-4x lora_r4-4x peft_adalora-4x peft_eva-4x; do
-            claimed "$CLAIMS" "seeds-$name-$seed" seed_point "$name" "$seed"
+    # one budget at a time, its three seeds before the next budget (1/8 first: the comparison the study is
+    # for), so a study cut short still has whole comparisons
+    for group in "adalora-8 vo_top-8 down18-8 att-8" "adalora-64 vspread-64 att-64" \
+        "adalora-1 lora_r1-1 peft_adalora-1 peft_eva-1 att-1" "adalora-4x lora_r4-4x peft_adalora-4x peft_eva-4x"; do
+        for seed in 0 1 2; do
+            for name in $group; do claimed "$CLAIMS" "seeds-$name-$seed" seed_point "$name" "$seed"; done
         done
     done
     ;;
