@@ -91,7 +91,11 @@ def run_one(spec: str, budget: str, seed: int, extra: list[str], folder: Path, t
     folder.mkdir(parents=True, exist_ok=True)
     point = {"method": name, "budget": budget or "(config)", "seed": seed, "command": command, "commit": commit()}
     (folder / "sweep.json").write_text(json.dumps(point, indent=2))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # the adarank beside this script, also for the PEFT runner (run as a file, its sys.path starts at studies/,
+    # so an editable install elsewhere would otherwise be imported): a worktree's runs use its own commit
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
     with open(folder / "train.log", "w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return "done" if code == 0 else f"failed (exit {code}, see {folder / 'train.log'})"
