@@ -25,7 +25,7 @@ from adarank.core.export import export_native
 from adarank.core.families import expand_targets
 from adarank.core.inject import count_live_parameters, count_trainable, model_type
 from adarank.core.schedule import BudgetPlan
-from adarank.core.sharding import gathered_trainables, shard_from_rank0_
+from adarank.core.sharding import gathered_trainables, shard_loaded_
 from adarank.core.warm_start import warm_start_
 from adarank.data import TaskData, load_task
 from adarank.data.tasks import answer_tokens, build_datasets, model_columns, training_rows
@@ -157,10 +157,10 @@ def _train(
     train_rows = training_rows(data["train"], cfg.data)
     if not fsdp2:
         model.to(device)
-    if main_process or not fsdp2:  # under FSDP2 process 0 alone holds the weights; the broadcast carries P, Q
+    if main_process or not fsdp2:  # a warm start under FSDP2: process 0 alone holds the weights, sends P and Q
         _warm_start(cfg, model, allocator, train_rows, collate, world, main_process)
     if fsdp2:
-        shard_from_rank0_(model, device)
+        shard_loaded_(model, device)
     dashboard = None
     if setup_wandb(cfg.wandb.mode, cfg.wandb.project, out) and main_process:
         dashboard = WandbDashboard(allocator, cfg.wandb.project, trainable_initial)

@@ -6,10 +6,24 @@ optimizer state and the allocator's score EMAs; gradients are as large as the tr
 Also the process's resident memory at the end (RSS; it includes Python, torch and the activations'
 allocator cache, so it is an upper bound) and at its peak. Every process writes its own row.
 
-With ``--load rank0`` (FSDP2 only; what ``adarank train distributed.strategy=fsdp2`` does) process 0
-builds the model and the others build it on the meta device and receive their shards from process 0
-(``adarank.core.sharding.shard_from_rank0_``); with ``--load every`` each process builds the whole model
-and ``fully_shard`` keeps its shards (the earlier behaviour).
+With ``--load rank0`` (FSDP2 only) process 0 builds the model and the others build it on the meta device
+and receive their shards from process 0 (``adarank.core.sharding.shard_from_rank0_``); with ``--load every``
+each process builds the whole model and ``fully_shard`` keeps its shards (the earliest behaviour).
+
+With ``--checkpoint DIR`` the model is read from a safetensors checkpoint by adarank's loader, as
+``adarank train distributed.strategy=fsdp2`` reads it (``adarank.io.sharded.load_model_sharded``):
+``--load rows`` (the default there) every process reads only its own rows; ``--load rank0`` process 0
+loads the checkpoint and sends the others their shards. ``--save-checkpoint DIR`` writes such a
+checkpoint first (the configuration randomly initialised, float32, one file). Each row records the
+process's resident memory once its imports are done (``rss_imports_MiB``), so the loading peak above it
+is ``peak_rss_loaded_MiB - rss_imports_MiB``.
+
+    python benchmarks/fsdp_memory.py --save-checkpoint /tmp/smollm2-random
+    export MALLOC_MMAP_THRESHOLD_=65536 OUT=studies/runs/fsdp2/memory_rows.jsonl
+    torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy fsdp2 \
+        --checkpoint /tmp/smollm2-random --load rows --out $OUT
+    torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy fsdp2 \
+        --checkpoint /tmp/smollm2-random --load rank0 --out $OUT
 
     OUT=studies/runs/fsdp2/memory_loading.jsonl
     torchrun --standalone --nproc_per_node 2 benchmarks/fsdp_memory.py --strategy fsdp2 --load rank0 --out $OUT
@@ -51,24 +65,53 @@ def rss_mib(trim: bool = False) -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def import_model_code(args: argparse.Namespace) -> None:
+    """Import what loading imports lazily (the model's transformers module, FSDP2), so that the resident
+    memory after imports (``rss_imports_MiB``) is the baseline loading adds to."""
+    import importlib
+
+    import torch.distributed.fsdp  # noqa: F401
+
+    from adarank.config import ModelConfig
+    from adarank.io.models import read_config
+
+    source = ModelConfig(str(args.checkpoint)) if args.checkpoint else ModelConfig(args.model)
+    importlib.import_module(
+        f"transformers.models.{read_config(source).model_type}.modeling_{read_config(source).model_type}"
+    )
+
+
 def measure(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     from adarank import BudgetConfig, RankAllocator, inject_adapters
     from adarank.config import ModelConfig
-    from adarank.core.sharding import shard_from_rank0_, shard_model
+    from adarank.core.sharding import shard_from_rank0_, shard_loaded_, shard_model
     from adarank.io.models import read_config
+    from adarank.io.sharded import load_model_sharded
     from adarank.training.engine import LoopConfig, init_distributed, train_loop
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     rank, _, device = init_distributed()
-    config = read_config(ModelConfig(args.model))
-    meta = args.strategy == "fsdp2" and args.load == "rank0" and rank != 0
-    with torch.device("meta" if meta else "cpu"):
-        model = AutoModelForCausalLM.from_config(config)
+    import_model_code(args)  # counted in the resident memory after imports, not in loading
+    rss_imports = rss_mib()
+    if args.checkpoint:
+        if args.strategy != "fsdp2" or args.load == "every":
+            raise SystemExit("--checkpoint measures adarank's FSDP2 loading: --strategy fsdp2 --load rows|rank0")
+        _, model, _ = load_model_sharded(ModelConfig(str(args.checkpoint)), True, 2, by_rows=args.load == "rows")
+        config = model.config
+    else:
+        if args.load == "rows":
+            raise SystemExit("--load rows reads a checkpoint: give --checkpoint DIR")
+        config = read_config(ModelConfig(args.model))
+        meta = args.strategy == "fsdp2" and args.load == "rank0" and rank != 0
+        with torch.device("meta" if meta else "cpu"):
+            model = AutoModelForCausalLM.from_config(config)
     adapters = inject_adapters(model, ATTENTION_AND_MLP, rank=args.rank, alpha=2 * args.rank, seed=0)
-    if args.strategy == "fsdp2" and args.load == "rank0":
+    if args.checkpoint:
+        shard_loaded_(model, device)
+    elif args.strategy == "fsdp2" and args.load == "rank0":
         shard_from_rank0_(model, device)
     elif args.strategy == "fsdp2":
         shard_model(model)  # train_loop would; here first, to read the peak of loading alone
@@ -96,6 +139,8 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "strategy": args.strategy,
         "load": args.load if args.strategy == "fsdp2" else "every",
+        "checkpoint": bool(args.checkpoint),
+        "rss_imports_MiB": round(rss_imports, 1),
         "world_size": int(os.environ["WORLD_SIZE"]),
         "rank": int(os.environ["RANK"]),
         "model": args.model,
@@ -122,10 +167,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="an embedded model name or folder (config only is read)")
     parser.add_argument(
         "--load",
-        choices=["rank0", "every"],
+        choices=["rows", "rank0", "every"],
         default="rank0",
-        help="fsdp2: who builds the whole model (rank0: the others on the meta device)",
+        help="fsdp2: rows (with --checkpoint): every process reads its own rows; rank0: process 0 builds or "
+        "loads the model, the others get their shards from it; every: each process builds the whole model",
     )
+    parser.add_argument("--checkpoint", type=Path, help="a safetensors model folder, read by adarank's loader")
+    parser.add_argument("--save-checkpoint", type=Path, help="write --model's configuration, random, there; exit")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
@@ -136,12 +184,33 @@ def main() -> None:
     if args.table:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return
+    if args.save_checkpoint:
+        save_checkpoint(args.model, args.save_checkpoint)
+        return
     record = measure(args)
     print(json.dumps(record), flush=True)
     if args.out:  # one line per process (appends of one short line each do not interleave)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(model: str, folder: Path) -> None:
+    """``model``'s configuration, randomly initialised (seed 0), saved as one float32 safetensors file, with
+    MiniLM's tokenizer (the loader needs one; the benchmark's tokens are drawn from the vocabulary size)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adarank.config import ModelConfig
+    from adarank.io.assets import default_model_path
+    from adarank.io.models import read_config
+
+    torch.manual_seed(0)
+    built = AutoModelForCausalLM.from_config(read_config(ModelConfig(model)), dtype=torch.float32)
+    built.save_pretrained(folder, max_shard_size="10GB")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(folder)
+    print(f"wrote {folder}: {sum(p.numel() for p in built.parameters()):,} parameters")
 
 
 def table(records: list[dict]) -> str:
@@ -151,6 +220,7 @@ def table(records: list[dict]) -> str:
         "grads_MiB",
         "optimizer_MiB",
         "scores_MiB",
+        "rss_imports_MiB",
         "rss_end_MiB",
         "rss_trimmed_MiB",
         "peak_rss_loaded_MiB",
@@ -159,7 +229,8 @@ def table(records: list[dict]) -> str:
     lines = ["| strategy | loaded by | processes | process | " + " | ".join(keys) + " |",
              "|---|---|---:|---:|" + "---:|" * len(keys)]  # fmt: skip
     for r in records:
-        load = {"rank0": "process 0", "every": "every process"}[r.get("load", "every")]
+        load = {"rank0": "process 0", "every": "every process", "rows": "own rows"}[r.get("load", "every")]
+        load += " (checkpoint)" if r.get("checkpoint") else ""
         cells = [r["strategy"], load, r["world_size"], r["rank"], *(r.get(k, "") for k in keys)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ LAYERS = [
     ["adarank._version", "adarank._moved", "adarank.io", "adarank.io.assets", "adarank.io.hub", "adarank.io.rundir"],
     ["adarank.config"],  # 1: the schema: frozen dataclasses, defaults, field docs, rules on values alone
     ["adarank.core"],  # 2: the method: adapters, scores, schedule, allocator, shrink, penalty, exports
-    ["adarank.data", "adarank.io.models", "adarank.reporting"],  # 3: data, base models, reports and dashboards
+    ["adarank.data", "adarank.io.models", "adarank.io.sharded", "adarank.reporting"],  # 3: data, base models, reports
     ["adarank.training"],  # 4: the engine, checkpoints, set-up, evaluation, the Trainer integration
     ["adarank.checks", "adarank.analysis"],  # 5: validation that reads files and models; research commands
     ["adarank.run"],  # 6: the recipe

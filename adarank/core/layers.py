@@ -75,7 +75,9 @@ class SVDLinear(nn.Module):
             param.requires_grad_(False)
         weight = base.weight
         assert isinstance(weight, torch.Tensor)
-        device = weight.device
+        # a base on the meta device (an FSDP2 process that reads its shards later): the adapter gets real
+        # values all the same, drawn as in one process, and keeps them through the sharding
+        device = torch.device("cpu") if weight.is_meta else weight.device
         left = _semi_orthonormal(self.out_features, rank, generator)
         right = _semi_orthonormal(rank, self.in_features, generator)
         self.left_vectors = nn.Parameter(left.to(device))  # P

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from adarank.io.rows import KEY_ATTR, ROWS_ATTR, CheckpointRows
+
 try:
     from torch.distributed.tensor import DTensor, Shard
 except ImportError:  # pragma: no cover - torch without distributed support
@@ -122,7 +124,7 @@ def is_fully_sharded(model: nn.Module) -> bool:
 @torch.no_grad()
 def shard_from_rank0_(model: nn.Module, device: torch.device) -> int:
     """Shard ``model`` (``shard_model``) where process 0 holds its weights and every other process the
-    same modules on the meta device (``adarank.io.models.load_model_sharded``), so that no process but 0
+    same modules on the meta device (``adarank.io.sharded.load_model_sharded``), so that no process but 0
     ever holds a whole copy: the others allocate their own shards on ``device`` and receive them from
     process 0 one tensor at a time (each parameter whole, then sliced to the local rows; each buffer
     whole, non-persistent ones such as rotary frequencies included). Peak memory: process 0 the model
@@ -140,6 +142,69 @@ def shard_from_rank0_(model: nn.Module, device: torch.device) -> int:
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
     return blocks
+
+
+@torch.no_grad()
+def shard_from_rows_(model: nn.Module, device: torch.device) -> int:
+    """Shard ``model`` (``shard_model``) where no process holds its base weights: every process built it
+    with them on the meta device, each tagged with its checkpoint key (``adarank_key``), and the checkpoint
+    readable by rows (``model.adarank_rows``, an ``adarank.io.rows.CheckpointRows``; both set by
+    ``adarank.io.sharded.load_model_sharded``). Each process allocates its shards on ``device`` and reads
+    into them only its own rows of each weight, one tensor at a time, cast to the parameter's dtype;
+    tensors already holding values (new modules, adapters, computed buffers) keep them, and a buffer the
+    checkpoint carries is read whole. No collective beyond ``fully_shard``'s. Peak memory: the shards
+    plus one tensor's rows in flight. Returns the number of blocks sharded.
+
+    Raises:
+        RuntimeError: a tensor is on the meta device and has no checkpoint key.
+    """
+    rows: CheckpointRows = getattr(model, ROWS_ATTR)
+    keys = {name: getattr(t, KEY_ATTR, None) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    kept = {name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if not t.is_meta and keys[name] is None}  # fmt: skip
+    unfilled = [name for name, key in keys.items() if key is None and name not in kept]
+    if unfilled:
+        raise RuntimeError(f"{len(unfilled)} tensor(s) have neither a value nor a checkpoint key, e.g. `{unfilled[0]}`")
+    blocks = shard_model(model)
+    ties = _tied_parameters(model)
+    model.to_empty(device=device)  # gives every module its own new parameter: tie them again
+    for module, attr, owner, owner_attr in ties:
+        module._parameters[attr] = owner._parameters[owner_attr]
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        key = keys[name]
+        if key is None:  # a value of its own (a frozen new module is sharded like the base: its rows)
+            value = kept.pop(name)
+            local(tensor).copy_(value[local_rows(tensor)] if tensor.dim() else value)
+            continue
+        span = local_rows(tensor) if tensor.dim() else slice(0, 0)
+        part = rows.read_rows(key, span.start, span.stop) if tensor.dim() else rows.read_rows(key, 0, 1)
+        local(tensor).copy_(part.to(tensor.dtype).view(local(tensor).shape))
+    delattr(model, ROWS_ATTR)
+    return blocks
+
+
+def _tied_parameters(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, str]]:
+    """(module, name, owner, owner's name) for every parameter registered again under another module (a tied
+    LM head), the owner being where ``named_parameters`` first meets it."""
+    first: dict[int, tuple[nn.Module, str]] = {}
+    ties = []
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is None:
+                continue
+            if id(param) in first:
+                ties.append((module, attr, *first[id(param)]))
+            else:
+                first[id(param)] = (module, attr)
+    return ties
+
+
+def shard_loaded_(model: nn.Module, device: torch.device) -> int:
+    """Shard a model from ``adarank.io.sharded.load_model_sharded`` the way it was loaded: by rows from the
+    checkpoint (``shard_from_rows_``) or from process 0 (``shard_from_rank0_``). A collective."""
+    if hasattr(model, ROWS_ATTR):
+        return shard_from_rows_(model, device)
+    return shard_from_rank0_(model, device)
 
 
 @contextmanager

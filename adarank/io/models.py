@@ -259,53 +259,6 @@ def load_model(
     return tokenizer, loaded, new_modules
 
 
-def load_model_sharded(
-    model: ModelConfig, generation: bool, num_labels: int, label_names: list[str] | None = None
-) -> tuple[Any, nn.Module, list[str]]:
-    """``load_model`` for FSDP2 without a whole copy of the weights per process: process 0 loads the
-    checkpoint; every other process builds the same model (process 0's config, dtype, generation config
-    and new modules) on the meta device, and receives its shards from process 0 when the model is
-    sharded (``adarank.core.sharding.shard_from_rank0_``). A collective: every process of the default group
-    calls it. A problem loading on process 0 is raised on every process.
-
-    Raises:
-        ConfigError: as ``load_model``, on every process.
-        RuntimeError: on the other processes, when process 0 failed otherwise (a read error, ...); process
-            0 raises its own exception.
-    """
-    import torch.distributed as dist
-
-    shared: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            tokenizer, loaded, new_modules = load_model(model, generation, num_labels, label_names)
-        except ConfigError as err:
-            shared[0] = {"problems": err.problems}
-            dist.broadcast_object_list(shared, src=0)
-            raise
-        except Exception as err:  # any other failure: the others must not wait for weights that never come
-            shared[0] = {"failure": f"{type(err).__name__}: {err}"}
-            dist.broadcast_object_list(shared, src=0)
-            raise
-        shared[0] = {"config": loaded.config, "generation": getattr(loaded, "generation_config", None),
-                     "new_modules": new_modules}  # fmt: skip
-        dist.broadcast_object_list(shared, src=0)
-        return tokenizer, loaded, new_modules
-    dist.broadcast_object_list(shared, src=0)  # waits for process 0's load (and its GGUF cache, if any)
-    if "problems" in shared[0]:
-        raise ConfigError(shared[0]["problems"])
-    if "failure" in shared[0]:
-        raise RuntimeError(f"process 0 failed to load the model: {shared[0]['failure']}")
-    tokenizer = _tokenizer(hf_folder(model))
-    with torch.device("meta"):
-        skeleton = _auto_class(generation).from_config(shared[0]["config"], dtype=DTYPES[model.dtype])
-    if shared[0]["generation"] is not None:  # generate() in lockstep needs the same stopping rules everywhere
-        skeleton.generation_config = shared[0]["generation"]
-    new_modules = shared[0]["new_modules"]
-    train_in_fp32(skeleton, new_modules)
-    return tokenizer, skeleton, new_modules
-
-
 def _cast_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     dtype = next(module.parameters()).dtype
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)

@@ -20,9 +20,10 @@ from adarank.core.schedule import constant_rank_budget
 from adarank.core.shrink import cut_to_masks_, first_triplets
 from adarank.data import LABEL_NAMES
 from adarank.data.tasks import GenerationCollator
-from adarank.io.models import hf_folder, load_model, load_model_sharded, model_skeleton, train_in_fp32
+from adarank.io.models import hf_folder, load_model, model_skeleton, train_in_fp32
 from adarank.io.quantize import quantize_base_
 from adarank.io.rundir import read_ranks
+from adarank.io.sharded import load_model_sharded
 from adarank.reporting.plan import adapter_plan, plan_summary
 from adarank.training.engine import LoopConfig
 
@@ -70,16 +71,21 @@ def describe(cfg: RunConfig) -> tuple[str, Any]:
 def prepare(cfg: RunConfig, label_names: list[str] | None = None) -> tuple[Any, nn.Module, RankAllocator]:
     """Load the model (a classifier over ``label_names`` or a causal LM), inject adapters and build the
     allocator; every problem raised before training. Under ``distributed.strategy=fsdp2`` (the process
-    group initialised) a collective: process 0 alone loads the weights, the others build the model on the
-    meta device (``load_model_sharded``) and get their shards in training.
+    group initialised) a collective: every process builds the model on the meta device and reads its own
+    shards from the checkpoint when it is sharded (``load_model_sharded``; process 0 loads it whole for the
+    gradient warm start or a checkpoint that cannot be read by rows).
 
     Raises:
         ConfigError: the model folder, target modules, head or budget are invalid.
     """
     torch.manual_seed(cfg.seed)
     names = label_names or _config_label_names(cfg)
-    load = load_model_sharded if cfg.distributed.strategy == "fsdp2" else load_model
-    tokenizer, model, new_modules = load(cfg.model, is_causal(cfg), len(names) or 2, names or None)
+    if cfg.distributed.strategy == "fsdp2":  # the gradient warm start needs the whole model on process 0
+        by_rows = cfg.adapter.init != "gradient" or bool(cfg.resume)
+        loaded = load_model_sharded(cfg.model, is_causal(cfg), len(names) or 2, names or None, by_rows=by_rows)
+    else:
+        loaded = load_model(cfg.model, is_causal(cfg), len(names) or 2, names or None)
+    tokenizer, model, new_modules = loaded
     base_params = sum(p.numel() for p in model.parameters())  # before quantization: logical sizes, as plan's
     shapes = targets_or_raise(model, cfg)
     try:

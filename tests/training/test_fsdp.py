@@ -142,12 +142,15 @@ def test_train_cli_with_fsdp2_writes_the_run_once_with_an_export_that_loads(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["classification", "generation"])
-def test_only_process_0_loads_the_weights_and_two_processes_train_like_one(tmp_path, task) -> None:
-    """A Llama with tied embeddings (as SmolLM2): as a classifier its `score` head is new (drawn on process
-    0 only), as an LM its lm_head is tied and its rotary frequencies are a non-persistent buffer. Process 1
-    builds the model on the meta device and receives its shards: a wrong or missing tensor would change
-    the untrained floor or the trained adapters against the one-process run on the same global batches."""
+@pytest.mark.parametrize(("task", "init"), [("classification", "orthonormal"), ("generation", "orthonormal"),
+                                             ("classification", "gradient")])  # fmt: skip
+def test_loading_by_rows_or_from_process_0_two_processes_train_like_one(tmp_path, task, init) -> None:
+    """A Llama with tied embeddings (as SmolLM2): as a classifier its `score` head is new (drawn on every
+    process as from_pretrained draws it), as an LM its lm_head is tied and its rotary frequencies are a
+    non-persistent buffer. Every process builds the model on the meta device and reads its own shards from
+    the checkpoint; with the gradient warm start process 0 loads the model and sends the others theirs. A
+    wrong or missing tensor would change the untrained floor or the trained adapters against the
+    one-process run on the same global batches."""
     from safetensors.torch import load_file
 
     model = tmp_path / "model"
@@ -160,9 +163,11 @@ def test_only_process_0_loads_the_weights_and_two_processes_train_like_one(tmp_p
             f"data.format={task}", "train.max_steps=8", f"train.batch_size={16 // nproc}",
             "data.max_train_samples=128", "data.max_eval_samples=32", "budget.init_rank=3", "budget.target_rank=2",
             "budget.t_init=2", "budget.t_final=2", "budget.mask_interval=2", "wandb.mode=disabled",
-            "distributed.strategy=fsdp2", "adapter.target_modules=[q_proj,v_proj]", cwd=ROOT,
+            "distributed.strategy=fsdp2", "adapter.target_modules=[q_proj,v_proj]", f"adapter.init={init}", cwd=ROOT,
         )  # fmt: skip
         assert done.stdout.count("run directory:") == 1
+        route = "process 0 loads the weights" if init == "gradient" else "every process reads only its own shards"
+        assert done.stdout.count(route) == 1, done.stdout
         metrics = json.loads((out / "metrics.json").read_text())
         runs[nproc] = (metrics, load_file(out / "adapter" / "adapter.safetensors"))
     (one, one_tensors), (two, two_tensors) = runs[1], runs[2]
@@ -281,12 +286,12 @@ def test_a_model_process_0_cannot_load_is_refused_on_every_process(tmp_path) -> 
 
 
 def _load_where_process_0_breaks(rank: int, store: str, results: Any) -> None:
-    """One of two processes: load_model_sharded while process 0's read fails with an OSError."""
+    """One of two processes: load_model_sharded by process 0 while its read fails with an OSError."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
-    import adarank.io.models as models
+    import adarank.io.sharded as sharded
     from adarank.config import ModelConfig
 
     dist.init_process_group(
@@ -296,9 +301,9 @@ def _load_where_process_0_breaks(rank: int, store: str, results: Any) -> None:
     def broken_disk(*args: object, **kwargs: object) -> None:
         raise OSError("read error on model.safetensors")
 
-    models.load_model = broken_disk  # type: ignore[assignment]
-    try:
-        models.load_model_sharded(ModelConfig(), True, 2)
+    sharded.load_model = broken_disk  # type: ignore[assignment]
+    try:  # the process-0 route (as for the gradient warm start)
+        sharded.load_model_sharded(ModelConfig(), False, 2, by_rows=False)
         results.put((rank, "loaded"))
     except Exception as err:
         results.put((rank, f"{type(err).__name__}: {err}"))
