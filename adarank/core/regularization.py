@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from adarank.core.layers import SVDLinear
-from adarank.core.sharding import full
+from adarank.core.sharding import full_all
 
 
 def orthogonality_penalty(adapters: Iterable[SVDLinear], live_only: bool = False) -> torch.Tensor:
@@ -21,17 +21,20 @@ def orthogonality_penalty(adapters: Iterable[SVDLinear], live_only: bool = False
     terms would otherwise keep steering the live P and Q, and a shrunk adapter (``budget.shrink``),
     which holds only the live triplets, then gets exactly the penalty it would have had unshrunk.
 
-    On FSDP2-sharded adapters P and Q are gathered whole (a differentiable all-gather per factor; they
-    are small next to the base weights FSDP gathers anyway): every process computes the same penalty,
-    and the backward hands each process the gradient of its own shard.
+    On FSDP2-sharded adapters (the Trainer under accelerate's FSDP2; adarank's engine keeps adapters whole)
+    every P and Q is gathered whole in one differentiable all-gather for all of them (``full_all``; it was
+    one per factor): every process computes the same penalty, and the backward hands each process the
+    gradient of its own shard.
 
     Raises:
         ValueError: if ``adapters`` is empty.
     """
+    adapters = list(adapters)
+    factors = full_all([factor for a in adapters for factor in (a.left_vectors, a.right_vectors)])
     terms = []
-    for adapter in adapters:
-        left = full(adapter.left_vectors).float()
-        right = full(adapter.right_vectors).float()
+    for index, adapter in enumerate(adapters):
+        left = factors[2 * index].float()
+        right = factors[2 * index + 1].float()
         eye = torch.eye(adapter.rank, device=left.device)
         if live_only:  # zero the pruned triplets' rows and columns: no host sync, same value as slicing them out
             mask = adapter.rank_mask.float()
