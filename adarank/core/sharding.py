@@ -98,7 +98,8 @@ class _GatherRows(torch.autograd.Function):
             padded.append(block.reshape(-1))
         send = torch.cat(padded)
         received = send.new_empty(world * send.numel())
-        dist.all_gather_into_tensor(received, send, group=group)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+        gather(received, send, group=group)
         per_process = received.view(world, -1)
         wholes, offset = [], 0
         for shard, rows, chunk in zip(shards, sizes, chunks, strict=True):
