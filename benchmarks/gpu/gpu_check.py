@@ -23,6 +23,10 @@ OUT/<section>.error.json with the traceback, and the check goes on):
                 and off on the 1B; the allocator's time per masking step; the final phase after the shrink against
                 adarank LoRA at the target rank; the ratios and the pass criteria
   fsdp2_world1  train_loop with strategy fsdp2 under torchrun, one process (NCCL; gloo on the dry run)
+  quantized     issue 41's CUDA path: SmolLM2-135M's shape with its blocks' linears quantized by adarank
+                (model.quantization nf4 and int8, torchao; bitsandbytes' 41 MiB wheel does not fit the carry),
+                the base's CUDA memory against bf16, 6 steps of train_loop (finite losses), and the trained model's
+                logits against its dequantized copy with the same adapters (what the merged and PEFT exports use)
 
 OUT/environment.json says what ran where (versions, device); OUT/summary.json gathers every section's status
 and headline figures at the end. The dry run's figures are CPU figures of tiny stand-in models: they check
@@ -130,7 +134,14 @@ GPU = Sizes(
     resume_batch=8,
     resume_seq=256,
     sync_seq=256,
-    budgets={"cuda_tests": 70, "train_resume": 55, "sync_debug": 20, "step_time": 110, "fsdp2_world1": 25},
+    budgets={
+        "cuda_tests": 65,
+        "train_resume": 55,
+        "sync_debug": 20,
+        "step_time": 95,
+        "fsdp2_world1": 25,
+        "quantized": 20,
+    },  # fmt: skip
     total=280,
 )
 DRY = Sizes(
@@ -144,10 +155,17 @@ DRY = Sizes(
     resume_batch=2,
     resume_seq=32,
     sync_seq=24,
-    budgets={"cuda_tests": 30, "train_resume": 70, "sync_debug": 20, "step_time": 30, "fsdp2_world1": 25},
-    total=175,
+    budgets={
+        "cuda_tests": 30,
+        "train_resume": 70,
+        "sync_debug": 20,
+        "step_time": 30,
+        "fsdp2_world1": 25,
+        "quantized": 20,
+    },  # fmt: skip
+    total=195,
 )
-SECTIONS = ("cuda_tests", "train_resume", "sync_debug", "step_time", "fsdp2_world1")
+SECTIONS = ("cuda_tests", "train_resume", "sync_debug", "step_time", "fsdp2_world1", "quantized")
 MIN_SECONDS = 8.0
 """A section with less time left than this is skipped (its JSON says so)."""
 
@@ -1302,6 +1320,66 @@ def fsdp2_world1(ctx: Ctx, deadline: float) -> dict[str, Any]:
     return result
 
 
+QUANT_STEPS = 6
+
+
+def quantized(ctx: Ctx, deadline: float) -> dict[str, Any]:
+    """model.quantization on this device (issue 41): memory, a few training steps, the dequantized copy."""
+    from adarank import BudgetConfig, RankAllocator, inject_adapters
+    from adarank.io.quantize import backend_problem, dequantized_copy, quantize_base_
+    from adarank.training.engine import LoopConfig, train_loop
+
+    result: dict[str, Any] = {"model": "SmolLM2-135M shape" if not ctx.dry else "tiny stand-in", "arms": {}}
+    problem = backend_problem("nf4")
+    if problem:
+        return {**result, "ok": False, "skipped": problem}
+    sizes = ctx.sizes
+    rows = token_rows(QUANT_STEPS * sizes.resume_batch, sizes.resume_seq, sizes.answer,
+                      sizes.resume_model["vocab_size"])  # fmt: skip
+    probe = to_device(collate(rows[: sizes.resume_batch]), ctx.device)
+    for quantization in ("none", "nf4", "int8"):
+        if ctx.left(deadline) < 3:
+            result["arms"][quantization] = {"skipped": "section budget"}
+            continue
+        free(ctx)
+        allocated = torch.cuda.memory_allocated() if ctx.device.type == "cuda" else 0
+        model = llama(sizes.resume_model, ctx.device)
+        if quantization != "none":
+            quantize_base_(model, quantization)
+        base_bytes = (torch.cuda.memory_allocated() - allocated) if ctx.device.type == "cuda" else None
+        adapters = inject_adapters(model, TARGETS, rank=INIT_RANK, alpha=ALPHA, seed=0)
+        allocator = RankAllocator(adapters, BudgetConfig(**{**RESUME_BUDGET, "t_init": 1, "t_final": 2}))
+        config = LoopConfig(steps=QUANT_STEPS, batch_size=sizes.resume_batch, learning_rate=LEARNING_RATE, seed=0,
+                            log_steps=1)  # fmt: skip
+        began = time.monotonic()
+        inner, run_result = train_loop(model, allocator, rows, collate, config)
+        sync(ctx.device)
+        seconds = time.monotonic() - began
+        losses = [e["loss"] for e in run_result.log_history if "loss" in e]
+        inner.eval()
+        with torch.no_grad():
+            logits = inner(**probe).logits.float()
+            plain = dequantized_copy(inner, torch.bfloat16) if quantization != "none" else inner
+            plain_logits = plain(**probe).logits.float()
+        gap = (logits - plain_logits).abs().max().item()
+        result["arms"][quantization] = {
+            "base_MiB": None if base_bytes is None else round(base_bytes / 2**20, 1),
+            "losses": [round(v, 4) for v in losses],
+            "train_seconds": round(seconds, 2),
+            "dequantized_copy_max_abs_logit_gap": gap,
+            "logit_scale": logits.abs().max().item(),
+        }
+        del model, inner, plain, allocator, adapters
+    arms = [a for a in result["arms"].values() if "losses" in a]
+    finite = all(a["losses"] and all(v == v and abs(v) < 1e4 for v in a["losses"]) for a in arms)
+    close = all(a["dequantized_copy_max_abs_logit_gap"] <= 1e-2 * max(1.0, a["logit_scale"]) for a in arms)
+    memory = result["arms"].get("nf4", {}).get("base_MiB"), result["arms"].get("none", {}).get("base_MiB")
+    smaller = None in memory or memory[0] < memory[1]
+    result["criteria"] = {"losses_finite": finite, "dequantized_copy_close": close, "nf4_base_smaller": smaller}
+    result["ok"] = len(arms) == 3 and finite and close and smaller
+    return result
+
+
 # ---------------------------------------------------------------- the runner
 
 
@@ -1360,7 +1438,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="folder for the JSON files")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, few steps; CUDA-only parts skipped")
-    parser.add_argument("--budget", type=float, help="seconds for the whole check (default 280; dry run 175)")
+    parser.add_argument("--budget", type=float, help="seconds for the whole check (default 280; dry run 195)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run these sections alone")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (checkpoints, model folders)")
     parser.add_argument("--worker", choices=("resume", "fsdp2"), help=argparse.SUPPRESS)
@@ -1394,6 +1472,7 @@ def main() -> int:
         "sync_debug": sync_debug,
         "step_time": step_time,
         "fsdp2_world1": fsdp2_world1,
+        "quantized": quantized,
     }
     chosen = [s for s in SECTIONS if not args.only or s in args.only]
     current = {"name": "environment"}

@@ -9,6 +9,8 @@
 #   huggingface_hub  transformers 5.25 requires >= 2.4 (5.17's was < 2); `import transformers` imports it
 #   httpx2, httpcore2, truststore   huggingface_hub 2.x's HTTP client, imported with it (1.x used httpx)
 #   omegaconf      adarank.config reads and checks configs with it (2.4 vendors antlr4: no antlr4 wheel)
+#   torchao        model.quantization's backend (issue 41; the check's `quantized` section), a 1.3 MiB pure-Python
+#                  wheel; bitsandbytes' (about 41 MiB) would not fit beside the rest, and adarank does not use it
 # Not needed: kernels (transformers 5.25 lists it, but imports it only when installed), click and hf-xet
 # (hub's CLI and Xet downloads: not imported by the check), datasets (see below).
 #
@@ -31,7 +33,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 TRANSFORMERS=${TRANSFORMERS:-5.25.0}
 MAIN=("transformers==$TRANSFORMERS" "huggingface_hub==2.4.0" "httpx2==2.17.0" "httpcore2==2.17.0"
-      "truststore==0.10.5" "omegaconf==2.4.0")
+      "truststore==0.10.5" "omegaconf==2.4.0" "torchao==0.18.0")
 FALLBACK=("anyio==4.16.0" "idna==3.21" "h11==0.16.0" "peft==0.21.2" "accelerate==1.16.0")
 rm -rf wheels
 get() {  # DEST SPEC...
