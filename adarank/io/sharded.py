@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from adarank.config import ConfigError, ModelConfig
-from adarank.io.hub import is_hub_id
 from adarank.io.models import (
     DTYPES,
     _auto_class,
@@ -114,7 +113,7 @@ def _plan_sharded_load(
     if not by_rows:
         plan["why"] = "the gradient warm start needs the whole model before sharding"
         return tokenizer, plan
-    if checkpoint_files(path) is None or is_hub_id(str(model.name_or_path)):
+    if not path.is_dir() or checkpoint_files(path) is None:  # a hub id resolves in transformers' cache
         plan["why"] = f"`{path}` holds no safetensors checkpoint to read by rows"
         return tokenizer, plan
     extra: dict[str, Any] = {} if generation else {"num_labels": num_labels}
