@@ -25,15 +25,7 @@ from typing import Any
 
 import torch
 
-from adarank.core.native import (
-    FORMAT_VERSION,
-    NATIVE_META,
-    NATIVE_TENSORS,
-    ExportError,
-    _version,
-    _write_atomically,
-    check_destination,
-)
+from adarank.core.native import ExportError, _write_atomically, check_destination, write_native
 
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
@@ -175,8 +167,6 @@ def _write_native(
     carried: dict[str, torch.Tensor],
 ) -> None:
     """adarank's native export (``adarank.core.native``) of the converted adapter, at scaling 1."""
-    from safetensors.torch import save_file
-
     trained = {key.removeprefix(_PREFIX): t for key, t in carried.items()}
     classifier = config.get("task_type") == "SEQ_CLS"
     heads = [t for key, t in trained.items() if key.endswith(".weight") and t.dim() == 2]
@@ -188,26 +178,8 @@ def _write_native(
         "num_labels": labels,
         "label_names": [f"LABEL_{i}" for i in range(labels)] if classifier else [],
     }
-    tensors: dict[str, torch.Tensor] = {}
-    for name, (left, values, right) in triplets.items():
-        tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
-    tensors |= {f"trained.{key}": t.contiguous() for key, t in trained.items()}
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "adarank_version": _version(),
-        "base_model": base,
-        "ranks": {name: int(triplets[name][1].numel()) if name in triplets else 0 for name in shapes},
-        "scaling": dict.fromkeys(shapes, 1.0),
-        "shapes": shapes,
-        "target_modules": sorted(shapes),
-        "trained_parameters": sorted(trained),
-    }
-
-    def fill(folder: Path) -> None:
-        save_file(tensors, str(folder / NATIVE_TENSORS), metadata={"format": "adarank", "version": str(FORMAT_VERSION)})
-        (folder / NATIVE_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-    _write_atomically(out, overwrite, "native", base, fill)
+    ranks = {name: int(triplets[name][1].numel()) if name in triplets else 0 for name in shapes}
+    write_native(out, overwrite, base, triplets, ranks, dict.fromkeys(shapes, 1.0), shapes, trained)
 
 
 def _write(out: Path, overwrite: bool, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:

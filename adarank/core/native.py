@@ -163,13 +163,11 @@ def export_native(model: nn.Module, out: str | Path, base_model: BaseModel = Non
     Raises:
         ExportError: the model has no adapters, or ``out`` cannot be written (see ``check_destination``).
     """
-    from safetensors.torch import save_file
-
     adapters = find_adapters(model)
     if not adapters and not hasattr(model, RECORD_ATTR):  # loaded with every module at rank 0 is fine
         raise ExportError("the model has no adarank adapters to export; train or load_adapter first.")
     record = trained_record(model)
-    tensors: dict[str, torch.Tensor] = {}
+    triplets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     ranks, scalings, shapes = {}, {}, {}
     for name, (d_out, d_in, scaling) in record.pruned_modules.items():
         ranks[name], scalings[name], shapes[name] = 0, scaling, [d_out, d_in]
@@ -178,18 +176,41 @@ def export_native(model: nn.Module, out: str | Path, base_model: BaseModel = Non
         scalings[name] = adapter.scaling
         shapes[name] = [adapter.out_features, adapter.in_features]
         if ranks[name]:
-            left, values, right = live_parts(adapter)
-            tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
+            triplets[name] = live_parts(adapter)
     trained = _trained_tensors(model, record)
-    tensors |= {f"trained.{n}": t for n, t in trained.items()}
-    base = describe_base(model, base_model)
+    return write_native(out, overwrite, describe_base(model, base_model), triplets, ranks, scalings, shapes, trained)
+
+
+def write_native(
+    out: str | Path,
+    overwrite: bool,
+    base: dict[str, Any],
+    triplets: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ranks: Mapping[str, int],
+    scalings: Mapping[str, float],
+    shapes: Mapping[str, list[int]],
+    trained: Mapping[str, torch.Tensor],
+) -> Path:
+    """Write a native export (see module docstring) atomically: per adapted module its live (P, lambda, Q)
+    in ``triplets`` (none for a module at rank 0), rank, scaling and [d_out, d_in]; the tensors trained in
+    full under their module-path names; ``base`` described as ``describe_base`` does.
+
+    Raises:
+        ExportError: ``out`` cannot be written (see ``check_destination``).
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, (left, values, right) in triplets.items():
+        tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
+    tensors |= {f"trained.{n}": t.contiguous() for n, t in trained.items()}
     meta = {
         "format_version": FORMAT_VERSION,
         "adarank_version": _version(),
         "base_model": base,
-        "ranks": ranks,
-        "scaling": scalings,
-        "shapes": shapes,
+        "ranks": dict(ranks),
+        "scaling": dict(scalings),
+        "shapes": dict(shapes),
         "target_modules": sorted(ranks),
         "trained_parameters": sorted(trained),
     }
