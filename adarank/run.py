@@ -54,7 +54,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         ConfigError: the data (``adarank.data.DataError``), model, targets or budget are invalid.
     """
     task = load_task(cfg.data)
-    rank, _, _ = init_distributed()  # under fsdp2 prepare() loads the weights on process 0 alone
+    rank, _, _ = init_distributed()  # under fsdp2 prepare() loads so that no process holds the whole model
     tokenizer, model, allocator = prepare(cfg, task.label_names)
     check_chat_template(tokenizer, cfg)
     try:

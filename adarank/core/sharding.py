@@ -127,19 +127,20 @@ def _row_numel(tensor: torch.Tensor) -> int:
 
 
 def full_all(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``full`` of each of ``tensors`` with one all-gather for all the DTensors among them (per process
-    group and dtype) instead of one each; differentiable, with the same values and gradients as ``full`` one by one
-    (used by the orthogonality penalty on FSDP2-sharded adapters: 1 collective per call instead of 2 per
-    adapter). Plain tensors are returned as they are. A collective when any is sharded.
-
-    Raises:
-        ValueError: a DTensor not in FSDP2's Shard(0) layout on a 1-D mesh.
-    """
+    """``full`` of each of ``tensors`` with one all-gather for all the DTensors among them in FSDP2's layout
+    (Shard(0) on a 1-D mesh; per process group and dtype) instead of one each; differentiable, with the same
+    values and gradients as ``full`` one by one (used by the orthogonality penalty on FSDP2-sharded adapters:
+    1 collective per call instead of 2 per adapter). DTensors in another layout are gathered one by one
+    (``full``); plain tensors are returned as they are. A collective when any is sharded."""
     out = list(tensors)
     groups: dict[tuple[Any, torch.dtype], list[int]] = {}
     for index, tensor in enumerate(tensors):
-        if is_sharded(tensor):
-            local_rows(tensor)  # checks the layout
+        if not is_sharded(tensor):
+            continue
+        placements = tensor.placements  # type: ignore[attr-defined]
+        if len(placements) != 1 or placements[0] != Shard(0):  # another layout (HSDP's 2-D mesh): one by one
+            out[index] = full(tensor)
+        else:
             group = tensor.device_mesh.get_group()  # type: ignore[attr-defined]  # one per fully_shard, same group
             groups.setdefault((group, tensor.dtype), []).append(index)
     for (group, _), indices in groups.items():

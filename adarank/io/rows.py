@@ -45,9 +45,11 @@ class Entry:
     """Where one tensor lies: its file, dtype, shape and the byte offset of its data in the file."""
 
     file: Path
-    dtype: torch.dtype
+    dtype: torch.dtype | None
+    """None for a dtype adarank cannot read (``stored_dtype`` names it): refused when the model needs it."""
     shape: tuple[int, ...]
     offset: int
+    stored_dtype: str = ""
 
     @property
     def row_bytes(self) -> int:
@@ -55,6 +57,8 @@ class Entry:
         count = 1
         for size in self.shape[1:]:
             count *= size
+        if self.dtype is None:
+            raise OSError(f"{self.file}: dtype {self.stored_dtype} cannot be read by rows")
         return count * torch.empty((), dtype=self.dtype).element_size()
 
 
@@ -73,6 +77,10 @@ class CheckpointRows:
     def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (dim 0) of tensor ``key``, in its stored dtype; a scalar whole."""
         entry = self.entries[key]
+        rows = entry.shape[0] if entry.shape else 1
+        if entry.dtype is None or not 0 <= start <= stop <= rows:
+            raise OSError(f"{entry.file}: cannot read rows {start}:{stop} of `{key}` ({list(entry.shape)}, "
+                          f"{entry.stored_dtype})")  # fmt: skip
         self.reads.append((key, start, stop))
         shape = (stop - start, *entry.shape[1:]) if entry.shape else ()
         out = torch.empty(shape, dtype=entry.dtype)
@@ -107,7 +115,10 @@ def _header(file: Path) -> tuple[dict[str, dict], int]:
         raise OSError(f"{file}: not a safetensors file (its header is not JSON: {err})") from err
     header.pop("__metadata__", None)
     start = 8 + length
-    end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    try:
+        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise OSError(f"{file}: its header's data offsets are malformed ({err!r})") from err
     size = file.stat().st_size
     if size < start + end:
         raise OSError(f"{file}: truncated: {size:,} bytes where its header needs {start + end:,}")
@@ -123,8 +134,11 @@ def checkpoint_files(folder: Path) -> list[Path] | None:
     """
     index = folder / INDEX
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map") or {}
-        return sorted({folder / name for name in weight_map.values()})
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            return sorted({folder / str(name) for name in weight_map.values()})
+        except (ValueError, AttributeError) as err:
+            raise OSError(f"{index}: not a safetensors index ({err})") from err
     single = folder / SINGLE
     return [single] if single.is_file() else None
 
@@ -145,9 +159,10 @@ def open_rows(folder: Path) -> CheckpointRows:
             raise OSError(f"{file}: missing (named by {folder / INDEX})")
         header, start = _header(file)
         for key, info in header.items():
-            dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
-                raise OSError(f"{file}: {key} has dtype {info['dtype']}, which adarank cannot read by rows")
-            shape = tuple(int(size) for size in info["shape"])
-            entries[key] = Entry(file, dtype, shape, start + int(info["data_offsets"][0]))
+            try:
+                shape = tuple(int(size) for size in info["shape"])
+                entries[key] = Entry(file, SAFETENSORS_DTYPES.get(info["dtype"]), shape,
+                                     start + int(info["data_offsets"][0]), str(info["dtype"]))  # fmt: skip
+            except (KeyError, TypeError, ValueError, IndexError) as err:
+                raise OSError(f"{file}: the header's entry for `{key}` is malformed ({err!r})") from err
     return CheckpointRows(folder, entries)

@@ -8,6 +8,7 @@ cannot be read that way, process 0 loads it and sends the others their shards
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from adarank.io.models import (
     load_model,
     train_in_fp32,
 )
-from adarank.io.rows import KEY_ATTR, ROWS_ATTR, checkpoint_files, open_rows
+from adarank.io.rows import KEY_ATTR, ROWS_ATTR, Entry, checkpoint_files, open_rows
 
 
 def load_model_sharded(
@@ -52,8 +53,9 @@ def load_model_sharded(
 
     Raises:
         ConfigError: as ``load_model``, on every process.
-        RuntimeError: a checkpoint file missing or truncated on any process (named, on every process; no
-            process waits for another), or process 0 failed otherwise.
+        RuntimeError: a checkpoint file missing, truncated or unreadable on any process (named, on every
+            process; each process's problems are exchanged before any waits for another), or process 0
+            failed otherwise.
     """
     import torch.distributed as dist
 
@@ -76,26 +78,28 @@ def load_model_sharded(
         if dist.get_rank() == 0:
             print(f"adarank: fsdp2: process 0 loads the weights and sends the others their shards ({plan['why']})")
         return _load_on_rank0(model, generation, num_labels, label_names, plan["folder"])
-    rows = None
-    problem = ""
-    try:
+    problem, built = "", None
+    try:  # everything a process can fail at before the weights, inside the exchange: no process waits
         rows = open_rows(plan["folder"])
         missing = sorted(set(plan["keys"].values()) - set(rows.entries))
         if missing:
             problem = f"{plan['folder']}: {len(missing)} tensor(s) missing, e.g. `{missing[0]}`"
-    except OSError as err:
-        problem = str(err)
+        else:
+            tokenizer = tokenizer if dist.get_rank() == 0 else _tokenizer(plan["folder"])
+            built = tokenizer, _skeleton_by_rows(model, generation, plan, rows)
+            if generation:
+                _special_tokens_from_config(built[0], built[1], plan["folder"])
+    except Exception as err:  # noqa: BLE001 - sent to every process below
+        problem = str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
     problems: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, problem)  # every process learns every process's problem: no one waits
+    dist.all_gather_object(problems, problem)  # every process learns every process's problem
     found = [f"process {rank}: {text}" for rank, text in enumerate(problems) if text]
-    if found:
+    if found or built is None:
         raise RuntimeError("cannot read the checkpoint by rows: " + "; ".join(found))
     if dist.get_rank() == 0:
         files = len(checkpoint_files(plan["folder"]) or [])
         print(f"adarank: fsdp2: every process reads only its own shards from `{plan['folder']}` ({files} file(s))")
-    tokenizer = tokenizer if dist.get_rank() == 0 else _tokenizer(plan["folder"])
-    skeleton = _skeleton_by_rows(model, generation, plan, rows)
-    return tokenizer, skeleton, plan["new_modules"]
+    return built[0], built[1], plan["new_modules"]
 
 
 def _plan_sharded_load(
@@ -121,12 +125,21 @@ def _plan_sharded_load(
         extra["id2label"] = dict(enumerate(label_names))
         extra["label2id"] = {name: i for i, name in enumerate(label_names)}
     config = AutoConfig.from_pretrained(str(path), **extra)
-    skeleton = _empty_model(generation, config, model.dtype)
+    with torch.random.fork_rng(devices=[]):  # whatever building draws, the processes' generators stay equal
+        skeleton = _empty_model(generation, config, model.dtype)
     _load_generation_config(skeleton, path)
     if generation:
         _special_tokens_from_config(tokenizer, skeleton, path)
     config.pad_token_id = tokenizer.pad_token_id
-    keys, new_modules, why = _checkpoint_keys(skeleton, set(open_rows(path).entries), generation)
+    if getattr(skeleton, "_keep_in_fp32_modules", None) and model.dtype != "float32":
+        plan["why"] = "the model keeps some modules in float32, which only from_pretrained applies"
+        return tokenizer, plan
+    try:
+        entries = open_rows(path).entries
+    except OSError as err:
+        plan["why"] = f"the checkpoint cannot be read by rows ({err})"
+        return tokenizer, plan
+    keys, new_modules, why = _checkpoint_keys(skeleton, entries, generation)
     plan.update(keys=keys, new_modules=new_modules, why=why, config=config,
                 generation=getattr(skeleton, "generation_config", None))  # fmt: skip
     return tokenizer, plan
@@ -153,19 +166,22 @@ def _load_generation_config(model: nn.Module, path: Path) -> None:
 
 
 def _checkpoint_keys(
-    skeleton: nn.Module, stored: set[str], generation: bool
+    skeleton: nn.Module, stored: Mapping[str, Entry], generation: bool
 ) -> tuple[dict[str, str] | None, list[str], str]:
     """Every weight of ``skeleton`` (and persistent buffer) -> its key among the checkpoint's ``stored``
-    keys: the same name, or the name without / with the model's base prefix (``bert.``: a BertModel
+    tensors: the same name, or the name without / with the model's base prefix (``bert.``: a BertModel
     checkpoint under a classifier), as ``from_pretrained`` maps them. A parameter outside the base model
-    that the checkpoint lacks belongs to a new module (a new head). Returns (keys, new modules, ""), or
-    (None, [], why) when a base weight has no key (names transformers would rename: leave it to it)."""
+    that the checkpoint lacks belongs to a new module (a new head). Returns (keys, new modules in the
+    model's module order, ""), or (None, [], why) for what only ``from_pretrained`` handles: a base weight
+    without a key (names it would rename), a stored tensor of another shape (a head with another number
+    of labels) or of a dtype adarank cannot read by rows, an untied LM head the checkpoint lacks."""
     prefix = str(getattr(skeleton, "base_model_prefix", "") or "")
     persistent = {name for name, _ in skeleton.named_buffers()} - set(_non_persistent(skeleton))
-    names = [name for name, _ in skeleton.named_parameters()] + sorted(persistent)
+    tensors: dict[str, torch.Tensor] = dict(skeleton.named_parameters())
+    tensors.update((name, b) for name, b in skeleton.named_buffers() if name in persistent)
     keys: dict[str, str] = {}
     new: set[str] = set()
-    for name in names:
+    for name, tensor in tensors.items():
         candidates = [name]
         if prefix and name.startswith(prefix + "."):
             candidates.append(name[len(prefix) + 1 :])
@@ -173,14 +189,20 @@ def _checkpoint_keys(
             candidates.append(f"{prefix}.{name}")
         key = next((c for c in candidates if c in stored), None)
         if key is not None:
+            if stored[key].shape != tuple(tensor.shape):
+                return None, [], f"`{key}` is {list(stored[key].shape)} in the checkpoint, {list(tensor.shape)} here"
+            if stored[key].dtype is None:
+                return None, [], f"`{key}` has a dtype adarank cannot read by rows ({stored[key].stored_dtype})"
             keys[name] = key
         elif name in persistent:
             continue  # a buffer the checkpoint does not carry keeps the value the model computed
         elif prefix and name.startswith(prefix + "."):
             return None, [], f"the checkpoint has no tensor for `{name}` under a name adarank can map"
-        elif not (generation and name.startswith("lm_head.")):
+        elif generation and name.startswith("lm_head."):
+            return None, [], f"the checkpoint has no `{name}` (an LM head not tied to the embeddings)"
+        else:
             new.add(name.rsplit(".", 1)[0])
-    return keys, sorted(new), ""
+    return keys, [name for name, _ in skeleton.named_modules() if name in new], ""
 
 
 def _non_persistent(model: nn.Module) -> list[str]:
@@ -249,6 +271,8 @@ def _load_on_rank0(
     if shared[0]["generation"] is not None:  # generate() in lockstep needs the same stopping rules everywhere
         skeleton.generation_config = shared[0]["generation"]
     new_modules = shared[0]["new_modules"]
+    if generation:  # the same end-of-sequence and padding as process 0's tokenizer
+        _special_tokens_from_config(tokenizer, skeleton, folder)
     train_in_fp32(skeleton, new_modules)
     return tokenizer, skeleton, new_modules
 

@@ -162,7 +162,7 @@ def _place(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
         raise ValueError(f"strategy `{strategy}` is not one of {', '.join(STRATEGIES)}")
     if strategy != "fsdp2":
         return model.to(device)
-    if not is_fully_sharded(model):  # adarank train shards while loading (sharding.shard_from_rank0_)
+    if not is_fully_sharded(model):  # adarank train shards while loading (sharding.shard_loaded_)
         shard_model(model)
     with torch.no_grad():
         for param in model.parameters():
@@ -255,7 +255,7 @@ def train_loop(
             raise FileNotFoundError(f"no complete checkpoint under `{checkpoints}` to resume from.")
         payload = load_checkpoint(folder, inner, allocator)
         result = LoopResult(payload["log_history"], payload["train_loss"], int(payload["global_step"]))
-    elif world > 1 and cfg.strategy != "fsdp2":  # under fsdp2 the shards came from process 0 already
+    elif world > 1 and cfg.strategy != "fsdp2":  # fsdp2: sent by process 0, or drawn alike everywhere, when loaded
         _broadcast_trainables_(inner)
     allocator.begin(cfg.steps)
     optimizer = torch.optim.AdamW(param_groups(inner, cfg.learning_rate, cfg.weight_decay, cfg.singular_lr_multiplier))

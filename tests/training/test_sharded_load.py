@@ -151,3 +151,66 @@ def test_read_rows_reads_a_row_range_and_refuses_a_short_file(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(data[:-8])
     with pytest.raises(OSError, match="truncated"):
         open_rows(tmp_path)
+
+
+def _plan(folder: Path, generation: bool, num_labels: int = 3) -> dict[str, Any]:
+    from adarank.config import ModelConfig
+    from adarank.io.sharded import _plan_sharded_load
+
+    _, plan = _plan_sharded_load(ModelConfig(name_or_path=str(folder)), generation, num_labels, None, True)
+    return plan
+
+
+def test_new_heads_are_drawn_in_module_order_as_from_pretrained_draws_them(tmp_path) -> None:
+    """DistilBERT's classifier from a base checkpoint has two new modules, `pre_classifier` then
+    `classifier`: alphabetical order would draw them the other way round."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from adarank.config import ModelConfig
+    from adarank.io.assets import default_model_path
+    from adarank.io.rows import open_rows
+    from adarank.io.sharded import _skeleton_by_rows
+
+    folder = tmp_path / "distilbert"
+    torch.manual_seed(1)
+    DistilBertModel(DistilBertConfig(vocab_size=200, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        folder
+    )
+    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(folder)
+    plan = _plan(folder, generation=False)
+    assert plan["new_modules"] == ["pre_classifier", "classifier"] and plan["keys"], plan["why"]
+    torch.manual_seed(0)
+    ours = _skeleton_by_rows(ModelConfig(name_or_path=str(folder)), False, plan, open_rows(folder))
+    torch.manual_seed(0)
+    theirs = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+    mine = dict(ours.named_parameters())
+    for name, param in theirs.named_parameters():
+        if name.startswith(("pre_classifier.", "classifier.")):
+            assert torch.equal(mine[name], param), name
+        else:
+            assert mine[name].is_meta and mine[name].adarank_key in plan["keys"].values()
+
+
+def test_what_only_from_pretrained_handles_goes_to_process_0s_route(tmp_path) -> None:
+    """A head stored with another number of labels (from_pretrained refuses it, or resizes it when told)
+    is not read by rows: the plan says why, and the load takes process 0's route."""
+    folder = tmp_path / "bert"
+    save_tiny_model(folder, llama=False)  # a classifier checkpoint: its head has 2 labels
+    plan = _plan(folder, generation=False, num_labels=3)
+    assert plan["keys"] is None and plan["why"] == "`classifier.weight` is [2, 32] in the checkpoint, [3, 32] here"
+    assert _plan(folder, generation=False, num_labels=2)["keys"], "the same labels: read by rows"
+
+
+def test_reads_outside_a_tensor_or_of_an_unknown_dtype_and_bad_indexes_are_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2, 3), "f8": torch.zeros(4, dtype=torch.float8_e4m3fn)}, tmp_path / "model.safetensors")
+    rows = open_rows(tmp_path)
+    with pytest.raises(OSError, match=r"cannot read rows 0:3 of `w` \(\[2, 3\], F32\)"):
+        rows.read_rows("w", 0, 3)
+    with pytest.raises(OSError, match=r"cannot read rows 0:1 of `f8` \(\[4\], F8_E4M3\)"):
+        rows.read_rows("f8", 0, 1)
+    assert rows.reads == []
+    (tmp_path / INDEX).write_text("{not json")
+    with pytest.raises(OSError, match="not a safetensors index"):
+        open_rows(tmp_path)
