@@ -3,6 +3,7 @@
     python studies/capacity_report.py studies/runs/capacity --pilot     # the pilot's table, Markdown
     python studies/capacity_report.py studies/runs/capacity --small     # the small version's table
     python studies/capacity_report.py studies/runs/capacity --grid      # the facts study's lr grid
+    python studies/capacity_report.py studies/runs/capacity --seeds --figures reports/capacity   # the study
 
 Every figure is read from a run's metrics.json; each row names the commit its run recorded.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 from pathlib import Path
+from typing import Any
 
 FRACTIONS = {4614: "1/64", 38440: "1/8", 305490: "1x"}
 PICKS = {4614: "v_proj of 6 layers spread over depth", 38440: "v_proj + o_proj of the top 20 layers",
@@ -157,13 +160,151 @@ def next_lr(root: Path, arm: str) -> str | None:
     return None
 
 
+BUDGET_ARMS = {  # the reported points of studies/study_capacity.sh's seeds phase, by budget (adarank AdaLoRA first)
+    "1/64 (4,614)": {"adalora-64": "adarank AdaLoRA", "vspread-64": "LoRA r=1 on v_proj of 6 layers",
+                     "att-64": "allocate-then-train"},
+    "1/8 (38,440)": {"adalora-8": "adarank AdaLoRA", "vo_top-8": "LoRA r=1 on v_proj + o_proj, top 20 layers",
+                     "down18-8": "LoRA r=1 on down_proj, top 18 layers", "att-8": "allocate-then-train"},
+    "1x (305,490)": {"adalora-1": "adarank AdaLoRA", "lora_r1-1": "uniform LoRA r=1",
+                     "peft_adalora-1": "PEFT AdaLoRA", "peft_eva-1": "PEFT EVA", "att-1": "allocate-then-train"},
+    "4x (1,221,960)": {"adalora-4x": "adarank AdaLoRA", "lora_r4-4x": "uniform LoRA r=4",
+                       "peft_adalora-4x": "PEFT AdaLoRA", "peft_eva-4x": "PEFT EVA"},
+}  # fmt: skip
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+"""Two-sided 95% t quantiles by degrees of freedom (n seeds - 1)."""
+
+
+def seed_runs(root: Path, name: str) -> dict[int, dict[str, Any]]:
+    """seed -> {metrics, ranks, commit} of a reported point's finished runs (report draw)."""
+    found = {}
+    for metrics in sorted((root / "seeds" / "facts" / name).glob("*/*/seed*/metrics.json")):
+        run = metrics.parent
+        m = json.loads(metrics.read_text())
+        allocation = run / "allocation.json"
+        ranks = json.loads(allocation.read_text()) if allocation.exists() else m.get("ranks")
+        found[int(run.name[4:])] = {"metrics": m, "ranks": ranks, "commit": _commit(run)}
+    return found
+
+
+def paired(diffs: list[float]) -> str:
+    """Mean [95% t-interval] of paired differences, * when the interval excludes 0; the mean alone for one."""
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.3f} (1 seed)" if diffs else "-"
+    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.mean(diffs)
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]{' *' if abs(mean) > half else ''}"
+
+
+def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean = statistics.mean(values) * scale
+    return (
+        f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+        if len(values) > 1
+        else f"{mean:.{digits}f}"
+    )
+
+
+def seeds(root: Path) -> str:
+    """Per budget, every reported arm on the report draw: seeds, final adapter parameters, answer loss and
+    exact match (mean ± sd over seeds), the answer-loss difference to adarank AdaLoRA and to the best
+    alternative (the other arm with the lowest mean loss), paired by seed, and the training seconds."""
+    lines = [
+        "| budget | arm | seeds | adapter params (final, mean) | answer loss | exact match % | Δ loss vs adarank "
+        "AdaLoRA | Δ loss vs best alternative | train s (mean) | commits |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for budget, arms in BUDGET_ARMS.items():
+        runs = {name: seed_runs(root, name) for name in arms}
+        losses = {n: {s: r["metrics"]["validation_answer_loss"] for s, r in rs.items()} for n, rs in runs.items()}
+        reference = next(iter(arms))
+        others = [n for n in arms if n != reference and losses[n]]
+        best = min(others, key=lambda n: statistics.mean(losses[n].values()), default=None)
+        for name, label in arms.items():
+            if not runs[name]:
+                lines.append(f"| {budget} | {label} | 0 | - | not yet run | - | - | - | - | - |")
+                continue
+            ms = [r["metrics"] for r in runs[name].values()]
+            params = statistics.mean(m["adapter_params_final"] for m in ms)
+            versus = []
+            for other in (reference, best):
+                if other is None or other == name:
+                    versus.append("")
+                    continue
+                common = sorted(set(losses[name]) & set(losses[other]))
+                versus.append(paired([losses[name][s] - losses[other][s] for s in common]) if common else "")
+            mark = " (best alternative)" if name == best else ""
+            lines.append(
+                f"| {budget} | {label}{mark} | {len(ms)} | {params:,.0f} "
+                f"| {_spread(list(losses[name].values()))} | {_spread([m['validation_accuracy'] for m in ms], 100, 1)} "
+                f"| {versus[0]} | {versus[1]} | {statistics.mean(m['train_seconds'] for m in ms):.0f} "
+                f"| {', '.join(sorted({r['commit'] for r in runs[name].values()}))} |"
+            )
+    return "\n".join(lines)
+
+
+def seeds_figures(root: Path, out: Path) -> list[Path]:
+    """quality.png (answer loss against final adapter parameters, mean ± sd over seeds, each seed a dot)
+    and one rank heatmap per adaptive arm and budget (mean final rank over seeds) into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adarank.reporting.report import plot_heatmap
+
+    out.mkdir(parents=True, exist_ok=True)
+    families: dict[str, list[tuple[float, list[float]]]] = {}
+    written = []
+    for budget, arms in BUDGET_ARMS.items():
+        for name, label in arms.items():
+            runs = seed_runs(root, name)
+            if not runs:
+                continue
+            params = statistics.mean(r["metrics"]["adapter_params_final"] for r in runs.values())
+            families.setdefault(label, []).append(
+                (params, [r["metrics"]["validation_answer_loss"] for r in runs.values()])
+            )
+            ranked = [r["ranks"] for r in runs.values() if r["ranks"]]
+            adaptive = name.split("-")[0] in ("adalora", "att", "peft_adalora", "peft_eva")
+            if adaptive and ranked:
+                mean = {module: statistics.mean(r.get(module, 0) for r in ranked) for module in ranked[0]}
+                path = out / f"ranks_{name}.png"
+                plot_heatmap(mean, path, f"{label}, {budget} parameters: mean final rank over {len(ranked)} seed(s)")
+                written.append(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for i, (label, points) in enumerate(sorted(families.items())):
+        points.sort()
+        xs = [p for p, _ in points]
+        ax.errorbar(xs, [statistics.mean(v) for _, v in points],
+                    yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in points],
+                    fmt="-o", capsize=3, color=f"C{i}", label=label, markersize=5)  # fmt: skip
+        for x, values in points:
+            ax.scatter([x] * len(values), values, color=f"C{i}", s=8, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlim(3000, 2e6)  # every budget's place, whichever have runs
+    ax.set_xticks([4614, 38440, 305490, 1221960], ["1/64\n4,614", "1/8\n38,440", "1x\n305,490", "4x\n1,221,960"])
+    ax.minorticks_off()
+    ax.set_xlabel("final adapter parameters (log scale; 1x = LoRA r=1 on all 210 linears)")
+    ax.set_ylabel("answer-token loss on the trained facts")
+    ax.set_title("SmolLM2, 256 invented facts (report draw): mean ± sd over seeds, dots = seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "quality.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path, *written]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path)
+    parser.add_argument("--figures", type=Path, help="with --seeds: write the figure and rank heatmaps there")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--pilot", action="store_true")
     group.add_argument("--small", action="store_true")
     group.add_argument("--grid", action="store_true")
+    group.add_argument("--seeds", action="store_true", help="the reported comparison (report draw, every seed)")
     group.add_argument("--best-lr", metavar="ARM", help="print the arm's chosen lr (nothing while undecided)")
     group.add_argument("--next-lr", metavar="ARM", help="print the lr that extends the arm's grid (nothing if none)")
     args = parser.parse_args(argv)
@@ -171,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         lr = best_lr(args.root, args.best_lr) if args.best_lr else next_lr(args.root, args.next_lr)
         if lr:
             print(lr)
+        return 0
+    if args.seeds:
+        print(seeds(args.root))
+        for path in seeds_figures(args.root, args.figures) if args.figures else []:
+            print(f"wrote {path}")
         return 0
     print(pilot(args.root) if args.pilot else small(args.root) if args.small else grid(args.root))
     return 0

@@ -79,3 +79,25 @@ def test_the_grids_table_is_its_archived_runs() -> None:
         assert f"**{figure}**" in report, figure
     assert capacity_report.best_lr(PILOT.parent, "adalora-8") == "8e-3"
     assert capacity_report.next_lr(PILOT.parent, "adalora-8") is None
+
+
+def test_the_seeds_table_pairs_each_arm_with_adarank_and_the_best_alternative_by_seed(tmp_path: Path) -> None:
+    losses = {"adalora-8": [1.0, 1.2, 1.1], "vo_top-8": [3.0, 3.1, 3.3], "down18-8": [2.0, 2.5, 2.2]}
+    for name, values in losses.items():
+        for seed, loss in enumerate(values):
+            run = tmp_path / "seeds" / "facts" / name / "method" / "point" / f"seed{seed}"
+            run.mkdir(parents=True)
+            metrics = {"validation_answer_loss": loss, "validation_accuracy": 0.5, "adapter_params_final": 38000,
+                       "train_seconds": 100.0}  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            (run / "sweep.json").write_text(json.dumps({"commit": "abc1234"}))
+    rows = {line.split(" | ")[1]: line for line in capacity_report.seeds(tmp_path).splitlines() if "1/8" in line}
+    # adarank minus down18, the best alternative: -1.0, -1.3, -1.1 -> mean -1.133, t(2) 4.303 x sd 0.1528 / sqrt 3
+    assert rows["adarank AdaLoRA"].split(" | ")[7] == "-1.133 [-1.513, -0.754] *"
+    assert rows["adarank AdaLoRA"].split(" | ")[4:6] == ["1.100 ± 0.100", "50.0 ± 0.0"]
+    best = rows["LoRA r=1 on down_proj, top 18 layers (best alternative)"].split(" | ")
+    assert best[6] == "+1.133 [+0.754, +1.513] *" and best[7] == ""
+    assert (
+        rows["LoRA r=1 on v_proj + o_proj, top 20 layers"].split(" | ")[7] == "+0.900 [+0.243, +1.557] *"
+    )  # 1.0, 0.6, 1.1
+    assert rows["allocate-then-train"].split(" | ")[2:5] == ["0", "-", "not yet run"]
