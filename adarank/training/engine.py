@@ -29,12 +29,10 @@ continues bitwise.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,6 +46,9 @@ from adarank.core.schedule import budget_at
 from adarank.core.sharding import is_fully_sharded, shard_model, unwrap
 from adarank.training.batches import only_scored_logits
 from adarank.training.checkpoint import latest_complete_checkpoint, load_checkpoint, save_checkpoint
+from adarank.training.processes import average_gradients_, broadcast_trainables_, init_distributed, upload
+from adarank.training.processes import close_distributed as close_distributed  # public here too (0.2's home)
+from adarank.training.processes import exit_distributed as exit_distributed
 
 STRATEGIES = ("fsdp2", "ddp", "none")
 
@@ -95,44 +96,6 @@ class LoopResult:
     """The AdamW the loop stepped."""
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process. Under torchrun (WORLD_SIZE and RANK in the
-    environment) the default process group is initialised if needed (nccl on CUDA, gloo on CPU);
-    otherwise this is the one process of a world of 1, with no process group."""
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def close_distributed() -> None:
-    """Destroy the default process group, if one is up, once every process has reached this point (a
-    barrier first); call it on every process after the last collective. Without it a gloo process can
-    abort while the interpreter shuts down (SIGABRT, "terminate called without an active exception":
-    gloo's threads still hold work whose tensors reference Python objects; pytorch/pytorch#179291),
-    so a finished torchrun job may exit with -6."""
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def exit_distributed(code: int = 0) -> NoReturn:
-    """End a torchrun process: ``close_distributed()``, flush stdout and stderr, then ``os._exit(code)``,
-    skipping the interpreter's shutdown. The process group's destruction alone did not stop gloo's
-    abort at shutdown on CI (1 in a few hundred runs); with nothing left to run, skipping the shutdown
-    removes the window. Only for a process whose work (files, logs, wandb) is finished."""
-    close_distributed()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def batch_indices(
     n_rows: int, seed: int, step: int, micro: int, rank: int, world: int, per_process: int, accum: int
 ) -> list[int]:
@@ -169,41 +132,6 @@ def _place(model: nn.Module, strategy: str, device: torch.device) -> nn.Module:
             if param.requires_grad and param.device != device:
                 param.data = param.data.to(device)
     return model
-
-
-def _average_gradients_(params: Sequence[nn.Parameter], world: int) -> None:
-    """Average the gradients of ``params`` over the processes in one all-reduce (flattened, with a count of
-    the processes that produced each one). A parameter no process reached keeps no gradient, as in one
-    process; one that some processes did not reach (a conditional module) averages with zeros there.
-    Only a process that lacks some gradient reads the counts (a host sync); otherwise none is needed."""
-    if world == 1 or not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    seen = _upload(torch.tensor([float(p.grad is not None) for p in params]), grads[0].device)
-    flat = torch.cat([*(g.reshape(-1) for g in grads), seen])
-    dist.all_reduce(flat)
-    missing = any(p.grad is None for p in params)
-    counts = flat[-len(params) :].tolist() if missing else [1.0] * len(params)
-    offset = 0
-    for param, grad, count in zip(params, grads, counts, strict=True):
-        size = grad.numel()
-        if count:
-            averaged = (flat[offset : offset + size] / world).view_as(grad)
-            if param.grad is None:
-                param.grad = averaged.clone()
-            else:
-                param.grad.copy_(averaged)
-        offset += size
-
-
-@torch.no_grad()
-def _broadcast_trainables_(model: nn.Module) -> None:
-    """Give every process process 0's trainable parameters and rank masks (a fresh DDP start: the warm
-    start may differ by process on a GPU). A collective."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    for name, tensor in model.state_dict().items():
-        if name.endswith("rank_mask") or name in trainable:
-            dist.broadcast(tensor, src=0)
 
 
 def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -256,7 +184,7 @@ def train_loop(
         payload = load_checkpoint(folder, inner, allocator)
         result = LoopResult(payload["log_history"], payload["train_loss"], int(payload["global_step"]))
     elif world > 1 and cfg.strategy != "fsdp2":  # fsdp2: sent by process 0, or drawn alike everywhere, when loaded
-        _broadcast_trainables_(inner)
+        broadcast_trainables_(inner)
     allocator.begin(cfg.steps)
     optimizer = torch.optim.AdamW(param_groups(inner, cfg.learning_rate, cfg.weight_decay, cfg.singular_lr_multiplier))
     scheduler = _linear_schedule(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
@@ -303,7 +231,7 @@ def train_loop(
                 loss = loss + term.to(loss.dtype)
             step_loss += loss.detach()  # the logged loss: task loss + penalty, as the Trainer logged it
             loss.backward()
-        _average_gradients_(trainable, world)
+        average_gradients_(trainable, world)
         norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm) if trainable else torch.zeros(())
         if allocator.penalty_grads:  # importance.task_only on a scoring step (no host sync otherwise)
             allocator.scale_penalty_gradient_(clip_coefficient(norm, cfg.max_grad_norm))
@@ -365,16 +293,9 @@ def host_batch(
     return only_scored_logits(model, collate(_rows(dataset, rows)))
 
 
-def _upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``; to a GPU from pinned memory, without blocking the host."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of a host-built ``batch`` on ``device`` (``_upload``)."""
-    return {k: _upload(v, device) for k, v in batch.items()}
+    """Every tensor of a host-built ``batch`` on ``device`` (``upload``)."""
+    return {k: upload(v, device) for k, v in batch.items()}
 
 
 def _rows(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
