@@ -16,10 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from adarank.analysis.intrinsic import intrinsic_dim_problems
 from adarank.config import (
     DTYPES,
     ENGINE_STATE,
-    HEAD_MODES,
     INCLUDE_KEY,
     INITS,
     RESUME_MARKER,
@@ -27,7 +27,6 @@ from adarank.config import (
     STRATEGIES,
     WANDB_MODES,
     ConfigError,
-    IntrinsicDimConfig,
     IntrinsicDimRunConfig,
     ModelConfig,
     RunConfig,
@@ -366,49 +365,6 @@ def distributed_problems(cfg: RunConfig) -> list[str]:
             "distributed.strategy=fsdp2 shards the model across processes: launch with "
             "`torchrun --nproc_per_node N -m adarank train ...` (N >= 1), or use the default strategy ddp."
         )
-    return problems
-
-
-def intrinsic_dim_problems(idim: IntrinsicDimConfig, data_format: str) -> list[str]:
-    """Problems with the ``intrinsic_dim.*`` keys (`adarank intrinsic-dim`'s own section)."""
-    problems = []
-    if not 1 <= idim.min_dim <= idim.max_dim:
-        problems.append(
-            f"intrinsic_dim.min_dim ({idim.min_dim}) must be >= 1 and <= intrinsic_dim.max_dim ({idim.max_dim})."
-        )
-    if idim.grid_factor <= 1:
-        problems.append(f"intrinsic_dim.grid_factor ({idim.grid_factor}) must be > 1, e.g. 2.")
-    if not 0 < idim.fraction <= 1:
-        problems.append(f"intrinsic_dim.fraction ({idim.fraction}) must be in (0, 1], e.g. 0.9.")
-    if idim.reference is not None:
-        try:
-            given = float(idim.reference)
-        except ValueError:
-            if not (Path(idim.reference) / "metrics.json").is_file():
-                problems.append(
-                    f"intrinsic_dim.reference `{idim.reference}` is neither a number nor a run directory with "
-                    "metrics.json; give e.g. 0.82, a finished run, or null to fine-tune in full first."
-                )
-        else:
-            if not math.isfinite(given):
-                problems.append(f"intrinsic_dim.reference ({idim.reference}) must be a finite number, e.g. 0.82.")
-    if idim.floor_run is not None and not (Path(idim.floor_run) / "metrics.json").is_file():
-        problems.append(
-            f"intrinsic_dim.floor_run `{idim.floor_run}` is not a finished run (no metrics.json); give a head-only "
-            "run's directory or null to train the head alone first."
-        )
-    if idim.head not in HEAD_MODES:
-        problems.append(f"intrinsic_dim.head `{idim.head}` is not one of {', '.join(HEAD_MODES)}.")
-    if idim.learning_rate <= 0 or idim.reference_learning_rate <= 0:
-        problems.append("intrinsic_dim.learning_rate and intrinsic_dim.reference_learning_rate must be > 0.")
-    if idim.nonzeros < 1 or idim.seeds < 1:
-        problems.append(
-            f"intrinsic_dim.nonzeros ({idim.nonzeros}) and intrinsic_dim.seeds ({idim.seeds}) must be >= 1."
-        )
-    if idim.metric is not None and idim.metric not in ("accuracy", "loss"):
-        problems.append(f"intrinsic_dim.metric `{idim.metric}` is not one of accuracy, loss (or null).")
-    if idim.metric == "accuracy" and data_format == "language_modeling":
-        problems.append("intrinsic_dim.metric=accuracy: language_modeling has no accuracy; use loss.")
     return problems
 
 
