@@ -116,29 +116,27 @@ seed_point() {
     sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/$name" "$config" "$seed" "$overrides train.learning_rate=$lr" \
         wandb.mode=disabled "data.dataset=$REPORT" || failed=1
 }
-# att_seed_point NAME SEED: allocate-then-train on the report draw (search 40 steps, then the fresh run)
+# att_run SEARCH_DIR DIR DRAW SEED PARAMS LR: allocate-then-train: a search of 40 steps (a quarter of the
+# schedule) of adarank AdaLoRA at PARAMS into SEARCH_DIR, then the ranks it found (`adapter.ranks_from`)
+# trained from a fresh start for the full schedule into DIR, both at LR, on the facts in DRAW
+att_run() {
+    local search_dir=$1 dir=$2 draw=$3 seed=$4 params=$5 lr=$6 search
+    sweep_point "$OUT" "$ARCHIVE" "$search_dir" "$FACTS_ADA" "$seed" \
+        "budget.target_params=$params train.learning_rate=$lr train.max_steps=40" wandb.mode=disabled \
+        "data.dataset=$draw" || { failed=1; return; }
+    search=$(find "$search_dir" -path "*learning_rate-${lr}_*/seed$seed" -type d | head -1)
+    sweep_point "$OUT" "$ARCHIVE" "$dir" "$FACTS_ADA" "$seed" "adapter.ranks_from=$search train.learning_rate=$lr" \
+        wandb.mode=disabled "data.dataset=$draw" || failed=1
+}
+# att_seed_point NAME SEED: allocate-then-train on the report draw at att-8's chosen lr
 att_seed_point() {
-    local name=$1 seed=$2 params=${ATT[$1]} lr search
+    local name=$1 seed=$2 lr
     lr=$(chosen_lr att-8)
     [ -n "$lr" ] || { echo "$name: the lr of att-8 is not chosen yet"; return; }
-    sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/search-${name#att-}" "$FACTS_ADA" "$seed" \
-        "budget.target_params=$params train.learning_rate=$lr train.max_steps=40" wandb.mode=disabled \
-        "data.dataset=$REPORT" || { failed=1; return; }
-    search=$(find "$OUT/seeds/facts/search-${name#att-}" -path "*learning_rate-${lr}_*/seed$seed" -type d | head -1)
-    sweep_point "$OUT" "$ARCHIVE" "$OUT/seeds/facts/$name" "$FACTS_ADA" "$seed" \
-        "adapter.ranks_from=$search train.learning_rate=$lr" wandb.mode=disabled "data.dataset=$REPORT" || failed=1
+    att_run "$OUT/seeds/facts/search-${name#att-}" "$OUT/seeds/facts/$name" "$REPORT" "$seed" "${ATT[$name]}" "$lr"
 }
-# att_point LR: allocate-then-train at 1/8 on the selection draw, seed 0: the search (adarank AdaLoRA,
-# 40 steps) into $OUT/grid/facts/search-8, then the found ranks trained afresh into $OUT/grid/facts/att-8
-att_point() {
-    local lr=$1 search
-    sweep_point "$OUT" "$ARCHIVE" "$OUT/grid/facts/search-8" "$FACTS_ADA" 0 \
-        "budget.target_params=38440 train.learning_rate=$lr train.max_steps=40" wandb.mode=disabled \
-        "data.dataset=$SELECT" || { failed=1; return; }
-    search=$(find "$OUT/grid/facts/search-8" -path "*learning_rate-${lr}_*/seed0" -type d | head -1)
-    sweep_point "$OUT" "$ARCHIVE" "$OUT/grid/facts/att-8" "$FACTS_ADA" 0 "adapter.ranks_from=$search train.learning_rate=$lr" \
-        wandb.mode=disabled "data.dataset=$SELECT" || failed=1
-}
+# att_point LR: allocate-then-train at 1/8 on the selection draw, seed 0 (the grid)
+att_point() { att_run "$OUT/grid/facts/search-8" "$OUT/grid/facts/att-8" "$SELECT" 0 38440 "$1"; }
 # grid_point ARM LR: the arm at lr on the selection draw, seed 0, into $OUT/grid/facts/<arm>
 grid_point() {
     local arm=$1 lr=$2 spec=${ARM[$1]}
