@@ -101,3 +101,9 @@ def test_the_seeds_table_pairs_each_arm_with_adarank_and_the_best_alternative_by
         rows["LoRA r=1 on v_proj + o_proj, top 20 layers"].split(" | ")[7] == "+0.900 [+0.243, +1.557] *"
     )  # 1.0, 0.6, 1.1
     assert rows["allocate-then-train"].split(" | ")[2:5] == ["0", "-", "not yet run"]
+
+
+def test_the_facts_reports_table_is_its_archived_runs() -> None:
+    report = (ROOT / "reports" / "capacity_facts.md").read_text()
+    table = report.split("<!-- seeds:start -->\n")[1].split("\n<!-- seeds:end -->")[0]
+    assert table == capacity_report.seeds(PILOT.parent)  # the script's table, unedited, from the archive
