@@ -35,14 +35,13 @@ is ``peak_rss_loaded_MiB - rss_imports_MiB``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
 from pathlib import Path
 
 import torch
-from provenance import commit
+from provenance import commit, emit, read_records
 
 ATTENTION_AND_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -182,17 +181,12 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL written by earlier runs")
     args = parser.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        print(table(read_records(args.table)))
         return
     if args.save_checkpoint:
         save_checkpoint(args.model, args.save_checkpoint)
         return
-    record = measure(args)
-    print(json.dumps(record), flush=True)
-    if args.out:  # one line per process (appends of one short line each do not interleave)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    emit(measure(args), args.out)
 
 
 def save_checkpoint(model: str, folder: Path) -> None:

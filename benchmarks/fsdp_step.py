@@ -16,14 +16,13 @@ folder and commit), so the same script times two checkouts:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import commit, emit, read_records
 
 
 class Collectives:
@@ -57,15 +56,12 @@ class Collectives:
             setattr(module, name, original)
 
 
-def adarank_commit() -> tuple[str, str]:
+def adarank_checkout() -> tuple[str, str]:
     """The folder adarank was imported from, and its checkout's commit (+dirty)."""
     import adarank
 
     folder = Path(adarank.__file__).resolve().parent.parent
-    git = {"capture_output": True, "text": True, "cwd": folder}
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip()
-    return str(folder), head + ("+dirty" if dirty else "")
+    return str(folder), commit(folder)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -107,11 +103,11 @@ def measure(args: argparse.Namespace) -> dict:
     counter.remove()
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)][args.skip :]
     quartiles = statistics.quantiles(times, n=4)
-    folder, commit = adarank_commit()
+    folder, checkout = adarank_checkout()
     steps = len(stamps)
     return {
         "adarank": folder,
-        "commit": commit,
+        "commit": checkout,
         "rank": int(os.environ["RANK"]),
         "world_size": int(os.environ["WORLD_SIZE"]),
         "model": args.model,
@@ -149,14 +145,9 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL written by earlier runs")
     args = parser.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        print(table(read_records(args.table)))
         return
-    record = measure(args)
-    print(json.dumps(record), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    emit(measure(args), args.out)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import statistics
 from pathlib import Path
 from typing import Any
+
+from budget_report import paired  # mean [95% t-interval] of paired differences, * beyond seed noise
 
 FRACTIONS = {4614: "1/64", 38440: "1/8", 305490: "1x"}
 PICKS = {4614: "v_proj of 6 layers spread over depth", 38440: "v_proj + o_proj of the top 20 layers",
@@ -170,8 +171,6 @@ BUDGET_ARMS = {  # the reported points of studies/study_capacity.sh's seeds phas
     "4x (1,221,960)": {"adalora-4x": "adarank AdaLoRA", "lora_r4-4x": "uniform LoRA r=4",
                        "peft_adalora-4x": "PEFT AdaLoRA", "peft_eva-4x": "PEFT EVA"},
 }  # fmt: skip
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
-"""Two-sided 95% t quantiles by degrees of freedom (n seeds - 1)."""
 
 
 def seed_runs(root: Path, name: str) -> dict[int, dict[str, Any]]:
@@ -184,15 +183,6 @@ def seed_runs(root: Path, name: str) -> dict[int, dict[str, Any]]:
         ranks = json.loads(allocation.read_text()) if allocation.exists() else m.get("ranks")
         found[int(run.name[4:])] = {"metrics": m, "ranks": ranks, "commit": _commit(run)}
     return found
-
-
-def paired(diffs: list[float]) -> str:
-    """Mean [95% t-interval] of paired differences, * when the interval excludes 0; the mean alone for one."""
-    if len(diffs) < 2:
-        return f"{diffs[0]:+.3f} (1 seed)" if diffs else "-"
-    half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    mean = statistics.mean(diffs)
-    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]{' *' if abs(mean) > half else ''}"
 
 
 def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:

@@ -178,8 +178,7 @@ def _write_native(
         "num_labels": labels,
         "label_names": [f"LABEL_{i}" for i in range(labels)] if classifier else [],
     }
-    ranks = {name: int(triplets[name][1].numel()) if name in triplets else 0 for name in shapes}
-    write_native(out, overwrite, base, triplets, ranks, dict.fromkeys(shapes, 1.0), shapes, trained)
+    write_native(out, overwrite, base, triplets, dict.fromkeys(shapes, 1.0), shapes, trained)
 
 
 def _write(out: Path, overwrite: bool, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:

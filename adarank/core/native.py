@@ -168,17 +168,15 @@ def export_native(model: nn.Module, out: str | Path, base_model: BaseModel = Non
         raise ExportError("the model has no adarank adapters to export; train or load_adapter first.")
     record = trained_record(model)
     triplets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    ranks, scalings, shapes = {}, {}, {}
+    scalings, shapes = {}, {}
     for name, (d_out, d_in, scaling) in record.pruned_modules.items():
-        ranks[name], scalings[name], shapes[name] = 0, scaling, [d_out, d_in]
+        scalings[name], shapes[name] = scaling, [d_out, d_in]
     for name, adapter in adapters.items():
-        ranks[name] = adapter.live_rank()
-        scalings[name] = adapter.scaling
-        shapes[name] = [adapter.out_features, adapter.in_features]
-        if ranks[name]:
+        scalings[name], shapes[name] = adapter.scaling, [adapter.out_features, adapter.in_features]
+        if adapter.live_rank():
             triplets[name] = live_parts(adapter)
     trained = _trained_tensors(model, record)
-    return write_native(out, overwrite, describe_base(model, base_model), triplets, ranks, scalings, shapes, trained)
+    return write_native(out, overwrite, describe_base(model, base_model), triplets, scalings, shapes, trained)
 
 
 def write_native(
@@ -186,29 +184,28 @@ def write_native(
     overwrite: bool,
     base: dict[str, Any],
     triplets: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    ranks: Mapping[str, int],
     scalings: Mapping[str, float],
     shapes: Mapping[str, list[int]],
     trained: Mapping[str, torch.Tensor],
 ) -> Path:
-    """Write a native export (see module docstring) atomically: per adapted module its live (P, lambda, Q)
-    in ``triplets`` (none for a module at rank 0), rank, scaling and [d_out, d_in]; the tensors trained in
-    full under their module-path names; ``base`` described as ``describe_base`` does.
+    """Write a native export (see module docstring) atomically: per adapted module (``shapes``: [d_out, d_in])
+    its scaling and live (P, lambda, Q) in ``triplets`` (none at rank 0: its rank is the count of its lambdas);
+    the tensors trained in full under their module-path names; ``base`` as ``describe_base`` describes it.
 
     Raises:
         ExportError: ``out`` cannot be written (see ``check_destination``).
     """
     from safetensors.torch import save_file
 
-    tensors: dict[str, torch.Tensor] = {}
-    for name, (left, values, right) in triplets.items():
-        tensors |= {f"{name}.left_vectors": left, f"{name}.singular_values": values, f"{name}.right_vectors": right}
+    parts = ("left_vectors", "singular_values", "right_vectors")  # P, lambda, Q
+    tensors = {f"{name}.{part}": t for name, three in triplets.items() for part, t in zip(parts, three, strict=True)}
     tensors |= {f"trained.{n}": t.contiguous() for n, t in trained.items()}
+    ranks = {name: int(triplets[name][1].numel()) if name in triplets else 0 for name in shapes}
     meta = {
         "format_version": FORMAT_VERSION,
         "adarank_version": _version(),
         "base_model": base,
-        "ranks": dict(ranks),
+        "ranks": ranks,
         "scaling": dict(scalings),
         "shapes": dict(shapes),
         "target_modules": sorted(ranks),
