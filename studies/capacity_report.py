@@ -197,7 +197,8 @@ def _spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 def seeds(root: Path) -> str:
     """Per budget, every reported arm on the report draw: seeds, final adapter parameters, answer loss and
     exact match (mean ± sd over seeds), the answer-loss difference to adarank AdaLoRA and to the best
-    alternative (the other arm with the lowest mean loss), paired by seed, and the training seconds."""
+    alternative (the other arm with the lowest mean loss), paired by seed, and the training seconds (for
+    allocate-then-train, plus its search's)."""
     lines = [
         "| budget | arm | seeds | adapter params (final, mean) | answer loss | exact match % | Δ loss vs adarank "
         "AdaLoRA | Δ loss vs best alternative | train s (mean) | commits |",
@@ -223,10 +224,14 @@ def seeds(root: Path) -> str:
                 common = sorted(set(losses[name]) & set(losses[other]))
                 versus.append(paired([losses[name][s] - losses[other][s] for s in common]) if common else "")
             mark = " (best alternative)" if name == best else ""
+            seconds = f"{statistics.mean(m['train_seconds'] for m in ms):.0f}"
+            if name.startswith("att-"):  # its cost includes the search that found its ranks
+                search = [r["metrics"]["train_seconds"] for r in seed_runs(root, f"search-{name[4:]}").values()]
+                seconds += f" + {statistics.mean(search):.0f} search" if search else " + search not archived"
             lines.append(
                 f"| {budget} | {label}{mark} | {len(ms)} | {params:,.0f} "
                 f"| {_spread(list(losses[name].values()))} | {_spread([m['validation_accuracy'] for m in ms], 100, 1)} "
-                f"| {versus[0]} | {versus[1]} | {statistics.mean(m['train_seconds'] for m in ms):.0f} "
+                f"| {versus[0]} | {versus[1]} | {seconds} "
                 f"| {', '.join(sorted({r['commit'] for r in runs[name].values()}))} |"
             )
     return "\n".join(lines)

@@ -103,6 +103,35 @@ def test_the_seeds_table_pairs_each_arm_with_adarank_and_the_best_alternative_by
     assert rows["allocate-then-train"].split(" | ")[2:5] == ["0", "-", "not yet run"]
 
 
+def _seed_run(root: Path, name: str, seed: int, loss: float, seconds: float) -> None:
+    run = root / "seeds" / "facts" / name / "method" / "point" / f"seed{seed}"
+    run.mkdir(parents=True)
+    metrics = {"validation_answer_loss": loss, "validation_accuracy": 0.0, "adapter_params_final": 4000,
+               "train_seconds": seconds}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "sweep.json").write_text(json.dumps({"commit": "abc1234"}))
+
+
+def _rows(root: Path, budget: str) -> dict[str, list[str]]:
+    """The seeds table's rows at one budget, by arm, split into cells."""
+    lines = [line.split(" | ") for line in capacity_report.seeds(root).splitlines() if line.startswith(f"| {budget}")]
+    return {cells[1]: cells for cells in lines}
+
+
+def test_allocate_then_trains_cost_adds_its_search(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        _seed_run(tmp_path, "adalora-64", seed, 4.0 + seed, 100.0)
+        _seed_run(tmp_path, "att-64", seed, 5.0, 200.0 + seed)
+    rows = _rows(tmp_path, "1/64")
+    att = "allocate-then-train (best alternative)"  # the only other arm with runs at 1/64
+    assert rows[att][8] == "200 + search not archived"  # a search missing is said, not counted as 0
+    _seed_run(tmp_path, "search-64", 0, 9.0, 40.0)
+    _seed_run(tmp_path, "search-64", 1, 9.0, 60.0)
+    rows = _rows(tmp_path, "1/64")
+    assert rows[att][8] == "200 + 50 search"  # the means; 200.5 rounds to 200
+    assert rows["adarank AdaLoRA"][8] == "100"
+
+
 def test_the_facts_reports_table_is_its_archived_runs() -> None:
     report = (ROOT / "reports" / "capacity_facts.md").read_text()
     table = report.split("<!-- seeds:start -->\n")[1].split("\n<!-- seeds:end -->")[0]
