@@ -237,6 +237,27 @@ def seeds(root: Path) -> str:
     return "\n".join(lines)
 
 
+def _grid(ranked: list[dict[str, int]]) -> list[str]:
+    """Every layer (0 to the deepest named) x every weight type any seed names, in a block's order: PEFT's EVA
+    and allocate-then-train list only the modules they kept, so a module no seed lists is rank 0, not missing."""
+    seen = dict.fromkeys(module for ranks in ranked for module in ranks)
+    parts = [re.match(r"^(.*?\.)(\d+)(\..+)$", module) for module in seen]
+    if not all(parts):
+        return list(seen)
+    prefix = parts[0].group(1)  # type: ignore[union-attr]
+    last = max(int(part.group(2)) for part in parts)  # type: ignore[union-attr]
+    kinds = sorted({part.group(3) for part in parts}, key=_kind_order)  # type: ignore[union-attr]
+    return [f"{prefix}{layer}{kind}" for layer in range(last + 1) for kind in kinds]
+
+
+KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # a decoder block's order
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    name = kind.rsplit(".", 1)[-1]
+    return (KINDS.index(name) if name in KINDS else len(KINDS), kind)
+
+
 def seeds_figures(root: Path, out: Path) -> list[Path]:
     """quality.png (answer loss against final adapter parameters, mean ± sd over seeds, each seed a dot)
     and one rank heatmap per adaptive arm and budget (mean final rank over seeds) into ``out``."""
@@ -262,7 +283,8 @@ def seeds_figures(root: Path, out: Path) -> list[Path]:
             ranked = [r["ranks"] for r in runs.values() if r["ranks"]]
             adaptive = name.split("-")[0] in ("adalora", "att", "peft_adalora", "peft_eva")
             if adaptive and ranked:
-                mean = {module: statistics.mean(r.get(module, 0) for r in ranked) for module in ranked[0]}
+                modules = _grid(ranked)
+                mean = {module: statistics.mean(r.get(module, 0) for r in ranked) for module in modules}
                 path = out / f"ranks_{name}.png"
                 plot_heatmap(mean, path, f"{label}, {budget} parameters: mean final rank over {len(ranked)} seed(s)")
                 written.append(path)

@@ -136,3 +136,13 @@ def test_the_facts_reports_table_is_its_archived_runs() -> None:
     report = (ROOT / "reports" / "capacity_facts.md").read_text()
     table = report.split("<!-- seeds:start -->\n")[1].split("\n<!-- seeds:end -->")[0]
     assert table == capacity_report.seeds(PILOT.parent)  # the script's table, unedited, from the archive
+
+
+def test_a_heatmaps_grid_fills_the_modules_no_seed_lists_in_a_blocks_order() -> None:
+    # PEFT's EVA and allocate-then-train list only the modules they kept: layer 1 and k_proj are rank 0, not gone
+    seed0 = {"model.layers.2.mlp.down_proj": 1, "model.layers.0.self_attn.v_proj": 2}
+    seed1 = {"model.layers.0.self_attn.q_proj": 1}
+    assert capacity_report._grid([seed0, seed1]) == [
+        f"model.layers.{layer}.{kind}" for layer in (0, 1, 2)
+        for kind in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+    ]  # fmt: skip
